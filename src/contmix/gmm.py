@@ -1,0 +1,259 @@
+r"""Gaussian mixture models, a drop-in for :class:`zuko.mixtures.GMM`."""
+
+__all__ = [
+    "GMM",
+]
+
+from math import prod
+from typing import Literal
+
+import torch
+import torch.nn as nn
+
+from torch import Size, Tensor
+from zuko.lazy import LazyDistribution
+from zuko.nn import MLP
+from zuko.utils import unpack
+
+from .cluster import kmeans, kmeans_plusplus, random_centers
+from .distributions import DiagNormal, FullNormal, GaussianMixture
+from .em import COVARIANCE_TYPES, CovarianceType, fit_gmm, gmm_m_step
+from .utils import check_context, check_samples, cholesky
+
+STRATEGIES = ("random", "kmeans", "kmeans++", "em")
+
+
+def initial_centers(x: Tensor, k: int, strategy: str) -> Tensor:
+    r"""Returns :math:`k` centres by ``"random"``, ``"kmeans"`` or ``"kmeans++"``
+    (``"em"`` starts from k-means++)."""
+
+    if strategy == "random":
+        return random_centers(x, k)
+    elif strategy == "kmeans":
+        return kmeans(x, k)[0]
+    elif strategy in ("kmeans++", "em"):
+        return kmeans_plusplus(x, k)
+    else:
+        raise ValueError(f"Unknown strategy '{strategy}': choose one of {STRATEGIES}.")
+
+
+def hard_responsibilities(x: Tensor, centers: Tensor) -> Tensor:
+    r"""Returns the one-hot assignment of each sample to its nearest centre, with shape
+    :math:`(N, K)`."""
+
+    distances = torch.cdist(x, centers)
+    return nn.functional.one_hot(distances.argmin(dim=-1), len(centers)).to(x.dtype)
+
+
+def gmm_shapes(
+    components: int, features: int, covariance_type: CovarianceType, tied: bool
+) -> list[Size]:
+    r"""The shapes of the parameters, in zuko's layout: logits, means, then the log
+    diagonal of the Cholesky factor (or of the standard deviations) and, for full
+    covariances, its strictly lower triangle."""
+
+    if covariance_type not in COVARIANCE_TYPES:
+        raise ValueError(
+            f"Unknown covariance type '{covariance_type}': choose one of {COVARIANCE_TYPES}."
+        )
+
+    leading = 1 if tied else components
+    shapes = [Size((components,)), Size((components, features))]
+
+    if covariance_type == "full":
+        shapes += [Size((leading, features)), Size((leading, features * (features - 1) // 2))]
+    elif covariance_type == "diagonal":
+        shapes += [Size((leading, features))]
+    else:
+        shapes += [Size((leading, 1))]
+
+    return shapes
+
+
+class GMM(LazyDistribution):
+    r"""Creates a Gaussian mixture model (GMM).
+
+    .. math:: p(X \mid c) = \sum_{k = 1}^K \pi_k(c) \, \mathcal{N}(X \mid \mu_k(c), \Sigma_k(c))
+
+    A drop-in for :class:`zuko.mixtures.GMM`: same arguments, same parameters (a zuko
+    state dict loads as it is) and a :class:`~contmix.distributions.GaussianMixture`
+    with the same density, plus EM fitting (:meth:`initialize` with ``"em"``), robust
+    initialization, :meth:`bic` and :meth:`aic`. The covariance is
+    :math:`\Sigma_k = L_k L_k^T` with :math:`L_k` lower triangular of diagonal
+    :math:`\exp(\phi) + \epsilon` (``"full"``), or diagonal with standard deviations
+    :math:`\exp(\phi) + \epsilon` (``"diagonal"``, ``"spherical"``).
+
+    Wikipedia:
+        https://wikipedia.org/wiki/Mixture_model#Gaussian_mixture_model
+
+    References:
+        | Pattern Recognition and Machine Learning, Section 9.2 (Bishop, 2006)
+
+    Arguments:
+        features: The number of features.
+        context: The number of context features.
+        components: The number of components :math:`K` in the mixture.
+        covariance_type: ``"full"``, ``"diagonal"`` or ``"spherical"``.
+        tied: Whether to tie the covariance parameters across components.
+        epsilon: A numerical stability term.
+        kwargs: Keyword arguments passed to :class:`zuko.nn.MLP`.
+
+    Example:
+        >>> gmm = GMM(features=2, components=3)
+        >>> x = torch.randn(256, 2)
+        >>> gmm.initialize(x, strategy="em")
+        >>> gmm().log_prob(x).shape
+        torch.Size([256])
+        >>> gmm().posterior(x).exp().sum(dim=-1).allclose(torch.ones(256))
+        True
+    """
+
+    def __init__(
+        self,
+        features: int,
+        context: int = 0,
+        components: int = 2,
+        covariance_type: Literal["full", "diagonal", "spherical"] = "full",
+        tied: bool = False,
+        epsilon: float = 1e-6,
+        **kwargs,
+    ) -> None:
+        super().__init__()
+
+        self.features = features
+        self.context = context
+        self.components = components
+        self.covariance_type = covariance_type
+        self.tied = tied
+        self.epsilon = epsilon
+
+        self.shapes = gmm_shapes(components, features, covariance_type, tied)
+        self.total = sum(prod(s) for s in self.shapes)
+
+        if context > 0:
+            self.hyper = MLP(context, self.total, **kwargs)
+        else:
+            self.phi = nn.ParameterList(torch.randn(*s) for s in self.shapes)
+
+    def forward(self, c: Tensor | None = None) -> GaussianMixture:
+        check_context(c, self.context)
+
+        if c is None:
+            logits, loc, *scale = self.phi
+        else:
+            logits, loc, *scale = unpack(self.hyper(c), self.shapes)
+
+        diag = scale[0].exp() + self.epsilon
+
+        if self.covariance_type == "full":
+            tril = torch.diag_embed(diag)
+            mask = torch.tril(torch.ones_like(tril, dtype=bool), diagonal=-1)
+            tril = torch.masked_scatter(tril, mask, scale[1])
+            base = FullNormal(loc, scale_tril=tril)
+        else:
+            base = DiagNormal(loc, diag)
+
+        return GaussianMixture(base, logits)
+
+    def _layout(self, logits: Tensor, means: Tensor, covariances: Tensor) -> list[Tensor]:
+        r"""Turns natural parameters into the layout of :attr:`shapes`."""
+
+        if self.covariance_type == "full":
+            tril = cholesky(covariances)
+            diag = tril.diagonal(dim1=-2, dim2=-1)
+            rows, cols = torch.tril_indices(self.features, self.features, offset=-1)
+            scale = [diag, tril[..., rows, cols]]
+        else:
+            scale = [covariances.sqrt()]
+
+        tiny = torch.finfo(means.dtype).tiny
+        scale[0] = (scale[0] - self.epsilon).clamp(min=tiny).log()
+
+        return [logits, means, *scale]
+
+    @torch.no_grad()
+    def initialize(
+        self,
+        x: Tensor,
+        strategy: Literal["random", "kmeans", "kmeans++", "em"] = "kmeans++",
+        tol: float = 1e-3,
+        max_iter: int = 100,
+        reg: float = 1e-6,
+    ) -> None:
+        r"""Initializes the mixture from data.
+
+        ``"random"``, ``"kmeans"`` and ``"kmeans++"`` pick centres (random samples, the
+        k-means solution or k-means++ seeds), assign each sample to its nearest centre
+        and set the weights, means and covariances of the clusters, regularized by
+        ``reg`` so that small or degenerate clusters stay positive definite. ``"em"``
+        then runs expectation-maximization from the k-means++ clusters until the mean
+        log-likelihood changes by less than ``tol``, as
+        :class:`sklearn.mixture.GaussianMixture` does. For a conditional model, the
+        hypernetwork starts out producing the fitted mixture whatever the context.
+
+        Nothing changes if an error is raised.
+
+        Arguments:
+            x: The samples, with shape :math:`(N, D)` and :math:`N > K`.
+            strategy: ``"random"``, ``"kmeans"``, ``"kmeans++"`` or ``"em"``.
+            tol: The tolerance of EM on the mean log-likelihood.
+            max_iter: The maximum number of EM iterations.
+            reg: The variance added to the diagonal of the covariances.
+        """
+
+        if strategy not in STRATEGIES:
+            raise ValueError(f"Unknown strategy '{strategy}': choose one of {STRATEGIES}.")
+
+        reference = next(self.parameters())
+        check_samples(x, self.features, self.components + 1, reference)
+
+        centers = initial_centers(x, self.components, strategy)
+        resp = hard_responsibilities(x, centers)
+        params = gmm_m_step(x, resp, self.covariance_type, self.tied, reg)
+
+        if strategy == "em":
+            params = fit_gmm(x, *params, self.covariance_type, self.tied, tol, max_iter, reg)[:3]
+
+        params = self._layout(*params)
+
+        if not all(torch.isfinite(p).all() for p in params):
+            raise ValueError("The fitted parameters are not finite: the data is degenerate.")
+
+        if self.context > 0:
+            self.hyper[-1].weight.mul_(1e-2)
+            self.hyper[-1].bias.copy_(torch.cat([p.flatten() for p in params]))
+        else:
+            for p, value in zip(self.phi, params, strict=True):
+                p.copy_(value)
+
+    def _criterion(self, x: Tensor, c: Tensor | None) -> tuple[Tensor, int]:
+        check_samples(x, self.features)
+        free = sum(p.numel() for p in self.parameters()) - (self.context == 0)
+        return self(c).log_prob(x).sum(), free
+
+    def bic(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        r"""Returns the Bayesian information criterion on :math:`x` (lower is better).
+
+        .. math:: \text{BIC} = -2 \sum_n \log p(x_n) + P \log N
+
+        where :math:`P` is the number of free parameters (for a conditional model, those
+        of the hypernetwork).
+
+        Wikipedia:
+            https://wikipedia.org/wiki/Bayesian_information_criterion
+        """
+
+        log_lik, free = self._criterion(x, c)
+        return -2 * log_lik + free * torch.log(torch.tensor(float(len(x))))
+
+    def aic(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        r"""Returns the Akaike information criterion on :math:`x` (lower is better).
+
+        .. math:: \text{AIC} = -2 \sum_n \log p(x_n) + 2 P
+
+        Wikipedia:
+            https://wikipedia.org/wiki/Akaike_information_criterion
+        """
+
+        log_lik, free = self._criterion(x, c)
+        return -2 * log_lik + 2 * free

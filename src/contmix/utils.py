@@ -1,0 +1,100 @@
+r"""Input checks and numerical helpers shared by the models."""
+
+__all__ = [
+    "check_context",
+    "check_samples",
+    "cholesky",
+]
+
+import torch
+
+from torch import Tensor
+
+
+def check_samples(x: Tensor, features: int, minimum: int = 1, reference: Tensor | None = None):
+    r"""Raises a :class:`ValueError` unless :math:`x` is a finite floating point matrix
+    with shape :math:`(N, D)`, :math:`N \geq` ``minimum``, on the device of ``reference``.
+
+    Example:
+        >>> check_samples(torch.randn(10, 2), features=2, minimum=3)
+        >>> check_samples(torch.randn(10, 3), features=2)
+        Traceback (most recent call last):
+            ...
+        ValueError: x must have shape (N, 2), got (10, 3): one row per sample, 2 features.
+    """
+
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}.")
+    if x.dim() != 2 or x.shape[-1] != features:
+        raise ValueError(
+            f"x must have shape (N, {features}), got {tuple(x.shape)}: "
+            f"one row per sample, {features} features."
+        )
+    if x.dtype not in (torch.float32, torch.float64):
+        raise TypeError(
+            f"x must be float32 or float64, got {x.dtype}: use x.float() or x.double()."
+        )
+    if x.shape[0] < minimum:
+        raise ValueError(
+            f"x has {x.shape[0]} samples but at least {minimum} are needed "
+            "(more samples than components): pass more data or use fewer components."
+        )
+    if reference is not None and x.device != reference.device:
+        raise ValueError(
+            f"x is on {x.device} but the model is on {reference.device}: "
+            f"move one of them, e.g. x.to('{reference.device}')."
+        )
+    if not torch.isfinite(x).all():
+        bad = (~torch.isfinite(x)).any(dim=-1).nonzero().squeeze(-1)
+        raise ValueError(
+            f"x contains NaN or Inf in {len(bad)} rows (first: {bad[:5].tolist()}): "
+            "remove or impute them first."
+        )
+
+
+def check_context(c: Tensor | None, context: int) -> None:
+    r"""Raises a :class:`ValueError` unless ``c`` matches a model with ``context``
+    context features (``None`` when there are none)."""
+
+    if context == 0:
+        if c is not None:
+            raise ValueError(
+                "This model has no context (context=0) but a context c was given: "
+                "call it as model() or build it with context=c.shape[-1]."
+            )
+    elif c is None:
+        raise ValueError(f"This model needs a context c with shape (*, {context}).")
+    elif c.shape[-1:] != (context,):
+        raise ValueError(f"The context c must have shape (*, {context}), got {tuple(c.shape)}.")
+
+
+def cholesky(cov: Tensor, attempts: int = 8) -> Tensor:
+    r"""Returns the Cholesky factor :math:`L` of a batch of covariance matrices,
+    adding the smallest jitter :math:`\epsilon \bar{\sigma}^2 I`, with
+    :math:`\epsilon \in \{0, 10^{-6}, 10^{-5}, \dots\}` relative to the mean variance
+    :math:`\bar{\sigma}^2`, that makes each matrix positive definite.
+
+    Example:
+        >>> cov = torch.ones(2, 2)  # singular
+        >>> cholesky(cov)
+        tensor([[1.0000, 0.0000],
+                [1.0000, 0.0014]])
+    """
+
+    L, info = torch.linalg.cholesky_ex(cov)
+    scale = cov.diagonal(dim1=-2, dim2=-1).mean(dim=-1).clamp(min=torch.finfo(cov.dtype).tiny)
+    eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+
+    for i in range(attempts):
+        failed = info > 0
+        if not failed.any():
+            return L
+        jitter = (10.0 ** (i - 6) * scale)[..., None, None] * eye
+        L_, info_ = torch.linalg.cholesky_ex(cov + jitter)
+        L = torch.where(failed[..., None, None], L_, L)
+        info = torch.where(failed, info_, info)
+
+    raise ValueError(
+        "A covariance matrix is not positive definite even with a jitter of 10% of its "
+        "variance: the data is degenerate (NaN, constant or duplicated)."
+    )
