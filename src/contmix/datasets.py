@@ -8,6 +8,8 @@ import torch
 
 from torch import Tensor
 
+from .transforms import LogitTransform, dequantize
+
 
 def digits(
     train: float = 0.8, seed: int = 0, alpha: float = 0.05, dtype: torch.dtype = torch.float32
@@ -17,8 +19,9 @@ def digits(
 
     Each pixel :math:`v \in \{0, \dots, 16\}` gets uniform noise,
     :math:`y = (v + u) / 17` with :math:`u \sim \mathcal{U}(0, 1)`, then
-    :math:`x = \operatorname{logit}(\alpha + (1 - 2\alpha) y)`, the usual
-    preprocessing of image density models. The noise and the split are fixed by
+    :math:`x = \operatorname{logit}(\alpha + (1 - 2\alpha) y)` (see
+    :func:`~contmix.transforms.dequantize` and :class:`~contmix.transforms.LogitTransform`),
+    the usual preprocessing of image density models. The noise and the split are fixed by
     ``seed``, so every model sees the same data. Requires scikit-learn.
 
     Returns:
@@ -36,9 +39,8 @@ def digits(
     data = load_digits()
     generator = torch.Generator().manual_seed(seed)
 
-    v = torch.as_tensor(data.data, dtype=torch.float64)
-    y = (v + torch.rand(v.shape, generator=generator, dtype=torch.float64)) / 17
-    x = torch.logit(alpha + (1 - 2 * alpha) * y).to(dtype)
+    y = dequantize(torch.as_tensor(data.data, dtype=torch.float64), 17, generator)
+    x = LogitTransform(alpha)(y).to(dtype)
     labels = torch.as_tensor(data.target)
 
     order = torch.randperm(len(x), generator=generator)
