@@ -68,7 +68,7 @@ def check_context(c: Tensor | None, context: int) -> None:
         raise ValueError(f"The context c must have shape (*, {context}), got {tuple(c.shape)}.")
 
 
-def cholesky(cov: Tensor, attempts: int = 8) -> Tensor:
+def cholesky(cov: Tensor, attempts: int = 6) -> Tensor:
     r"""Returns the Cholesky factor :math:`L` of a batch of covariance matrices,
     adding the smallest jitter :math:`\epsilon \bar{\sigma}^2 I`, with
     :math:`\epsilon \in \{0, 10^{-6}, 10^{-5}, \dots\}` relative to the mean variance
@@ -82,7 +82,13 @@ def cholesky(cov: Tensor, attempts: int = 8) -> Tensor:
     """
 
     L, info = torch.linalg.cholesky_ex(cov)
-    scale = cov.diagonal(dim1=-2, dim2=-1).mean(dim=-1).clamp(min=torch.finfo(cov.dtype).tiny)
+    scale = cov.diagonal(dim1=-2, dim2=-1).mean(dim=-1)
+
+    if not (torch.isfinite(cov).all() and (scale > 0).all()):
+        raise ValueError(
+            "A covariance matrix has a zero, negative or non-finite variance: the data is "
+            "constant or contains NaN/Inf."
+        )
     eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
 
     for i in range(attempts):

@@ -1,0 +1,610 @@
+r"""Tests for contmix.GMM against zuko's GMM, torch.distributions and scikit-learn."""
+
+import copy
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import zuko
+
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import GaussianMixture as SKGaussianMixture
+from torch import Tensor
+from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
+
+from contmix import GMM
+from contmix.cluster import kmeans_plusplus
+from contmix.datasets import digits
+from contmix.distributions import GaussianMixture
+from contmix.em import fit_gmm
+
+COV_TYPES = ["full", "diagonal", "spherical"]
+STRATEGIES = ["random", "kmeans", "kmeans++", "em"]
+SKLEARN = {  # (covariance_type, tied) -> scikit-learn's name
+    ("full", False): "full",
+    ("full", True): "tied",
+    ("diagonal", False): "diag",
+    ("spherical", False): "spherical",
+}
+CONTEXTS = [(0, None), (3, ()), (3, (5,)), (3, (2, 3))]
+CONTEXT_IDS = ["unconditional", "context", "context-5", "context-2x3"]
+
+
+def make_gmm(D=4, context=0, K=3, cov="full", tied=False, seed=0, **kwargs) -> GMM:
+    torch.manual_seed(seed)
+    gmm = GMM(D, context=context, components=K, covariance_type=cov, tied=tied, **kwargs)
+    return gmm.double()
+
+
+def parameters(gmm: GMM, c: Tensor | None = None) -> list[Tensor]:
+    r"""The parameters in zuko's layout, unpacked by hand from the hypernetwork."""
+
+    if c is None:
+        return list(gmm.phi)
+
+    phi = gmm.hyper(c)
+    sizes = [math.prod(s) for s in gmm.shapes]
+    chunks = phi.split(sizes, dim=-1)
+    return [p.reshape(*c.shape[:-1], *s) for p, s in zip(chunks, gmm.shapes, strict=True)]
+
+
+def reference(gmm: GMM, c: Tensor | None = None) -> MixtureSameFamily:
+    r"""torch's mixture of the documented parameterization: softmax weights, means and
+    :math:`L = \operatorname{diag}(\exp \phi + \epsilon) + \text{tril}` (full) or standard
+    deviations :math:`\exp \phi + \epsilon` (diagonal, spherical)."""
+
+    logits, loc, *scale = parameters(gmm, c)
+    D = loc.shape[-1]
+
+    if gmm.covariance_type == "full":
+        L = torch.diag_embed(scale[0].exp() + gmm.epsilon)
+        rows, cols = torch.tril_indices(D, D, offset=-1)
+        L[..., rows, cols] = scale[1]
+        cov = L @ L.mT
+    else:
+        std = (scale[0].exp() + gmm.epsilon).expand(*scale[0].shape[:-1], D)
+        cov = torch.diag_embed(std.square())
+
+    return MixtureSameFamily(Categorical(logits=logits), MultivariateNormal(loc, cov))
+
+
+@torch.no_grad()
+def load_natural(gmm: GMM, weights, means, covariances) -> None:
+    r"""Writes natural parameters (scikit-learn's layout for the type) into ``gmm.phi``."""
+
+    weights, means, covariances = (
+        torch.as_tensor(a, dtype=torch.float64) for a in (weights, means, covariances)
+    )
+    D, eps = means.shape[-1], gmm.epsilon
+
+    if gmm.covariance_type == "full":
+        L = torch.linalg.cholesky(covariances.reshape(-1, D, D))
+        rows, cols = torch.tril_indices(D, D, offset=-1)
+        scale = [(L.diagonal(dim1=-2, dim2=-1) - eps).log(), L[:, rows, cols]]
+    else:
+        scale = [(covariances.reshape(len(gmm.phi[2]), -1).sqrt() - eps).log()]
+
+    for p, value in zip(gmm.phi, [weights.log(), means, *scale], strict=True):
+        p.copy_(value)
+
+
+def snapshot(gmm: GMM) -> dict[str, Tensor]:
+    return {k: v.clone() for k, v in gmm.state_dict().items()}
+
+
+def assert_unchanged(gmm: GMM, before: dict[str, Tensor]) -> None:
+    after = gmm.state_dict()
+    assert after.keys() == before.keys()
+    for k, v in before.items():
+        assert torch.equal(after[k], v), f"parameter {k} changed"
+
+
+def gaussians(centers: list, n: int, scale: float, seed: int) -> Tensor:
+    r"""``n`` samples of an isotropic Gaussian around each centre, in float64."""
+
+    generator = torch.Generator().manual_seed(seed)
+    centers = torch.tensor(centers, dtype=torch.float64).repeat_interleave(n, dim=0)
+    return centers + scale * torch.randn(centers.shape, generator=generator, dtype=torch.float64)
+
+
+def data(n=200, seed=0) -> Tensor:
+    r"""Three overlapping 4-D Gaussians, so that EM needs many iterations."""
+
+    return gaussians([[0, 0, 0, 0], [2, 1, 0, -1], [0, 2.5, 1, 1]], n, 0.8, seed)
+
+
+def mixture_moments(d: MixtureSameFamily) -> tuple[Tensor, Tensor]:
+    r"""The mean and covariance of a mixture by the law of total covariance."""
+
+    w = d.mixture_distribution.probs
+    loc = d.component_distribution.mean
+    cov = getattr(d.component_distribution, "covariance_matrix", None)
+    if cov is None:
+        cov = torch.diag_embed(d.component_distribution.variance)
+    mean = w @ loc
+    second = (w[:, None, None] * (cov + loc[:, :, None] * loc[:, None, :])).sum(0)
+    return mean, second - mean[:, None] * mean[None, :]
+
+
+# shapes and densities
+
+
+@pytest.mark.parametrize("cov", COV_TYPES)
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("context,batch", CONTEXTS, ids=CONTEXT_IDS)
+def test_shapes_and_log_prob(cov, tied, context, batch):
+    gmm = make_gmm(context=context, cov=cov, tied=tied)
+    c = None if context == 0 else torch.randn(*batch, context, dtype=torch.float64)
+    batch = batch or ()
+
+    d = gmm(c)
+    x = torch.randn(7, *batch, 4, dtype=torch.float64)
+
+    assert isinstance(d, GaussianMixture)
+    assert d.batch_shape == batch
+    assert d.event_shape == (4,)
+    assert d.base.batch_shape == (*batch, 3)
+    assert d.logits.shape == (*batch, 3)
+    assert d.log_prob(x).shape == (7, *batch)
+    assert d.posterior(x).shape == (7, *batch, 3)
+    assert d.predict(x).shape == (7, *batch)
+    assert d.mean.shape == (*batch, 4)
+    assert d.sample().shape == (*batch, 4)
+    assert d.sample((5,)).shape == (5, *batch, 4)
+    assert torch.allclose(d.log_prob(x), reference(gmm, c).log_prob(x), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("cov", COV_TYPES)
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("context", [0, 3])
+def test_zuko_state_dict(cov, tied, context):
+    torch.manual_seed(1)
+    theirs = zuko.mixtures.GMM(4, context=context, components=3, covariance_type=cov, tied=tied)
+    theirs = theirs.double()
+    ours = make_gmm(context=context, cov=cov, tied=tied)
+    c = torch.randn(6, context, dtype=torch.float64) if context else None
+    x = torch.randn(6, 4, dtype=torch.float64)
+
+    ours.load_state_dict(theirs.state_dict())  # zuko's into ours
+    assert torch.allclose(ours(c).log_prob(x), theirs(c).log_prob(x), rtol=0, atol=1e-12)
+    assert torch.allclose(ours(c).base.mean, theirs(c).base.mean)
+    if cov == "full":
+        assert torch.allclose(ours(c).base.covariance_matrix, theirs(c).base.covariance_matrix)
+    else:
+        assert torch.allclose(ours(c).base.base_dist.scale, theirs(c).base.base_dist.scale)
+
+    fresh = make_gmm(context=context, cov=cov, tied=tied, seed=2)
+    theirs.load_state_dict(fresh.state_dict())  # ours into zuko's
+    assert torch.allclose(fresh(c).log_prob(x), theirs(c).log_prob(x), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("cov", ["full", "diagonal"])
+def test_sample_moments(cov):
+    gmm = make_gmm(D=3, cov=cov)
+    d = gmm()
+    torch.manual_seed(0)
+    samples = d.sample((100_000,))
+    n = len(samples)
+
+    mean, covariance = mixture_moments(reference(gmm))
+
+    assert torch.allclose(d.mean, mean, atol=1e-12)
+    assert torch.allclose(d.variance, covariance.diagonal(), atol=1e-12)
+    assert ((samples.mean(0) - mean).abs() <= 5 * (covariance.diagonal() / n).sqrt()).all()
+    products = (samples - samples.mean(0))[:, :, None] * (samples - samples.mean(0))[:, None]
+    se = products.std(0) / n**0.5
+    assert ((products.mean(0) - covariance).abs() <= 5 * se).all()
+
+
+@pytest.mark.parametrize("cov", COV_TYPES)
+@pytest.mark.parametrize("context", [0, 3])
+def test_float32(cov, context):
+    r"""A float32 model computes in float32, close to the same model in float64."""
+
+    torch.manual_seed(0)
+    single = GMM(4, context=context, components=3, covariance_type=cov)
+    double = copy.deepcopy(single).double()
+    c = torch.randn(8, context) if context else None
+    x = torch.randn(8, 4)
+
+    d = single(c)
+    reference = double(None if c is None else c.double()).log_prob(x.double())
+
+    assert d.log_prob(x).dtype == torch.float32
+    assert d.sample((2,)).dtype == torch.float32
+    assert torch.allclose(d.log_prob(x).double(), reference, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_cuda(strategy):
+    x = data()
+    gmm = make_gmm(cov="full").cuda()
+    before = snapshot(gmm)
+
+    with pytest.raises(ValueError, match="x is on cpu"):
+        gmm.initialize(x, strategy=strategy)
+    assert_unchanged(gmm, before)
+
+    torch.manual_seed(0)
+    gmm.initialize(x.cuda(), strategy=strategy)
+    d = gmm()
+    log_p = d.log_prob(x.cuda())
+
+    assert log_p.device.type == "cuda"
+    assert d.sample((3,)).device.type == "cuda"
+    assert torch.isfinite(log_p).all()
+    assert torch.allclose(log_p.cpu(), gmm.cpu()().log_prob(x), atol=1e-8)
+
+
+# gradients
+
+
+@pytest.mark.parametrize("cov", COV_TYPES)
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("context", [0, 3])
+def test_gradients(cov, tied, context):
+    r"""Every parameter gets a non-zero gradient, equal to zuko's with the same parameters."""
+
+    ours = make_gmm(context=context, cov=cov, tied=tied)
+    theirs = zuko.mixtures.GMM(4, context=context, components=3, covariance_type=cov, tied=tied)
+    theirs = theirs.double()
+    theirs.load_state_dict(ours.state_dict())
+
+    c = torch.randn(32, context, dtype=torch.float64) if context else None
+    x = torch.randn(32, 4, dtype=torch.float64)
+
+    for model in (ours, theirs):
+        model.zero_grad()
+        model(c).log_prob(x).mean().neg().backward()
+
+    for (name, p), q in zip(ours.named_parameters(), theirs.parameters(), strict=True):
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert (p.grad != 0).any(), name
+        assert torch.allclose(p.grad, q.grad, rtol=1e-8, atol=1e-12), name
+
+
+# saving
+
+
+@pytest.mark.parametrize("context", [0, 3])
+def test_save_load(tmp_path, context):
+    gmm = make_gmm(context=context, cov="full", tied=False)
+    c = torch.randn(5, context, dtype=torch.float64) if context else None
+    x = torch.randn(5, 4, dtype=torch.float64)
+
+    torch.save(gmm.state_dict(), tmp_path / "state.pt")
+    torch.save(gmm, tmp_path / "model.pt")
+
+    fresh = make_gmm(context=context, cov="full", tied=False, seed=3)
+    assert not torch.allclose(fresh(c).log_prob(x), gmm(c).log_prob(x))
+    fresh.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    whole = torch.load(tmp_path / "model.pt", weights_only=False)
+
+    assert isinstance(whole, GMM)
+    assert torch.equal(fresh(c).log_prob(x), gmm(c).log_prob(x))
+    assert torch.equal(whole(c).log_prob(x), gmm(c).log_prob(x))
+
+
+# initialization
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("cov", COV_TYPES)
+@pytest.mark.parametrize("tied", [False, True])
+def test_initialize(blobs, strategy, cov, tied):
+    r"""Any M-step from responsibilities that sum to one keeps the data mean and the data
+    covariance plus ``reg`` (law of total covariance): exactly for full and diagonal
+    covariances, in the trace for spherical ones."""
+
+    x, centers, _ = blobs
+    gmm = make_gmm(D=3, cov=cov, tied=tied)
+    torch.manual_seed(0)
+    gmm.initialize(x, strategy=strategy)
+    d = gmm()
+
+    mean, covariance = mixture_moments(d)
+    data_cov = torch.cov(x.T, correction=0) + 1e-6 * torch.eye(3, dtype=x.dtype)
+
+    assert torch.isfinite(d.log_prob(x)).all()
+    assert torch.allclose(mean, x.mean(0), atol=1e-8)
+    if cov == "full":
+        assert torch.allclose(covariance, data_cov, atol=1e-8)
+    elif cov == "diagonal":
+        assert torch.allclose(covariance.diagonal(), data_cov.diagonal(), atol=1e-8)
+    else:
+        assert torch.allclose(covariance.trace(), data_cov.trace(), atol=1e-8)
+
+    if strategy != "random":  # one component per blob
+        nearest = torch.cdist(centers, d.base.mean).argmin(dim=-1)
+        assert sorted(nearest.tolist()) == [0, 1, 2]
+        assert torch.allclose(d.base.mean[nearest], centers, atol=0.1)
+        assert torch.allclose(d.mixture_distribution.probs, torch.ones_like(x[0]) / 3, atol=1e-3)
+
+    # a conditional model starts out producing the same mixture (zuko's scheme)
+    conditional = make_gmm(D=3, context=2, cov=cov, tied=tied)
+    torch.manual_seed(0)
+    conditional.initialize(x, strategy=strategy)
+    packed = torch.cat([p.detach().flatten() for p in gmm.phi])
+
+    assert torch.allclose(conditional.hyper[-1].bias, packed, rtol=1e-12, atol=1e-12)
+    c = torch.randn(len(x), 2, dtype=x.dtype)
+    gap = conditional(c).log_prob(x) - d.log_prob(x)
+    assert gap.abs().mean() < 0.1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="gmm_m_step computes covariances as E[xx^T] - mu mu^T around the data mean; for a "
+    "cluster of identical points far from the mean this cancels catastrophically in "
+    "float32 and the covariance (should be reg * I) is indefinite",
+)
+@pytest.mark.parametrize("strategy", ["kmeans", "kmeans++", "em"])
+def test_initialize_duplicated_points_float32(strategy):
+    x = torch.tensor([[5.3, 4.7]] * 20 + [[-5.1, -3.9]] * 20)  # quantized data
+    gmm = GMM(2, components=2)
+    torch.manual_seed(0)
+    gmm.initialize(x, strategy=strategy)
+
+    assert torch.isfinite(gmm().log_prob(x)).all()
+
+
+# EM against scikit-learn
+
+
+def start(x: Tensor, centers: Tensor, cov: str, tied: bool, reg: float = 1e-6):
+    r"""Hard-assignment M-step in numpy, in scikit-learn's layout (weights, means,
+    covariances) and as scikit-learn's ``precisions_init``."""
+
+    X, C = x.numpy(), centers.numpy()
+    labels = ((X[:, None] - C[None]) ** 2).sum(-1).argmin(-1)
+    K, D = C.shape
+    weights = np.bincount(labels, minlength=K) / len(X)
+    means = np.stack([X[labels == k].mean(0) for k in range(K)])
+    covs = np.stack([np.cov(X[labels == k].T, bias=True) for k in range(K)])
+    if tied:
+        covs = (weights[:, None, None] * covs).sum(0, keepdims=True)
+    covs = covs + reg * np.eye(D)
+
+    if cov == "full":
+        covariances = covs[0] if tied else covs
+        return weights, means, covariances, np.linalg.inv(covariances)
+    variances = np.diagonal(covs, axis1=-2, axis2=-1).copy()
+    if cov == "spherical":
+        variances = variances.mean(-1)
+    return weights, means, variances, 1 / variances
+
+
+def sklearn_fit(x: Tensor, init, name: str, **kwargs) -> SKGaussianMixture:
+    weights, means, _, precisions = init
+    sk = SKGaussianMixture(
+        len(weights),
+        covariance_type=name,
+        reg_covar=1e-6,
+        weights_init=weights,
+        means_init=means,
+        precisions_init=precisions,
+        init_params="random_from_data",
+        **kwargs,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return sk.fit(x.numpy())
+
+
+@pytest.mark.parametrize("cov,tied", list(SKLEARN), ids=list(SKLEARN.values()))
+def test_em_iterations_vs_sklearn(cov, tied):
+    r"""The same number of EM iterations from the same start as scikit-learn."""
+
+    x = data()
+    torch.manual_seed(0)
+    init = start(x, kmeans_plusplus(x, 3), cov, tied)
+    weights, means, covariances, _ = init
+    shape = {"full": (4, 4), "diagonal": (4,), "spherical": (1,)}[cov]
+    covariances = torch.as_tensor(covariances).reshape(-1, *shape)
+
+    for iterations in (1, 5, 20):
+        sk = sklearn_fit(x, init, SKLEARN[cov, tied], max_iter=iterations, tol=0.0)
+        fit = fit_gmm(
+            x,
+            torch.as_tensor(weights).log(),
+            torch.as_tensor(means),
+            covariances,
+            cov,
+            tied,
+            tol=0.0,
+            max_iter=iterations,
+        )
+
+        assert len(fit.history) == iterations
+        assert abs(fit.history[-1].item() - sk.lower_bound_) < 1e-9
+        assert np.allclose(fit.means.numpy(), sk.means_, atol=1e-8)
+        assert np.allclose(fit.logits.exp().numpy(), sk.weights_, atol=1e-10)
+        fitted = fit.covariances.numpy().reshape(sk.covariances_.shape)
+        assert np.allclose(fitted, sk.covariances_, atol=1e-8)
+
+
+@pytest.mark.parametrize("cov,tied", list(SKLEARN), ids=list(SKLEARN.values()))
+def test_initialize_em_vs_sklearn(cov, tied):
+    r"""``initialize(x, "em")`` against scikit-learn's EM with its defaults (tol=1e-3,
+    max_iter=100, reg_covar=1e-6) from the same k-means++ start."""
+
+    x = data(seed=1)
+    torch.manual_seed(3)
+    centers = kmeans_plusplus(x, 3)
+    sk = sklearn_fit(x, start(x, centers, cov, tied), SKLEARN[cov, tied])
+
+    gmm = make_gmm(cov=cov, tied=tied)
+    torch.manual_seed(3)
+    gmm.initialize(x, strategy="em")
+
+    assert sk.converged_
+    assert abs(gmm().log_prob(x).mean().item() - sk.score(x.numpy())) < 1e-4
+    assert np.allclose(gmm().base.mean.detach().numpy(), sk.means_, atol=1e-3)
+
+
+# real data
+
+
+@pytest.fixture(scope="module")
+def digits_train():
+    return digits()[:2]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_digits_full(digits_train, strategy):
+    x, x_test = digits_train
+    single = MultivariateNormal(x.double().mean(0), torch.cov(x.double().T, correction=0))
+
+    gmm = GMM(64, components=10)
+    torch.manual_seed(0)
+    gmm.initialize(x, strategy=strategy)
+
+    with torch.no_grad():
+        train, test = gmm().log_prob(x), gmm().log_prob(x_test)
+
+    assert torch.isfinite(train).all() and torch.isfinite(test).all()
+    assert train.mean() > single.log_prob(x.double()).mean()
+
+
+def test_digits_zuko_fails(digits_train):
+    r"""Documents the motivation: zuko's own k-means++ initialization with full covariances
+    fails on the digits with a Cholesky error, where contmix succeeds from the same seed."""
+
+    x, _ = digits_train
+
+    for seed in (0, 1, 2):
+        torch.manual_seed(seed)
+        theirs = zuko.mixtures.GMM(64, components=10)
+        try:
+            theirs.initialize(x, strategy="kmeans++")
+        except torch.linalg.LinAlgError:
+            break
+    else:
+        pytest.skip("zuko's initialize did not fail with seeds 0, 1, 2")
+
+    ours = GMM(64, components=10)
+    torch.manual_seed(seed)
+    ours.initialize(x, strategy="kmeans++")
+    with torch.no_grad():
+        assert torch.isfinite(ours().log_prob(x)).all()
+
+
+# bad input
+
+BAD_INITIALIZE = [
+    ("features", lambda x: x[:, :3], ValueError, r"shape \(N, 4\)"),
+    ("vector", lambda x: x[:, 0], ValueError, r"shape \(N, 4\)"),
+    ("nan", lambda x: torch.where(x > 2.5, float("nan"), x), ValueError, "NaN or Inf"),
+    ("inf", lambda x: x.index_fill(0, torch.tensor([5]), float("inf")), ValueError, "NaN or Inf"),
+    ("few", lambda x: x[:3], ValueError, "at least 4"),
+    ("integer", lambda x: x.long(), TypeError, "float32 or float64"),
+    ("list", lambda x: x.tolist(), TypeError, "torch.Tensor"),
+]
+
+
+@pytest.mark.parametrize("context", [0, 2])
+@pytest.mark.parametrize("case", BAD_INITIALIZE, ids=[c[0] for c in BAD_INITIALIZE])
+def test_bad_initialize(case, context):
+    _, transform, error, match = case
+    gmm = make_gmm(context=context)
+    before = snapshot(gmm)
+
+    with pytest.raises(error, match=match):
+        gmm.initialize(transform(data()), strategy="kmeans++")
+
+    assert_unchanged(gmm, before)
+
+
+@pytest.mark.parametrize("context", [0, 2])
+def test_bad_strategy(context):
+    gmm = make_gmm(context=context)
+    before = snapshot(gmm)
+
+    with pytest.raises(ValueError, match="Unknown strategy 'kmedoids'"):
+        gmm.initialize(data(), strategy="kmedoids")
+
+    assert_unchanged(gmm, before)
+
+
+def test_bad_covariance_type():
+    with pytest.raises(ValueError, match="Unknown covariance type 'banded'"):
+        GMM(4, covariance_type="banded")
+
+
+def test_bad_context():
+    unconditional, conditional = make_gmm(), make_gmm(context=2)
+    before = snapshot(unconditional), snapshot(conditional)
+    x = data()[:10]
+
+    with pytest.raises(ValueError, match="no context"):
+        unconditional(torch.randn(10, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="no context"):
+        unconditional.bic(x, torch.randn(10, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="needs a context"):
+        conditional()
+    with pytest.raises(ValueError, match="needs a context"):
+        conditional.aic(x)
+    with pytest.raises(ValueError, match=r"shape \(\*, 2\)"):
+        conditional(torch.randn(10, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"shape \(N, 4\)"):
+        unconditional.bic(x[:, :2])
+
+    assert_unchanged(unconditional, before[0])
+    assert_unchanged(conditional, before[1])
+
+
+# information criteria
+
+
+def free_parameters(K: int, D: int, cov: str, tied: bool) -> int:
+    leading = 1 if tied else K
+    per = {"full": D * (D + 1) // 2, "diagonal": D, "spherical": 1}[cov]
+    return (K - 1) + K * D + leading * per
+
+
+@pytest.mark.parametrize("cov", COV_TYPES)
+@pytest.mark.parametrize("tied", [False, True])
+def test_bic_aic(cov, tied):
+    x = data()
+    gmm = make_gmm(cov=cov, tied=tied)
+    torch.manual_seed(0)
+    gmm.initialize(x, strategy="em")
+
+    log_lik = reference(gmm).log_prob(x).sum().item()
+    P, N = free_parameters(3, 4, cov, tied), len(x)
+
+    with torch.no_grad():
+        assert math.isclose(gmm.bic(x).item(), -2 * log_lik + P * math.log(N), rel_tol=1e-9)
+        assert math.isclose(gmm.aic(x).item(), -2 * log_lik + 2 * P, rel_tol=1e-9)
+
+
+@pytest.mark.parametrize("cov,tied", list(SKLEARN), ids=list(SKLEARN.values()))
+def test_bic_aic_vs_sklearn(cov, tied):
+    x = data()
+    sk = SKGaussianMixture(3, covariance_type=SKLEARN[cov, tied], random_state=0)
+    sk.fit(x.numpy())
+
+    gmm = make_gmm(cov=cov, tied=tied)
+    load_natural(gmm, sk.weights_, sk.means_, sk.covariances_)
+
+    with torch.no_grad():
+        assert math.isclose(gmm.bic(x).item(), sk.bic(x.numpy()), rel_tol=1e-9)
+        assert math.isclose(gmm.aic(x).item(), sk.aic(x.numpy()), rel_tol=1e-9)
+
+
+def test_bic_picks_components():
+    x = gaussians([[-6, 0], [6, 0], [0, 8]], 150, 1.0, seed=4)
+    bic = []
+
+    for K in range(1, 6):
+        gmm = make_gmm(D=2, K=K)
+        torch.manual_seed(0)
+        gmm.initialize(x, strategy="em")
+        with torch.no_grad():
+            bic.append(gmm.bic(x).item())
+
+    assert np.argmin(bic) + 1 == 3
