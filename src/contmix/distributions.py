@@ -40,6 +40,8 @@ from torch.distributions import (
     MultivariateNormal,
 )
 
+from .utils import cholesky
+
 Dims = Sequence[int] | Tensor
 
 LOG_2PI = math.log(2 * math.pi)
@@ -56,7 +58,14 @@ def _index(dims: Dims, features: int) -> Tensor:
             )
         return dims.nonzero().squeeze(-1)
 
-    index = torch.as_tensor(dims, dtype=torch.long).flatten()
+    index = torch.as_tensor(dims).flatten()
+
+    if index.is_floating_point() or index.is_complex():
+        raise TypeError(f"Dimensions must be integers or a boolean mask, got {index.dtype}.")
+    if index.numel() == 0:
+        raise ValueError("At least one dimension must be given.")
+
+    index = index.long()
 
     if index.numel() > 0 and (index.min() < -features or index.max() >= features):
         raise ValueError(
@@ -97,6 +106,29 @@ def _center(loc: Tensor) -> Tensor:
     return loc.detach().reshape(-1, loc.shape[-1]).mean(dim=0)
 
 
+def _shared_matmul(x: Tensor, w: Tensor) -> Tensor:
+    r"""Returns :math:`x W`, with shape :math:`(*, P)`, for inputs :math:`x` with shape
+    :math:`(*, 1, D)` and matrices :math:`W` with shape :math:`(*, D, P)`.
+
+    When :math:`x` does not vary along the batch dimensions of :math:`W` (samples
+    against a batch of mixtures, as in a mixture of mixtures), its leading dimensions
+    become the rows of one matrix product per matrix instead of one tiny product per
+    sample and matrix.
+    """
+
+    batch = w.shape[:-2]
+    lead = x.shape[:-2]
+    inner = lead[max(len(lead) - len(batch), 0) :]
+
+    if len(batch) == 0 or any(s != 1 for s in inner):
+        return (x @ w).squeeze(-2)
+
+    samples = lead[: len(lead) - len(inner)]
+    y = x.reshape(-1, x.shape[-1]) @ w
+
+    return y.movedim(-2, 0).reshape(*samples, *batch, w.shape[-1])
+
+
 def _diag_mahalanobis(x: Tensor, loc: Tensor, precision: Tensor) -> Tensor:
     r"""Returns :math:`\sum_i (x_i - \mu_{ki})^2 \lambda_{ki}` for every component :math:`k`.
 
@@ -106,9 +138,9 @@ def _diag_mahalanobis(x: Tensor, loc: Tensor, precision: Tensor) -> Tensor:
         precision: Diagonal precisions :math:`\lambda`, with shape :math:`(*, K, D)`.
     """
 
-    quadratic = (x * x) @ precision.mT - 2 * x @ (loc * precision).mT
+    quadratic = _shared_matmul(x * x, precision.mT) - 2 * _shared_matmul(x, (loc * precision).mT)
 
-    return quadratic.squeeze(-2) + (loc * loc * precision).sum(dim=-1)
+    return quadratic + (loc * loc * precision).sum(dim=-1)
 
 
 def _project(x: Tensor, loc: Tensor, weight: Tensor) -> Tensor:
@@ -127,8 +159,7 @@ def _project(x: Tensor, loc: Tensor, weight: Tensor) -> Tensor:
     K, R = loc.shape[-2], weight.shape[-1]
     weight = weight.expand(*loc.shape[:-1], *weight.shape[-2:])
 
-    y = x @ weight.movedim(-3, -2).flatten(-2)
-    y = y.squeeze(-2).unflatten(-1, (K, R))
+    y = _shared_matmul(x, weight.movedim(-3, -2).flatten(-2)).unflatten(-1, (K, R))
 
     return y - (loc.unsqueeze(-2) @ weight).squeeze(-2)
 
@@ -231,14 +262,23 @@ class FullNormal(MultivariateNormal):
         weight = torch.linalg.solve_triangular(tril, eye, upper=False).mT
 
         center = _center(self.loc)
-        z = _project(x - center, self.loc - center, weight)
+        x, loc = x - center, self.loc - center
+
+        if tril.dim() > 2 and tril.shape[-3] > 1:
+            maha = _project(x, loc, weight).square().sum(dim=-1)
+        else:  # one factor for all components (tied): whiten x once, not K times
+            weight = weight.squeeze(-3) if tril.dim() > 2 else weight
+            y, m = x @ weight, loc @ weight
+            maha = (y.square().sum(dim=-1, keepdim=True) - 2 * y @ m.mT).squeeze(-2)
+            maha = maha + m.square().sum(dim=-1)
+
         half_log_det = tril.diagonal(dim1=-2, dim2=-1).log().sum(dim=-1)
 
-        return -0.5 * (z.square().sum(dim=-1) + self.loc.shape[-1] * LOG_2PI) - half_log_det
+        return -0.5 * (maha + self.loc.shape[-1] * LOG_2PI) - half_log_det
 
     def _sub_tril(self, index: Tensor) -> Tensor:
         tril = self._unbroadcasted_scale_tril[..., index, :]
-        return torch.linalg.cholesky(tril @ tril.mT)
+        return cholesky(tril @ tril.mT)
 
     def marginal(self, dims: Dims) -> "FullNormal":
         r"""Returns the marginal distribution of the dimensions ``dims``."""
@@ -277,6 +317,70 @@ class FullNormal(MultivariateNormal):
         return FullNormal(_take(self.loc, index, 1), scale_tril=_take(self.scale_tril, index, 2))
 
 
+class _Quadratic(torch.autograd.Function):
+    r"""Returns :math:`q_{nk} = \sum_i \lambda_{ki} (x_{ni} - \mu_{ki})^2` and
+    :math:`z_{nkr} = \sum_i W_{kri} (x_{ni} - \mu_{ki})` for inputs :math:`x` with shape
+    :math:`(N, D)` shared by :math:`K` components, as matrix products over chunks of
+    rows. Only the inputs are saved for the backward pass, which recomputes the
+    chunks: the working memory is :math:`O(N K R)`, never :math:`O(N D)` (except
+    :math:`\nabla_x` itself)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, loc: Tensor, precision: Tensor, weight: Tensor):
+        ctx.save_for_backward(x, loc, precision, weight)
+
+        center, K, R = loc.mean(dim=0), *weight.shape[:2]
+        m = loc - center
+        flat, scaled = weight.flatten(0, 1), m * precision
+        constant = (m * scaled).sum(dim=-1)
+        offset = (weight @ m.unsqueeze(-1)).squeeze(-1)
+
+        q, z = [], []
+        for rows in x.split(_Quadratic.step(x, K * R + K)):
+            y = rows - center
+            z.append((y @ flat.mT).unflatten(-1, (K, R)) - offset)
+            linear = torch.addmm(constant, y, scaled.mT, alpha=-2)
+            q.append(linear.addmm_(y.square_(), precision.mT))
+
+        return torch.cat(q), torch.cat(z)
+
+    @staticmethod
+    def backward(ctx, grad_q: Tensor, grad_z: Tensor):
+        x, loc, precision, weight = ctx.saved_tensors
+
+        center, K, R = loc.mean(dim=0), *weight.shape[:2]
+        m = loc - center
+        flat = weight.flatten(0, 1)
+        step = _Quadratic.step(x, K * R + K)
+
+        moment_z, moment_q, square, grad_x = 0, 0, 0, []
+        chunks = zip(x.split(step), grad_q.split(step), grad_z.split(step), strict=True)
+        for rows, gq, gz in chunks:
+            y = rows - center
+            moment_z = moment_z + gz.flatten(1).mT @ y
+            moment_q = moment_q + gq.mT @ y
+            square = square + gq.mT @ y.square()
+            if ctx.needs_input_grad[0]:
+                linear = gz.flatten(1) @ flat - 2 * gq @ (m * precision)
+                grad_x.append(linear + 2 * y * (gq @ precision))
+
+        sum_q, sum_z = grad_q.sum(dim=0).unsqueeze(-1), grad_z.sum(dim=0)
+        moment_z = moment_z.unflatten(0, (K, R))
+
+        grad_precision = square - 2 * m * moment_q + m * m * sum_q
+        grad_loc = (sum_z.unsqueeze(-2) @ weight).squeeze(-2)
+        grad_loc = -2 * precision * (moment_q - m * sum_q) - grad_loc
+        grad_weight = moment_z - sum_z.unsqueeze(-1) * m.unsqueeze(-2)
+
+        return torch.cat(grad_x) if grad_x else None, grad_loc, grad_precision, grad_weight
+
+    @staticmethod
+    def step(x: Tensor, outputs: int) -> int:
+        r"""Rows per chunk, such that a chunk is no larger than the outputs."""
+
+        return max(32, len(x) * outputs // max(x.shape[-1], 1))
+
+
 class LowRankNormal(LowRankMultivariateNormal):
     r"""Creates a multivariate normal distribution with low-rank plus diagonal covariance.
 
@@ -305,18 +409,40 @@ class LowRankNormal(LowRankMultivariateNormal):
         if not _shared(x, self.batch_shape):
             return super().log_prob(x)
 
-        factor, diag = self._unbroadcasted_cov_factor, self._unbroadcasted_cov_diag
-        cap = self._capacitance_tril
-        weight = torch.linalg.solve_triangular(cap, (factor / diag.unsqueeze(-1)).mT, upper=False)
+        diag, cap = self._unbroadcasted_cov_diag, self._capacitance_tril
+        precision = diag.reciprocal()
+        weight = self._whitener(precision)
 
-        center = _center(self.loc)
-        x, loc = x - center, self.loc - center
-        maha = _diag_mahalanobis(x, loc, diag.reciprocal())
-        maha = maha - _project(x, loc, weight.mT).square().sum(dim=-1)
+        if self.loc.dim() == 2 and weight.shape[:-2] == diag.shape[:-1] == self.batch_shape:
+            q, z = _Quadratic.apply(x.reshape(-1, x.shape[-1]), self.loc, precision, weight)
+            maha = (q - z.square().sum(dim=-1)).reshape(*x.shape[:-2], -1)
+        else:
+            center = _center(self.loc)
+            x, loc = x - center, self.loc - center
+            maha = _diag_mahalanobis(x, loc, precision)
+            maha = maha - _project(x, loc, weight.mT).square().sum(dim=-1)
 
         log_det = diag.log().sum(dim=-1) + 2 * cap.diagonal(dim1=-2, dim2=-1).log().sum(dim=-1)
 
         return -0.5 * (maha + log_det + self.loc.shape[-1] * LOG_2PI)
+
+    def _capacitance_inverse(self) -> Tensor:
+        r"""Returns :math:`L_C^{-1}`, with shape :math:`(*, K, R, R)`: a triangular solve
+        with :math:`D` right-hand sides is much slower than this small inverse and a
+        matrix product."""
+
+        cap = self._capacitance_tril
+        eye = torch.eye(cap.shape[-1], dtype=cap.dtype, device=cap.device)
+
+        return torch.linalg.solve_triangular(cap, eye, upper=False)
+
+    def _whitener(self, precision: Tensor, inverse: Tensor | None = None) -> Tensor:
+        r"""Returns :math:`L_C^{-1} A^T D^{-1}`, with shape :math:`(*, K, R, D)`."""
+
+        if inverse is None:
+            inverse = self._capacitance_inverse()
+
+        return inverse @ (self._unbroadcasted_cov_factor * precision.unsqueeze(-1)).mT
 
     def marginal(self, dims: Dims) -> "LowRankNormal":
         r"""Returns the marginal distribution of the dimensions ``dims``."""
@@ -345,15 +471,17 @@ class LowRankNormal(LowRankMultivariateNormal):
 
         other = _complement(obs, features)
         seen, rest = self.marginal(obs), self.marginal(other)
-        cap = seen._capacitance_tril
+        inverse = seen._capacitance_inverse()
+        weight = seen._whitener(seen._unbroadcasted_cov_diag.reciprocal(), inverse)
 
-        factor = seen._unbroadcasted_cov_factor / seen._unbroadcasted_cov_diag.unsqueeze(-1)
-        y = (factor.mT @ (value - seen.loc).unsqueeze(-1)).squeeze(-1)
-        y = torch.linalg.solve_triangular(cap, y.unsqueeze(-1), upper=False)
-        new_factor = torch.linalg.solve_triangular(
-            cap, rest._unbroadcasted_cov_factor.mT, upper=False
-        ).mT
-        loc = rest.loc + (new_factor @ y).squeeze(-1)
+        if _shared(value, self.batch_shape):
+            center = _center(seen.loc)
+            y = _project(value - center, seen.loc - center, weight.mT)
+        else:
+            y = (weight @ (value - seen.loc).unsqueeze(-1)).squeeze(-1)
+
+        new_factor = rest._unbroadcasted_cov_factor @ inverse.mT
+        loc = rest.loc + (new_factor @ y.unsqueeze(-1)).squeeze(-1)
 
         return LowRankNormal(loc, new_factor, rest._unbroadcasted_cov_diag)
 
@@ -496,6 +624,8 @@ class GaussianMixture(MixtureSameFamily):
             >>> d.condition([1], torch.randn(5, 1)).batch_shape
             torch.Size([5])
         """
+
+        _check_event(value, len(_index(dims, self.features)), "value")
 
         value = value.unsqueeze(-2)
         logits = self.logits + self.base.marginal(dims).log_prob(value)
