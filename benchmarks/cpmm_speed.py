@@ -1,0 +1,159 @@
+r"""Speed and memory of the CPMM on the digits configuration (M = 64).
+
+1. log_prob of the extracted model against an MFA with the same number of components,
+   and against the CPMM with a fresh ODE solve (cache cleared), medians of interleaved
+   repetitions, measured side by side in one run.
+2. One training step (forward, backward, Adam) of a HierarchicalCPMM with C = 10
+   trajectories of G = 10 components, rank 2, with and without the adjoint: time, the
+   number of dynamics evaluations, and the memory autograd keeps for the backward pass
+   (bytes of the tensors saved by autograd, counted with saved_tensors_hooks), at two
+   tolerances, so that more solver steps are taken.
+
+    python benchmarks/cpmm_speed.py
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import contmix
+
+
+def median_time(fns: dict, repeat: int) -> dict:
+    times = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def log_prob_speed(x: torch.Tensor, args) -> list[str]:
+    K = 10 * args.components
+    cpmm = contmix.CPMM(64, components=K, rank=2, hidden_features=(256, 256)).eval()
+    hier = contmix.HierarchicalCPMM(
+        64, trajectories=10, components=args.components, rank=2, hidden_features=(256, 256)
+    ).eval()
+    mfa = contmix.MFA(64, components=K, rank=2)
+    extracted, extracted_h = cpmm.extract(), hier.extract()
+
+    def fresh(model):
+        model._cache = None
+        return model().log_prob(x)
+
+    with torch.no_grad():
+        t = median_time(
+            {
+                "MFA": lambda: mfa().log_prob(x),
+                "CPMM.extract() (MFA)": lambda: extracted().log_prob(x),
+                "HierarchicalCPMM.extract()": lambda: extracted_h().log_prob(x),
+                "CPMM eval, cached": lambda: cpmm().log_prob(x),
+                "CPMM, fresh ODE solve": lambda: fresh(cpmm),
+                "HierarchicalCPMM, fresh ODE solve": lambda: fresh(hier),
+            },
+            args.repeat,
+        )
+
+    lines = [
+        f"log_prob of N={len(x)} digits, K={K} components (C=10 x G={args.components} "
+        "for the hierarchical model), rank 2, median of "
+        f"{args.repeat} interleaved runs:",
+        "",
+        "| model | median time (ms) | ratio to MFA |",
+        "| --- | --- | --- |",
+    ]
+    for name, value in t.items():
+        lines.append(f"| {name} | {1e3 * value:.2f} | {value / t['MFA']:.2f} |")
+    lines.append("")
+    single = t["CPMM, fresh ODE solve"] / t["CPMM.extract() (MFA)"]
+    nested = t["HierarchicalCPMM, fresh ODE solve"] / t["HierarchicalCPMM.extract()"]
+    lines.append(f"fresh solve / extracted: CPMM {single:.1f}x, hierarchical {nested:.1f}x")
+    return lines
+
+
+def saved_bytes(fn) -> int:
+    r"""Bytes of the distinct tensors autograd saves for the backward pass of ``fn``."""
+
+    seen = {}
+
+    def pack(tensor):
+        if tensor.device.type != "meta":
+            storage = tensor.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+
+    return out, sum(seen.values())
+
+
+def train_step(x: torch.Tensor, args) -> list[str]:
+    lines = [
+        f"One training step, batch {args.batch}, HierarchicalCPMM C=10, G={args.components}, "
+        "rank 2, hidden (256, 256), dopri5:",
+        "",
+        "| adjoint | rtol / atol | dynamics evaluations | step time (ms, median) | "
+        "memory saved for backward (MiB) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+
+    for rtol, atol in ((1e-3, 1e-4), (1e-6, 1e-7)):
+        for adjoint in (False, True):
+            torch.manual_seed(0)
+            model = contmix.HierarchicalCPMM(
+                64,
+                trajectories=10,
+                components=args.components,
+                rank=2,
+                hidden_features=(256, 256),
+                adjoint=adjoint,
+                rtol=rtol,
+                atol=atol,
+            )
+            model.initialize(x, steps=0)
+            model.train()
+            optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+            calls = []
+            model.dynamics.register_forward_hook(lambda *a, calls=calls: calls.append(1))
+            times, memory, evaluations = [], [], []
+
+            for _ in range(args.steps):
+                batch = x[torch.randint(len(x), (args.batch,))]
+                calls.clear()
+                start = time.perf_counter()
+                loss, saved = saved_bytes(lambda m=model, b=batch: -m().log_prob(b).mean())
+                forward_calls = len(calls)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                times.append(time.perf_counter() - start)
+                memory.append(saved)
+                evaluations.append(f"{forward_calls} + {len(calls) - forward_calls}")
+
+            lines.append(
+                f"| {adjoint} | {rtol:g} / {atol:g} | {evaluations[-1]} (forward + backward) | "
+                f"{1e3 * statistics.median(times):.0f} | {max(memory) / 2**20:.1f} |"
+            )
+
+    return lines
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--components", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    x, x_test, _, _ = contmix.datasets.digits()
+    print(torch.__version__, torch.get_num_threads(), "thread(s)")
+    print("\n".join(log_prob_speed(x, args)), flush=True)
+    print()
+    print("\n".join(train_step(x, args)))

@@ -1,0 +1,846 @@
+r"""Continuously parameterized mixture models: mixtures whose components ride a neural ODE.
+
+A CPMM keeps the parameters of a mixture of factor analyzers (MFA) component in a state
+
+.. math:: h(t) = [\mu(t), \operatorname{vec}(A(t)), \log d(t), (\log \pi(t)), \alpha(t)]
+
+that evolves by a learned ODE :math:`\dot{h} = f(h, t)` from a learnable initial state
+:math:`h(0)`. Its components are the states at :math:`G` pseudotimes in :math:`[0, 1]`.
+Once trained, :meth:`CPMM.extract` returns a plain :class:`~contmix.MFA` (or
+:class:`~contmix.HierarchicalMFA`) holding the components: the ODE is gone.
+"""
+
+__all__ = [
+    "CPMM",
+    "Dynamics",
+    "HierarchicalCPMM",
+    "SolverError",
+    "State",
+    "StateLayout",
+]
+
+import itertools
+import math
+
+from collections.abc import Sequence
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchdiffeq
+
+from torch import Tensor
+from torchdiffeq._impl.odeint import SOLVERS
+from zuko.lazy import LazyDistribution
+from zuko.nn import MLP
+
+from .distributions import GaussianMixture, LowRankNormal
+from .hierarchical import HierarchicalMFA, group_labels, group_statistics
+from .mfa import MFA
+from .utils import check_context, check_samples
+
+ADAPTIVE = ("dopri8", "dopri5", "bosh3", "fehlberg2", "adaptive_heun")
+STRATEGIES = ("random", "kmeans")
+
+
+class SolverError(RuntimeError):
+    r"""Raised when the ODE solver of a CPMM fails: it exceeds its step budget (the ODE
+    became stiff), its step size underflows or the state becomes non-finite."""
+
+
+class State(NamedTuple):
+    r"""The parts of a CPMM state, each with shape :math:`(*, \dots)`: means
+    :math:`(*, M)`, loadings :math:`(*, M, R)`, log-diagonals :math:`(*, M)`, log-weights
+    :math:`(*, 1)` (or :py:`None` when the weights are constant) and the augmented part
+    :math:`(*, L)`."""
+
+    loc: Tensor
+    factor: Tensor
+    log_diag: Tensor
+    log_weight: Tensor | None
+    alpha: Tensor
+
+
+class StateLayout:
+    r"""The layout of the CPMM state, defined once.
+
+    .. math:: h = [\mu, \operatorname{vec}(A), \log d, (\log \pi), \alpha] \in
+        \mathbb{R}^{J + L}, \quad J = (R + 2) M \, (+ 1)
+
+    where :math:`\log \pi` is present only when the weights are learned and
+    :math:`\alpha \in \mathbb{R}^L` is the augmented part, never read by the mixture.
+
+    Arguments:
+        features: The number of features :math:`M`.
+        rank: The rank :math:`R` of the loadings.
+        augment: The size :math:`L` of the augmented part.
+        weights: Whether :math:`\log \pi` is in the state.
+
+    Example:
+        >>> layout = StateLayout(features=2, rank=1, augment=3)
+        >>> layout.size, layout.slices["log_diag"]
+        (9, slice(4, 6, None))
+        >>> h = torch.randn(5, layout.size)
+        >>> torch.equal(layout.pack(layout.unpack(h)), h)
+        True
+    """
+
+    def __init__(self, features: int, rank: int, augment: int, weights: bool = False):
+        self.features, self.rank, self.augment, self.weights = features, rank, augment, weights
+
+        shapes = {
+            "loc": (features,),
+            "factor": (features, rank),
+            "log_diag": (features,),
+            "log_weight": (1,) if weights else (0,),
+            "alpha": (augment,),
+        }
+
+        self.shapes, self.slices, start = {}, {}, 0
+        for name, shape in shapes.items():
+            self.shapes[name] = shape
+            self.slices[name] = slice(start, start + math.prod(shape))
+            start += math.prod(shape)
+
+        self.size = start
+        self.mixture = self.slices["alpha"].start
+
+    def __repr__(self) -> str:
+        return f"StateLayout({', '.join(f'{k}={v}' for k, v in self.shapes.items())})"
+
+    def unpack(self, h: Tensor) -> State:
+        r"""Splits states with shape :math:`(*, J + L)` into their named parts."""
+
+        parts = {
+            name: h[..., s].unflatten(-1, self.shapes[name]) for name, s in self.slices.items()
+        }
+
+        if not self.weights:
+            parts["log_weight"] = None
+
+        return State(**parts)
+
+    def pack(self, state: State) -> Tensor:
+        r"""Concatenates named parts into states with shape :math:`(*, J + L)`."""
+
+        loc = state.loc
+        log_weight = state.log_weight if self.weights else loc[..., :0]
+        parts = (loc, state.factor.flatten(-2), state.log_diag, log_weight, state.alpha)
+
+        return torch.cat(parts, dim=-1)
+
+
+class Sine(nn.Module):
+    r"""The sine activation :math:`x \mapsto \sin(x)`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sin(x)
+
+
+ACTIVATIONS = {"sin": Sine, "tanh": nn.Tanh}
+
+
+class Dynamics(nn.Module):
+    r"""Creates the dynamics :math:`f(h, t, c)` of a CPMM: an MLP of the state, the
+    pseudotime and the context.
+
+    .. math:: \frac{dh}{dt} = f([h, t, c]; \theta)
+
+    The context is carried in the ODE state with zero derivative, so that gradients
+    reach it with the adjoint method too: :meth:`forward` takes :math:`y = [h, c]` and
+    returns :math:`[f, 0]`. With ``copies > 1`` (one ODE per trajectory), each of
+    :math:`C` trajectories along the second to last dimension of :math:`y` has its own
+    weights.
+
+    Arguments:
+        state: The size of the state :math:`h`.
+        context: The number of context features.
+        hidden_features: The widths of the hidden layers.
+        activation: ``"sin"`` or ``"tanh"``.
+        copies: The number of independent dynamics.
+
+    Example:
+        >>> f = Dynamics(state=5, hidden_features=(16,))
+        >>> f(torch.tensor(0.5), torch.randn(3, 5)).shape
+        torch.Size([3, 5])
+    """
+
+    def __init__(
+        self,
+        state: int,
+        context: int = 0,
+        hidden_features: Sequence[int] = (256, 256),
+        activation: Literal["sin", "tanh"] = "sin",
+        copies: int = 1,
+    ) -> None:
+        super().__init__()
+
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"Unknown activation '{activation}': choose one of {list(ACTIVATIONS)}."
+            )
+
+        self.state, self.context, self.copies = state, context, copies
+        self.activation = ACTIVATIONS[activation]()
+
+        sizes = (state + 1 + context, *hidden_features, state)
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+
+        for before, after in itertools.pairwise(sizes):
+            bound = before**-0.5
+            self.weights.append(
+                nn.Parameter(torch.empty(copies, before, after).uniform_(-bound, bound))
+            )
+            self.biases.append(nn.Parameter(torch.empty(copies, after).uniform_(-bound, bound)))
+
+    def extra_repr(self) -> str:
+        sizes = [w.shape[-2] for w in self.weights] + [self.state]
+        return f"sizes={sizes}, activation={self.activation}, copies={self.copies}"
+
+    def _linear(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        if self.copies == 1:
+            return x @ weight[0] + bias[0]
+        return (x.unsqueeze(-2) @ weight).squeeze(-2) + bias
+
+    def forward(self, t: Tensor, y: Tensor) -> Tensor:
+        h = y[..., : self.state]
+        t = t.to(y).expand(*y.shape[:-1], 1)
+        x = torch.cat((h, t, y[..., self.state :]), dim=-1)
+
+        for i, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
+            if i > 0:
+                x = self.activation(x)
+            x = self._linear(x, weight, bias)
+
+        return F.pad(x, (0, self.context))
+
+
+def pseudotimes(n: int, like: Tensor) -> Tensor:
+    r"""Returns :math:`n` sorted pseudotimes drawn uniformly in :math:`(0, 1)`: the
+    normalized cumulative sums of :math:`n + 1` exponential spacings, whose law is that
+    of the order statistics of :math:`n` uniforms, kept strictly increasing.
+
+    Example:
+        >>> t = pseudotimes(5, torch.zeros(()))
+        >>> bool((t[1:] > t[:-1]).all() and t[0] > 0 and t[-1] < 1)
+        True
+    """
+
+    spacings = torch.empty(n + 1, dtype=like.dtype, device=like.device).exponential_()
+    spacings = spacings.clamp(min=1e-3)
+    times = spacings.cumsum(dim=0) / spacings.sum()
+
+    return times[:-1]
+
+
+def soft_clip(x: Tensor, floor: float) -> Tensor:
+    r"""Clips :math:`x` smoothly from below, :math:`m + \operatorname{softplus}(x - m)`."""
+
+    return floor + F.softplus(x - floor)
+
+
+def inverse_soft_clip(y: Tensor, floor: float) -> Tensor:
+    r"""The inverse of :func:`soft_clip`, for :math:`y > m`."""
+
+    z = (y - floor).clamp(min=1e-4)
+    return floor + z + torch.log(-torch.expm1(-z))
+
+
+class _ContinuousMixture(LazyDistribution):
+    r"""The machinery shared by :class:`CPMM` and :class:`HierarchicalCPMM`: :math:`C`
+    trajectories of one (or :math:`C`) neural ODE(s) evaluated at :math:`G`
+    pseudotimes."""
+
+    def __init__(
+        self,
+        features: int,
+        context: int = 0,
+        trajectories: int = 1,
+        components: int = 25,
+        rank: int = 2,
+        augment: float = 2.0,
+        hidden_features: Sequence[int] = (256, 256),
+        activation: Literal["sin", "tanh"] = "sin",
+        learn_weights: bool = False,
+        log_diag_min: float = -6.0,
+        separate: bool = False,
+        method: str = "dopri5",
+        rtol: float = 1e-3,
+        atol: float = 1e-4,
+        adjoint: bool = False,
+        max_steps: int = 1000,
+        options: dict | None = None,
+        pseudotimes: int | None = None,
+        epsilon: float = 1e-6,
+    ) -> None:
+        super().__init__()
+
+        if method not in SOLVERS:
+            raise ValueError(
+                f"Unknown method '{method}': choose a torchdiffeq solver, e.g. 'dopri5' or 'rk4'."
+            )
+
+        self.features, self.context = features, context
+        self.trajectories, self.components, self.rank = trajectories, components, rank
+        self.log_diag_min, self.epsilon = log_diag_min, epsilon
+        self.method, self.rtol, self.atol, self.adjoint = method, rtol, atol, adjoint
+        self.max_steps, self.options = max_steps, dict(options or {})
+        self.pseudotimes = pseudotimes or components
+
+        mixture = (rank + 2) * features + learn_weights
+        self.layout = StateLayout(features, rank, math.ceil(augment * mixture), learn_weights)
+        S = self.layout.size
+
+        if context > 0:
+            self.start = MLP(context, trajectories * S, hidden_features)
+        else:
+            self.start = nn.Parameter(self._default_start(torch.zeros(features, 1)))
+
+        copies = trajectories if separate else 1
+        self.dynamics = Dynamics(S, context, hidden_features, activation, copies)
+
+        self._cache = None
+
+    # state and solve
+
+    def _default_start(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        r"""Initial states with the means at zero (or the centres), unit diagonals, small
+        loadings, zero augmented part and equal weights."""
+
+        C, M, R = self.trajectories, self.features, self.rank
+        loc = torch.zeros(C, M, dtype=x.dtype, device=x.device)
+        state = State(
+            loc=loc,
+            factor=1e-2 * torch.randn(C, M, R, dtype=x.dtype, device=x.device),
+            log_diag=torch.zeros_like(loc),
+            log_weight=torch.zeros_like(loc[..., :1]),
+            alpha=torch.zeros(C, self.layout.augment, dtype=x.dtype, device=x.device),
+        )
+
+        return self.layout.pack(state)
+
+    def initial_state(self, c: Tensor | None = None) -> Tensor:
+        r"""Returns the initial states :math:`h_c(0)`, with shape :math:`(*, C, S)`."""
+
+        if c is None:
+            return self.start
+
+        return self.start(c).unflatten(-1, (self.trajectories, self.layout.size))
+
+    def solve(self, times: Tensor, c: Tensor | None = None) -> Tensor:
+        r"""Returns the states :math:`h_c(t)` at increasing pseudotimes, with shape
+        :math:`(*, C, T, S)`.
+
+        The ODE is integrated from :math:`t = 0`; when the first time is positive,
+        :math:`0` is prepended to the solve and dropped from the result.
+
+        Raises:
+            SolverError: When the solver exceeds ``max_steps`` steps between two times,
+                its step size underflows or the state becomes non-finite.
+        """
+
+        check_context(c, self.context)
+
+        h0 = self.initial_state(c)
+        if c is not None:
+            context = c.unsqueeze(-2).expand(*h0.shape[:-1], self.context)
+            h0 = torch.cat((h0, context), dim=-1)
+
+        times = times.to(h0)
+        prepend = bool(times[0] > 0)
+        if prepend:
+            times = torch.cat((times.new_zeros(1), times))
+
+        options = dict(self.options)
+        if self.method in ADAPTIVE:
+            options.setdefault("max_num_steps", self.max_steps)
+
+        odeint = torchdiffeq.odeint_adjoint if self.adjoint else torchdiffeq.odeint
+        kwargs = dict(rtol=self.rtol, atol=self.atol, method=self.method, options=options)
+
+        try:
+            h = odeint(self.dynamics, h0, times, **kwargs)
+        except AssertionError as error:
+            raise self._solver_error(str(error)) from error
+
+        if not torch.isfinite(h).all():
+            raise self._solver_error("non-finite values in state")
+
+        h = h[1:] if prepend else h
+
+        return h[..., : self.layout.size].movedim(0, -2)
+
+    def _solver_error(self, reason: str) -> SolverError:
+        if "max_num_steps" in reason:
+            what = f"it took more than max_steps={self.max_steps} steps between two pseudotimes"
+        elif "underflow" in reason:
+            what = "its step size underflowed"
+        else:
+            what = "the state became NaN or infinite"
+
+        return SolverError(
+            f"The ODE solver ({self.method}, rtol={self.rtol}, atol={self.atol}) failed: {what}; "
+            "the ODE became stiff. Lower the learning rate, clip the gradients, use a "
+            "fixed-step solver (method='rk4') or, if the model is fine, raise max_steps."
+        )
+
+    def _cache_key(self) -> tuple:
+        return tuple((id(p), p.data_ptr(), p._version, p.dtype) for p in self.parameters())
+
+    def _grid_states(self, c: Tensor | None) -> Tensor:
+        r"""The states at the evaluation grid, solved once and cached (unconditional)."""
+
+        grid = torch.linspace(0, 1, self.components)
+
+        if c is not None:
+            return self.solve(grid, c)
+
+        key = self._cache_key()
+        if self._cache is None or self._cache[0] != key:
+            with torch.no_grad():
+                self._cache = (key, self.solve(grid))
+
+        return self._cache[1]
+
+    def train(self, mode: bool = True):
+        if mode:
+            self._cache = None
+        return super().train(mode)
+
+    def states(self, c: Tensor | None = None) -> Tensor:
+        r"""Returns the states of the components, with shape :math:`(*, C, G, S)`: at
+        sorted uniform pseudotimes in training mode, at the fixed grid
+        :math:`t_j = (j - 1) / (G - 1)` in evaluation mode (cached without gradients for
+        an unconditional model until the parameters change or the module goes back to
+        training)."""
+
+        if self.training:
+            return self.solve(pseudotimes(self.pseudotimes, self._reference()), c)
+
+        return self._grid_states(c)
+
+    def _reference(self) -> Tensor:
+        return self.dynamics.weights[0]
+
+    def parameters_of(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        r"""Returns the mixture parameters of states :math:`h`, with shape
+        :math:`(*, S)`: the log-weights, means, loadings and the log-diagonals
+        :math:`\log d`, soft-clipped from below, in :class:`~contmix.MFA`'s layout."""
+
+        state = self.layout.unpack(h)
+
+        if state.log_weight is None:
+            logits = torch.zeros_like(h[..., 0])
+        else:
+            logits = state.log_weight.squeeze(-1)
+
+        return logits, state.loc, state.factor, soft_clip(state.log_diag, self.log_diag_min)
+
+    def _inner(self, h: Tensor) -> GaussianMixture:
+        logits, loc, factor, log_diag = self.parameters_of(h)
+        return GaussianMixture(LowRankNormal(loc, factor, log_diag.exp() + self.epsilon), logits)
+
+    def _extracted_states(self, components: int | None, c: Tensor | None) -> Tensor:
+        if self.context > 0 and (c is None or c.dim() != 1):
+            raise ValueError(
+                "extract() of a conditional model needs one context c "
+                f"with shape ({self.context},)."
+            )
+
+        if components is None and c is None and not self.training:
+            return self._grid_states(None)
+
+        return self.solve(torch.linspace(0, 1, components or self.components), c)
+
+    # initialization
+
+    def _initialize(
+        self,
+        x: Tensor,
+        strategy: str,
+        y: Tensor | None,
+        steps: int,
+        lr: float,
+    ) -> Tensor:
+        r"""Initializes the initial states and the dynamics; returns the log-sizes of
+        the groups."""
+
+        if strategy not in STRATEGIES:
+            raise ValueError(f"Unknown strategy '{strategy}': choose one of {STRATEGIES}.")
+
+        reference = self._reference()
+        check_samples(x, self.features, self.trajectories + 1, reference)
+        if x.dtype != reference.dtype:
+            raise TypeError(
+                f"x is {x.dtype} but the model is {reference.dtype}: use x.to({reference.dtype})."
+            )
+
+        labels = group_labels(x, self.trajectories, strategy, y)
+        stats = group_statistics(x, labels, self.trajectories, self.components, strategy)
+        log_var = stats.variances.clamp(min=torch.finfo(x.dtype).tiny).log()
+        log_var = inverse_soft_clip(log_var.clamp(min=self.log_diag_min + 0.1), self.log_diag_min)
+
+        h0 = self._default_start(x)
+        state = self.layout.unpack(h0)
+        scale = stats.variances.mean(dim=(-1, -2)).sqrt()[:, None, None]
+        h0 = self.layout.pack(
+            state._replace(
+                loc=stats.means[:, 0],
+                factor=state.factor * scale,
+                log_diag=log_var[:, 0],
+            )
+        )
+
+        backup = {k: v.detach().clone() for k, v in self.state_dict().items()}
+
+        try:
+            with torch.no_grad():
+                self.dynamics.weights[-1].mul_(1e-2)
+                self.dynamics.biases[-1].mul_(1e-2)
+
+                if self.context > 0:
+                    self.start[-1].weight.mul_(1e-2)
+                    self.start[-1].bias.copy_(h0.flatten())
+                else:
+                    self.start.copy_(h0)
+
+            if strategy == "kmeans" and self.context == 0 and steps > 0:
+                self._fit_path(stats.means, log_var, steps, lr)
+        except Exception:
+            self.load_state_dict(backup)
+            raise
+        finally:
+            self._cache = None
+
+        return stats.logits
+
+    def _fit_path(self, means: Tensor, log_diag: Tensor, steps: int, lr: float) -> None:
+        r"""Regresses the trajectories on the ordered sub-cluster centres and
+        log-variances at the evaluation grid: the trajectories start out spread along
+        the data instead of sitting at their initial state."""
+
+        scale = means.flatten(0, 1).var(dim=0).mean().clamp(min=torch.finfo(means.dtype).tiny)
+        grid = torch.linspace(0, 1, self.components)
+        factor0 = self.layout.unpack(self.start.detach()).factor.unsqueeze(-3)
+        optimizer = torch.optim.Adam(self.parameters(), lr=lr)
+
+        with torch.enable_grad():
+            for _ in range(steps):
+                state = self.layout.unpack(self.solve(grid))
+                loss = (
+                    (state.loc - means).square().mean() / scale
+                    + (state.log_diag - log_diag).square().mean()
+                    + (state.factor - factor0).square().mean() / scale
+                )
+                optimizer.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(self.parameters(), 1.0)
+                optimizer.step()
+
+
+class CPMM(_ContinuousMixture):
+    r"""Creates a continuously parameterized mixture model (CPMM).
+
+    A mixture of :math:`G` factor analyzers whose parameters are the states of one
+    neural-ODE trajectory at pseudotimes :math:`t_1 < \dots < t_G` in :math:`[0, 1]`,
+
+    .. math:: p(x \mid c) = \sum_{j = 1}^G \pi(t_j) \,
+        \mathcal{N}(x \mid \mu(t_j), D(t_j) + A(t_j) A(t_j)^T) ,
+        \quad \frac{dh}{dt} = f(h, t, c), \quad h(0) = h_0(c) ,
+
+    with the state :math:`h = [\mu, \operatorname{vec}(A), \log d, (\log \pi), \alpha]`
+    (:class:`StateLayout`), :math:`D = \operatorname{diag}(\exp(m +
+    \operatorname{softplus}(\log d - m)) + \epsilon)` with :math:`\log d` soft-clipped
+    from below at :math:`m` (``log_diag_min``), and :math:`\alpha` an augmented part
+    that the mixture never reads. The weights are constant, :math:`\pi = 1 / G`, unless
+    ``learn_weights``. The dynamics :math:`f` are an MLP of :math:`[h, t, c]`
+    (:class:`Dynamics`) and the initial state :math:`h_0` is a learnable parameter, or
+    an MLP of the context.
+
+    In training mode, the pseudotimes are drawn uniformly (sorted) at every call; in
+    evaluation mode they are the fixed grid :math:`t_j = (j - 1)/(G - 1)`, solved once
+    and cached until the parameters change or the module goes back to training. Once
+    trained, :meth:`extract` returns a plain :class:`~contmix.MFA` with the
+    components.
+
+    References:
+        | Continuously Parameterized Mixture Models (Bender et al., 2023)
+        | https://proceedings.mlr.press/v202/bender23a.html
+
+        | Neural Ordinary Differential Equations (Chen et al., 2018)
+        | https://arxiv.org/abs/1806.07366
+
+    Arguments:
+        features: The number of features :math:`M`.
+        context: The number of context features.
+        components: The number of components :math:`G`.
+        rank: The rank :math:`R` of the loadings.
+        augment: The size of the augmented part :math:`\alpha`, as a multiple of the
+            mixture part of the state (the paper uses 2 to 4).
+        hidden_features: The widths of the hidden layers of the dynamics (and of the
+            context MLP).
+        activation: The activation of the dynamics, ``"sin"`` or ``"tanh"``.
+        learn_weights: Whether :math:`\log \pi` is in the state (learned weights).
+        log_diag_min: The soft lower bound :math:`m` of :math:`\log d`.
+        method: The torchdiffeq solver, e.g. ``"dopri5"`` or ``"rk4"``.
+        rtol: The relative tolerance of adaptive solvers.
+        atol: The absolute tolerance of adaptive solvers.
+        adjoint: Whether to backpropagate with the adjoint method
+            (:func:`torchdiffeq.odeint_adjoint`), whose memory does not grow with the
+            number of solver steps.
+        max_steps: The step budget of adaptive solvers between two pseudotimes, beyond
+            which a :class:`SolverError` is raised.
+        options: Other options of the solver, e.g. ``{"step_size": 0.05}``.
+        pseudotimes: The number of pseudotimes drawn in training mode (:math:`G` by
+            default).
+        epsilon: A numerical stability term added to the diagonal.
+
+    Example:
+        >>> model = CPMM(features=2, components=8, rank=1, hidden_features=(32,))
+        >>> x = torch.randn(64, 2)
+        >>> model.initialize(x, steps=5)
+        >>> model().log_prob(x).shape
+        torch.Size([64])
+        >>> mfa = model.eval().extract()
+        >>> torch.allclose(mfa().log_prob(x), model().log_prob(x))
+        True
+    """
+
+    def __init__(
+        self, features: int, context: int = 0, components: int = 25, rank: int = 2, **kwargs
+    ):
+        super().__init__(features, context, 1, components, rank, **kwargs)
+
+    def forward(self, c: Tensor | None = None) -> GaussianMixture:
+        return self._inner(self.states(c).squeeze(-3))
+
+    def initialize(
+        self,
+        x: Tensor,
+        strategy: Literal["random", "kmeans"] = "kmeans",
+        steps: int = 100,
+        lr: float = 1e-3,
+    ) -> None:
+        r"""Initializes the trajectory from data.
+
+        ``"kmeans"`` (the paper's heuristic, extended): the data is split by k-means
+        into :math:`G` clusters whose centres are ordered along a path
+        (:func:`~contmix.hierarchical.order_path`); the initial state gets the first
+        centre, the log-variances of its cluster as :math:`\log d`, small random
+        loadings and a zero augmented part; the last layer of the dynamics is scaled
+        down so that the trajectory starts slow, and then, for ``steps`` Adam steps,
+        the trajectory is regressed on the ordered centres and log-variances at the
+        evaluation grid. ``"random"``: the initial state starts at a random sample with
+        the log-variances of the data, the dynamics scaled down, no regression. For a
+        conditional model, the context MLP starts out producing that initial state
+        whatever the context, and there is no regression.
+
+        Nothing changes if an error is raised.
+
+        Arguments:
+            x: The samples, with shape :math:`(N, M)`.
+            strategy: ``"random"`` or ``"kmeans"``.
+            steps: The number of regression steps of ``"kmeans"`` (0 to skip).
+            lr: The learning rate of the regression.
+        """
+
+        self._initialize(x, strategy, None, steps, lr)
+
+    @torch.no_grad()
+    def extract(self, components: int | None = None, c: Tensor | None = None) -> MFA:
+        r"""Returns a :class:`~contmix.MFA` holding the components at the evaluation grid
+        (or at ``components`` evenly spaced pseudotimes): no ODE in its forward, the same
+        :meth:`log_prob` as the CPMM in evaluation mode, saved and loaded on its own.
+
+        Arguments:
+            components: The number of components :math:`G'` (:math:`G` by default).
+            c: For a conditional model, one context, with shape :math:`(C_{tx},)`.
+        """
+
+        h = self._extracted_states(components, c).squeeze(-3)
+        mfa = MFA(self.features, components=h.shape[-2], rank=self.rank, epsilon=self.epsilon)
+        mfa = mfa.to(h)
+
+        for p, value in zip(mfa.phi, self.parameters_of(h), strict=True):
+            p.copy_(value)
+
+        return mfa
+
+
+class HierarchicalCPMM(_ContinuousMixture):
+    r"""Creates a hierarchical CPMM: a mixture of :math:`C` CPMM trajectories.
+
+    .. math:: p(x \mid c) = \sum_{k = 1}^C \eta_k \sum_{j = 1}^G \pi_k(t_j) \,
+        \mathcal{N}(x \mid \mu_k(t_j), D_k(t_j) + A_k(t_j) A_k(t_j)^T)
+
+    The :math:`C` trajectories start from :math:`C` learnable initial states and share
+    one ODE (or, with ``separate``, each has its own, as in the paper's ablation). The
+    outer weights :math:`\eta = \operatorname{softmax}(\text{logits})` are learnable.
+    Its distribution is the mixture family nested once: a
+    :class:`~contmix.distributions.GaussianMixture` over :math:`C` trajectories whose
+    components are mixtures with batch shape :math:`(C,)` over
+    :class:`~contmix.distributions.LowRankNormal` with batch shape :math:`(C, G)`.
+    Bayes' rule gives :math:`p(k \mid x)` for clustering (:meth:`predict`,
+    :meth:`predict_proba`) and :meth:`joint_log_prob` the supervised likelihood.
+
+    When training for clustering, the paper finds it helpful to regularize the entropy
+    across trajectories (:meth:`entropy`).
+
+    References:
+        | Continuously Parameterized Mixture Models (Bender et al., 2023), Section 3.2
+        | https://proceedings.mlr.press/v202/bender23a.html
+
+    Arguments:
+        features: The number of features :math:`M`.
+        context: The number of context features.
+        trajectories: The number of trajectories :math:`C`.
+        components: The number of components :math:`G` per trajectory.
+        rank: The rank :math:`R` of the loadings.
+        separate: Whether each trajectory has its own ODE.
+        kwargs: The other arguments of :class:`CPMM`.
+
+    Example:
+        >>> model = HierarchicalCPMM(2, trajectories=3, components=5, hidden_features=(32,))
+        >>> x = torch.randn(64, 2)
+        >>> model.initialize(x, steps=5)
+        >>> model().log_prob(x).shape
+        torch.Size([64])
+        >>> model.predict_proba(x).shape
+        torch.Size([64, 3])
+    """
+
+    def __init__(
+        self,
+        features: int,
+        context: int = 0,
+        trajectories: int = 10,
+        components: int = 25,
+        rank: int = 2,
+        separate: bool = False,
+        **kwargs,
+    ):
+        super().__init__(
+            features, context, trajectories, components, rank, separate=separate, **kwargs
+        )
+
+        self.logits = nn.Parameter(torch.zeros(trajectories))
+
+    def forward(self, c: Tensor | None = None) -> GaussianMixture:
+        inner = self._inner(self.states(c))
+        return GaussianMixture(inner, self.logits.expand(inner.batch_shape))
+
+    def predict_proba(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        r"""Returns the posterior of the trajectories :math:`p(k \mid x)` by Bayes' rule,
+        with shape :math:`(*, C)`.
+
+        .. math:: p(k \mid x) = \frac{\eta_k p_k(x)}{\sum_l \eta_l p_l(x)}
+        """
+
+        return self(c).posterior(x).exp()
+
+    def predict(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        r"""Returns the most probable trajectory :math:`\arg\max_k p(k \mid x)`."""
+
+        return self(c).predict(x)
+
+    def joint_log_prob(self, x: Tensor, y: Tensor, c: Tensor | None = None) -> Tensor:
+        r"""Returns the joint log-likelihood of samples and labels (trajectories), for
+        supervised training.
+
+        .. math:: \log p(x, y) = \log \eta_y + \log p(x \mid y)
+
+        Arguments:
+            x: The samples, with shape :math:`(*, M)`.
+            y: The labels in :math:`[0, C)`, with shape :math:`(*)`.
+            c: The context, if any.
+        """
+
+        joint = self(c).joint(x)
+        return joint.gather(-1, y.unsqueeze(-1).expand(*joint.shape[:-1], 1)).squeeze(-1)
+
+    def entropy(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        r"""Returns the entropy of the average posterior over trajectories,
+
+        .. math:: H(\bar{p}) = -\sum_{k = 1}^C \bar{p}_k \log \bar{p}_k , \quad
+            \bar{p}_k = \frac{1}{N} \sum_{n = 1}^N p(k \mid x_n) ,
+
+        which is :math:`\log C` when the batch spreads evenly over the trajectories and
+        :math:`0` when a single trajectory takes it all. The opt-in regularized loss
+        :math:`-\frac{1}{N} \sum_n \log p(x_n) - \lambda H(\bar{p})` keeps every
+        trajectory in use.
+
+        Arguments:
+            x: A batch of samples, with shape :math:`(N, M)`.
+            c: The context, if any.
+
+        Example:
+            >>> model = HierarchicalCPMM(2, trajectories=3, components=4, hidden_features=(8,))
+            >>> x = torch.randn(32, 2)
+            >>> loss = -model().log_prob(x).mean() - 0.1 * model.entropy(x)
+            >>> bool(model.entropy(x) <= math.log(3))
+            True
+        """
+
+        log_p = self(c).posterior(x)
+        log_mean = torch.logsumexp(log_p, dim=0) - math.log(log_p.shape[0])
+
+        return -(log_mean.exp() * log_mean).sum(dim=-1)
+
+    def initialize(
+        self,
+        x: Tensor,
+        strategy: Literal["random", "kmeans"] = "kmeans",
+        y: Tensor | None = None,
+        steps: int = 100,
+        lr: float = 1e-3,
+    ) -> None:
+        r"""Initializes the trajectories from data.
+
+        The samples are split into :math:`C` groups: by the labels ``y`` when given
+        (supervised), else by k-means (``"kmeans"``) or around :math:`C` random samples
+        (``"random"``). Each group is split into :math:`G` sub-clusters (k-means, or
+        random samples) ordered along a path, and as in :meth:`CPMM.initialize` each
+        initial state gets its group's first centre and log-variances, small random
+        loadings, a zero augmented part, the dynamics are scaled down and, for
+        ``"kmeans"``, regressed for ``steps`` Adam steps on the ordered centres of every
+        group at once. The outer weights are set to the group sizes.
+
+        Nothing changes if an error is raised.
+
+        Arguments:
+            x: The samples, with shape :math:`(N, M)`.
+            strategy: ``"random"`` or ``"kmeans"``.
+            y: Optional labels in :math:`[0, C)`, with shape :math:`(N,)`.
+            steps: The number of regression steps (0 to skip).
+            lr: The learning rate of the regression.
+        """
+
+        logits = self._initialize(x, strategy, y, steps, lr)
+
+        with torch.no_grad():
+            self.logits.copy_(logits)
+
+    @torch.no_grad()
+    def extract(self, components: int | None = None, c: Tensor | None = None) -> HierarchicalMFA:
+        r"""Returns a :class:`~contmix.HierarchicalMFA` holding the :math:`C \times G`
+        components at the evaluation grid (or :math:`G'` = ``components`` evenly spaced
+        pseudotimes) and the outer weights: no ODE in its forward, the same
+        :meth:`log_prob` and :meth:`predict` as the model in evaluation mode.
+
+        Arguments:
+            components: The number of components :math:`G'` per trajectory.
+            c: For a conditional model, one context, with shape :math:`(C_{tx},)`.
+        """
+
+        h = self._extracted_states(components, c)
+        C, G = h.shape[-3:-1]
+        model = HierarchicalMFA(
+            self.features, groups=C, components=G, rank=self.rank, epsilon=self.epsilon
+        ).to(h)
+
+        for p, value in zip(model.phi, (self.logits, *self.parameters_of(h)), strict=True):
+            p.copy_(value)
+
+        return model

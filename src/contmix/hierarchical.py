@@ -1,0 +1,365 @@
+r"""Hierarchical mixtures of factor analyzers: a mixture of :math:`C` MFAs."""
+
+__all__ = [
+    "HierarchicalMFA",
+    "group_statistics",
+    "order_path",
+]
+
+from math import prod
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn as nn
+
+from torch import Size, Tensor
+from zuko.lazy import LazyDistribution
+from zuko.nn import MLP
+from zuko.utils import unpack
+
+from .cluster import kmeans, random_centers
+from .distributions import GaussianMixture, LowRankNormal
+from .utils import check_context, check_samples
+
+STRATEGIES = ("random", "kmeans")
+
+
+class GroupStatistics(NamedTuple):
+    r"""The result of :func:`group_statistics`."""
+
+    logits: Tensor
+    means: Tensor
+    variances: Tensor
+    covariances: Tensor
+
+
+def order_path(centers: Tensor) -> Tensor:
+    r"""Returns an order of the centres along a path: it starts at the centre farthest
+    from their mean and goes to the nearest centre not visited yet.
+
+    Example:
+        >>> order_path(torch.tensor([[1.0], [3.0], [0.0], [2.0]])).tolist()
+        [1, 3, 0, 2]
+    """
+
+    distances = torch.cdist(centers, centers)
+    visited = torch.zeros(len(centers), dtype=torch.bool, device=centers.device)
+    current = (centers - centers.mean(dim=0)).norm(dim=-1).argmax()
+    order = [current]
+
+    for _ in range(1, len(centers)):
+        visited[current] = True
+        current = distances[current].masked_fill(visited, float("inf")).argmin()
+        order.append(current)
+
+    return torch.stack(order)
+
+
+def _sub_clusters(x: Tensor, components: int, strategy: str) -> tuple[Tensor, Tensor]:
+    r"""Splits a group into at most ``components`` sub-clusters ordered along a path;
+    a group with fewer samples repeats its last centre. Returns the centres, with shape
+    :math:`(G, M)`, and the sub-cluster of each sample."""
+
+    k = min(components, len(x))
+
+    if strategy == "kmeans":
+        centers, _ = kmeans(x, k)
+    else:
+        centers = random_centers(x, k)
+
+    order = order_path(centers)
+    centers = centers[order]
+    labels = torch.cdist(x, centers).argmin(dim=-1)
+    pad = torch.arange(components, device=x.device).clamp(max=k - 1)
+
+    return centers[pad], labels
+
+
+def group_statistics(
+    x: Tensor,
+    labels: Tensor,
+    groups: int,
+    components: int,
+    strategy: Literal["random", "kmeans"] = "kmeans",
+    prior: float = 4.0,
+) -> GroupStatistics:
+    r"""Returns the statistics of :math:`G` sub-clusters in each of :math:`C` groups.
+
+    Each group :math:`c` (the samples with ``labels == c``) is split by k-means (or
+    around random samples) into :math:`G` sub-clusters whose centres are ordered along a
+    path (:func:`order_path`). The covariance of each sub-cluster is shrunk towards the
+    pooled within-sub-cluster covariance :math:`\bar{S}_c` of its group with ``prior``
+    pseudo-samples,
+
+    .. math:: \Sigma_{cj} = \frac{n_{cj} S_{cj} + \kappa \bar{S}_c}{n_{cj} + \kappa} ,
+
+    so that small sub-clusters keep a sensible covariance.
+
+    Arguments:
+        x: The samples, with shape :math:`(N, M)`.
+        labels: The group of each sample, in :math:`[0, C)`, with shape :math:`(N,)`.
+        groups: The number of groups :math:`C`; every group must have samples.
+        components: The number of sub-clusters :math:`G` per group.
+        strategy: ``"kmeans"`` or ``"random"`` sub-cluster centres.
+        prior: The shrinkage weight :math:`\kappa`.
+
+    Returns:
+        The log-weights of the groups, with shape :math:`(C,)`, the sub-cluster centres,
+        with shape :math:`(C, G, M)`, their diagonal variances, with shape
+        :math:`(C, G, M)`, and covariances, with shape :math:`(C, G, M, M)`.
+
+    Example:
+        >>> x = torch.randn(200, 3)
+        >>> stats = group_statistics(x, torch.arange(200) % 2, groups=2, components=4)
+        >>> stats.means.shape, stats.covariances.shape
+        (torch.Size([2, 4, 3]), torch.Size([2, 4, 3, 3]))
+    """
+
+    N = len(x)
+    means, covariances = [], []
+
+    for c in range(groups):
+        xc = x[labels == c]
+        centers, sub = _sub_clusters(xc, components, strategy)
+        counts = torch.bincount(sub, minlength=components).to(x.dtype)
+        one_hot = nn.functional.one_hot(sub, components).to(x.dtype)
+
+        residual = xc - centers[sub]
+        pooled = residual.T @ residual / len(xc)
+        diff = xc[:, None, :] - centers  # (n, G, M)
+        scatter = torch.einsum("ng,ngi,ngj->gij", one_hot, diff, diff)
+        cov = (scatter + prior * pooled) / (counts + prior)[:, None, None]
+
+        means.append(centers)
+        covariances.append(cov)
+
+    means, covariances = torch.stack(means), torch.stack(covariances)
+    sizes = torch.bincount(labels, minlength=groups).to(x.dtype)
+
+    return GroupStatistics(
+        (sizes / N).log(),
+        means,
+        covariances.diagonal(dim1=-2, dim2=-1),
+        covariances,
+    )
+
+
+def factor_analyzers(covariances: Tensor, rank: int, floor: float = 1e-6) -> tuple[Tensor, Tensor]:
+    r"""Returns loadings :math:`A` and diagonals :math:`d` with
+    :math:`D + A A^T \approx \Sigma` from the top :math:`R` eigenpairs of each
+    covariance (probabilistic PCA): :math:`A = U_R (\Lambda_R - \sigma^2 I)^{1/2}`,
+    with :math:`\sigma^2` the mean of the other eigenvalues, and
+    :math:`d = \operatorname{diag}(\Sigma - A A^T)`, which keeps the variances exact.
+    """
+
+    values, vectors = torch.linalg.eigh(covariances)
+    values, vectors = values.flip(-1), vectors.flip(-1)
+    M = values.shape[-1]
+    noise = values[..., rank:].mean(dim=-1, keepdim=True) if rank < M else 0 * values[..., :1]
+    factor = vectors[..., :rank] * (values[..., :rank] - noise).clamp(min=0).sqrt().unsqueeze(-2)
+    diag = covariances.diagonal(dim1=-2, dim2=-1) - factor.square().sum(dim=-1)
+    scale = covariances.diagonal(dim1=-2, dim2=-1).mean(dim=-1, keepdim=True)
+
+    return factor, diag.clamp(min=floor * scale)
+
+
+def hierarchical_shapes(groups: int, components: int, features: int, rank: int) -> list[Size]:
+    r"""The shapes of the parameters: outer logits, inner logits, means, loadings and
+    log-diagonals."""
+
+    return [
+        Size((groups,)),
+        Size((groups, components)),
+        Size((groups, components, features)),
+        Size((groups, components, features, rank)),
+        Size((groups, components, features)),
+    ]
+
+
+class HierarchicalMFA(LazyDistribution):
+    r"""Creates a hierarchical mixture of factor analyzers: a mixture of :math:`C` MFAs
+    with :math:`G` components each.
+
+    .. math:: p(x) = \sum_{c = 1}^C \eta_c \sum_{j = 1}^G \pi_{cj} \,
+        \mathcal{N}(x \mid \mu_{cj}, D_{cj} + A_{cj} A_{cj}^T)
+
+    with :math:`D_{cj} = \operatorname{diag}(\exp(\phi_{cj}) + \epsilon)`. Its
+    distribution is a :class:`~contmix.distributions.GaussianMixture` over :math:`C`
+    groups whose components are :class:`~contmix.distributions.GaussianMixture` with
+    batch shape :math:`(C,)` over :class:`~contmix.distributions.LowRankNormal`
+    components with batch shape :math:`(C, G)`. By Bayes' rule, :meth:`predict_proba`
+    gives the group posterior :math:`p(c \mid x)`, for clustering and classification.
+    This is what :meth:`contmix.HierarchicalCPMM.extract` returns.
+
+    References:
+        | Continuously Parameterized Mixture Models (Bender et al., 2023), Section 3.2
+        | https://proceedings.mlr.press/v202/bender23a.html
+
+    Arguments:
+        features: The number of features :math:`M`.
+        context: The number of context features.
+        groups: The number of groups :math:`C`.
+        components: The number of components :math:`G` per group.
+        rank: The rank :math:`R` of the loadings.
+        epsilon: A numerical stability term added to the diagonal.
+        kwargs: Keyword arguments passed to :class:`zuko.nn.MLP`.
+
+    Example:
+        >>> model = HierarchicalMFA(features=3, groups=2, components=4, rank=1)
+        >>> x = torch.randn(10, 3)
+        >>> model().log_prob(x).shape
+        torch.Size([10])
+        >>> model.predict_proba(x).sum(dim=-1).allclose(torch.ones(10))
+        True
+    """
+
+    def __init__(
+        self,
+        features: int,
+        context: int = 0,
+        groups: int = 2,
+        components: int = 2,
+        rank: int = 1,
+        epsilon: float = 1e-6,
+        **kwargs,
+    ) -> None:
+        super().__init__()
+
+        self.features = features
+        self.context = context
+        self.groups = groups
+        self.components = components
+        self.rank = rank
+        self.epsilon = epsilon
+
+        self.shapes = hierarchical_shapes(groups, components, features, rank)
+        self.total = sum(prod(s) for s in self.shapes)
+
+        if context > 0:
+            self.hyper = MLP(context, self.total, **kwargs)
+        else:
+            C, G, M, R = groups, components, features, rank
+            self.phi = nn.ParameterList(
+                [
+                    nn.Parameter(torch.zeros(C)),
+                    nn.Parameter(torch.zeros(C, G)),
+                    nn.Parameter(torch.randn(C, G, M)),
+                    nn.Parameter(torch.randn(C, G, M, R) / R**0.5),
+                    nn.Parameter(torch.zeros(C, G, M)),
+                ]
+            )
+
+    def forward(self, c: Tensor | None = None) -> GaussianMixture:
+        check_context(c, self.context)
+
+        if c is None:
+            eta, logits, loc, factor, log_diag = self.phi
+        else:
+            eta, logits, loc, factor, log_diag = unpack(self.hyper(c), self.shapes)
+
+        base = LowRankNormal(loc, factor, log_diag.exp() + self.epsilon)
+
+        return GaussianMixture(GaussianMixture(base, logits), eta)
+
+    def predict_proba(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        r"""Returns the posterior of the groups :math:`p(c \mid x)`, with shape
+        :math:`(*, C)`."""
+
+        return self(c).posterior(x).exp()
+
+    def predict(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        r"""Returns the most probable group :math:`\arg\max_c p(c \mid x)`."""
+
+        return self(c).predict(x)
+
+    @torch.no_grad()
+    def initialize(
+        self,
+        x: Tensor,
+        strategy: Literal["random", "kmeans"] = "kmeans",
+        y: Tensor | None = None,
+    ) -> None:
+        r"""Initializes the mixture from data.
+
+        The samples are split into :math:`C` groups (by ``y`` when labels are given,
+        otherwise by k-means or around random samples), each group into :math:`G`
+        sub-clusters, and each component is the factor analyzer (probabilistic PCA) of
+        its sub-cluster (:func:`group_statistics`). For a conditional model, the
+        hypernetwork starts out producing this mixture whatever the context. Nothing
+        changes if an error is raised.
+
+        Arguments:
+            x: The samples, with shape :math:`(N, M)`.
+            strategy: ``"random"`` or ``"kmeans"``.
+            y: Optional labels in :math:`[0, C)`, with shape :math:`(N,)`.
+        """
+
+        if strategy not in STRATEGIES:
+            raise ValueError(f"Unknown strategy '{strategy}': choose one of {STRATEGIES}.")
+
+        reference = next(self.parameters())
+        check_samples(x, self.features, self.groups + 1, reference)
+        labels = group_labels(x, self.groups, strategy, y)
+
+        stats = group_statistics(x, labels, self.groups, self.components, strategy)
+        factor, diag = factor_analyzers(stats.covariances, self.rank)
+        params = [
+            stats.logits,
+            torch.zeros_like(stats.means[..., 0]),
+            stats.means,
+            factor,
+            (diag - self.epsilon).clamp(min=self.epsilon).log(),
+        ]
+
+        if not all(torch.isfinite(p).all() for p in params):
+            raise ValueError("The fitted parameters are not finite: the data is degenerate.")
+
+        if self.context > 0:
+            self.hyper[-1].weight.mul_(1e-2)
+            self.hyper[-1].bias.copy_(torch.cat([p.flatten() for p in params]))
+        else:
+            for p, value in zip(self.phi, params, strict=True):
+                p.copy_(value)
+
+
+def check_labels(y: Tensor, samples: int, groups: int) -> None:
+    r"""Raises a :class:`ValueError` unless ``y`` holds one label in :math:`[0, C)` per
+    sample and every label has samples."""
+
+    if not isinstance(y, Tensor) or y.dtype.is_floating_point or y.dtype == torch.bool:
+        raise TypeError("y must be an integer tensor of labels, e.g. torch.as_tensor(y).long().")
+    if y.shape != (samples,):
+        raise ValueError(
+            f"y must have shape ({samples},), one label per sample, got {tuple(y.shape)}."
+        )
+    if y.min() < 0 or y.max() >= groups:
+        raise ValueError(
+            f"y must lie in [0, {groups}), got labels in [{int(y.min())}, {int(y.max())}]: "
+            "relabel them or change the number of groups."
+        )
+
+    counts = torch.bincount(y, minlength=groups)
+    if (counts == 0).any():
+        missing = (counts == 0).nonzero().squeeze(-1).tolist()
+        raise ValueError(f"The labels {missing} have no samples: every group needs samples.")
+
+
+def group_labels(x: Tensor, groups: int, strategy: str, y: Tensor | None = None) -> Tensor:
+    r"""Returns the group of each sample: the labels ``y`` when given (checked), else the
+    k-means clusters (``"kmeans"``) or the nearest of random samples (``"random"``)."""
+
+    if y is not None:
+        check_labels(y, len(x), groups)
+        return y.to(x.device)
+
+    if strategy == "kmeans":
+        return kmeans(x, groups)[1]
+
+    labels = torch.cdist(x, random_centers(x, groups)).argmin(dim=-1)
+    counts = torch.bincount(labels, minlength=groups)
+
+    # a random centre duplicated in x leaves a group empty: give it its own sample
+    empty = (counts == 0).nonzero().squeeze(-1)
+    labels[torch.randperm(len(x), device=x.device)[: len(empty)]] = empty
+
+    return labels

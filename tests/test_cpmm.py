@@ -1,0 +1,564 @@
+r"""Tests for contmix.cpmm and contmix.hierarchical."""
+
+import io
+import math
+
+import pytest
+import torch
+
+from torch.distributions import LowRankMultivariateNormal
+
+from contmix import CPMM, MFA, HierarchicalCPMM, HierarchicalMFA, SolverError
+from contmix.cpmm import Dynamics, StateLayout, inverse_soft_clip, pseudotimes, soft_clip
+from contmix.datasets import two_circles
+from contmix.hierarchical import order_path
+
+
+def small(cls=CPMM, **kwargs):
+    options = dict(components=6, rank=1, hidden_features=(16, 16))
+    return cls(2, **(options | kwargs))
+
+
+def blobs(n: int = 300, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    centers = torch.tensor([[-4.0, 0.0], [4.0, 0.0], [0.0, 5.0]])
+    y = torch.arange(n) % 3
+    return centers[y] + torch.randn(n, 2, generator=generator), y
+
+
+# state layout
+
+
+@pytest.mark.parametrize("weights", [False, True])
+def test_layout_round_trip(weights):
+    layout = StateLayout(features=3, rank=2, augment=5, weights=weights)
+    assert layout.size == 3 + 6 + 3 + weights + 5
+    assert layout.mixture == layout.size - 5
+
+    h = torch.randn(4, 7, layout.size)
+    assert torch.equal(layout.pack(layout.unpack(h)), h)
+
+    state = layout.unpack(h)
+    assert state.factor.shape == (4, 7, 3, 2)
+    assert (state.log_weight is None) == (not weights)
+    assert torch.equal(state.loc, h[..., :3])
+    assert torch.equal(state.factor[..., 1, 0], h[..., 3 + 2])  # row-major vec(A)
+    assert torch.equal(state.alpha, h[..., -5:])
+
+    again = layout.unpack(layout.pack(state))
+    for a, b in zip(again, state, strict=True):
+        assert (a is None and b is None) or torch.equal(a, b)
+
+    # the named slices tile the state exactly once
+    covered = torch.zeros(layout.size, dtype=torch.long)
+    for s in layout.slices.values():
+        covered[s] += 1
+    assert (covered == 1).all()
+
+
+def test_soft_clip():
+    x = torch.linspace(-20, 10, 301, dtype=torch.float64)
+    y = soft_clip(x, -6.0)
+    assert (y > -6.0).all()
+    assert (y[1:] > y[:-1]).all()  # smooth and increasing
+    assert torch.allclose(y[x > 4], x[x > 4], atol=1e-4)
+    assert torch.allclose(inverse_soft_clip(y[y > -5.9], -6.0), x[y > -5.9], atol=1e-6)
+
+
+def test_pseudotimes():
+    t = torch.stack([pseudotimes(9, torch.zeros(())) for _ in range(2000)])
+    assert (t[:, 1:] > t[:, :-1]).all() and (t > 0).all() and (t < 1).all()
+    # order statistics of 9 uniforms: E[t_(j)] = j / 10
+    assert torch.allclose(t.mean(dim=0), torch.arange(1, 10) / 10, atol=0.01)
+
+
+def test_order_path():
+    centers = torch.tensor([[0.0, 0.0], [3.0, 0.0], [1.0, 0.0], [2.0, 0.0], [-1.0, 0.0]])
+    assert order_path(centers).tolist() in ([1, 3, 2, 0, 4], [4, 0, 2, 3, 1])
+
+
+# shapes
+
+
+def test_shapes_unconditional():
+    torch.manual_seed(0)
+    model = small(components=5, rank=2)
+    d = model()
+    assert d.batch_shape == () and d.event_shape == (2,)
+    assert d.base.loc.shape == (5, 2) and d.base.cov_factor.shape == (5, 2, 2)
+    assert model().log_prob(torch.randn(7, 3, 2)).shape == (7, 3)
+    assert model().sample((4,)).shape == (4, 2)
+
+    h = model.solve(torch.tensor([0.0, 0.3, 1.0]))
+    assert h.shape == (1, 3, model.layout.size)
+    assert torch.equal(h[0, 0], model.start[0])  # t = 0 is the initial state
+
+
+def test_shapes_conditional():
+    torch.manual_seed(0)
+    model = small(context=3)
+    c = torch.randn(5, 3)
+    d = model(c)
+    assert d.batch_shape == (5,) and d.base.batch_shape == (5, 6)
+    assert d.log_prob(torch.randn(5, 2)).shape == (5,)
+    assert d.sample().shape == (5, 2)
+    assert model(c[0]).batch_shape == ()
+
+    # the context reaches both the initial state and the dynamics
+    h = model.solve(torch.linspace(0, 1, 4), c[:2])
+    assert h.shape == (2, 1, 4, model.layout.size)
+    assert not torch.allclose(h[0], h[1])
+
+    with pytest.raises(ValueError, match="needs a context"):
+        model()
+
+    hier = small(HierarchicalCPMM, context=3, trajectories=4)
+    d = hier(c)
+    assert d.batch_shape == (5,) and d.base.batch_shape == (5, 4)
+    assert d.base.base.batch_shape == (5, 4, 6)
+    assert hier.predict_proba(torch.randn(5, 2), c).shape == (5, 4)
+
+    hier.eval()
+    assert hier(c).log_prob(torch.randn(5, 2)).shape == (5,)
+    assert hier.extract(c=c[0])().log_prob(torch.randn(5, 2)).shape == (5,)
+
+
+def test_separate_dynamics():
+    torch.manual_seed(0)
+    # a fixed-step solver: adaptive steps are shared by all trajectories
+    model = small(HierarchicalCPMM, trajectories=3, separate=True, method="rk4").eval()
+    assert model.dynamics.weights[0].shape[0] == 3
+    h = model.solve(torch.linspace(0, 1, 4))
+
+    with torch.no_grad():
+        for w in model.dynamics.weights:
+            w[1].mul_(2.0)
+
+    h2 = model.solve(torch.linspace(0, 1, 4))
+    assert torch.equal(h[0], h2[0]) and torch.equal(h[2], h2[2])
+    assert not torch.allclose(h[1, 1:], h2[1, 1:])
+
+
+def test_dynamics_copies_match_loop():
+    torch.manual_seed(0)
+    f = Dynamics(state=4, context=2, hidden_features=(8,), activation="tanh", copies=3)
+    y = torch.randn(5, 3, 6)
+    out = f(torch.tensor(0.3), y)
+
+    for k in range(3):
+        g = Dynamics(state=4, context=2, hidden_features=(8,), activation="tanh")
+        with torch.no_grad():
+            for p, q in zip(g.parameters(), f.parameters(), strict=True):
+                p.copy_(q[k : k + 1])
+        assert torch.allclose(out[:, k], g(torch.tensor(0.3), y[:, k]), atol=1e-6)
+
+    assert (out[..., 4:] == 0).all()  # the context has zero derivative
+
+
+# extraction and caching
+
+
+def test_extract_equals_eval():
+    torch.manual_seed(0)
+    x = torch.randn(50, 2)
+    model = small(learn_weights=True)
+    model.initialize(x, steps=5)
+    model.eval()
+
+    mfa = model.extract()
+    assert isinstance(mfa, MFA) and mfa.components == 6
+    assert torch.equal(mfa().log_prob(x), model().log_prob(x))
+
+    # saves and loads on its own
+    buffer = io.BytesIO()
+    torch.save(mfa.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = MFA(2, components=6, rank=1)
+    fresh.load_state_dict(torch.load(buffer))
+    assert torch.equal(fresh().log_prob(x), model().log_prob(x))
+
+    coarse = model.extract(components=3)
+    assert coarse.components == 3
+    assert torch.allclose(coarse.phi[1][[0, 2]], mfa.phi[1][[0, 5]], atol=1e-6)
+
+
+def test_extract_hierarchical_equals_eval():
+    torch.manual_seed(0)
+    x = torch.randn(50, 2)
+    model = small(HierarchicalCPMM, trajectories=3)
+    model.initialize(x, steps=5)
+    model.eval()
+
+    extracted = model.extract()
+    assert isinstance(extracted, HierarchicalMFA)
+    assert torch.equal(extracted().log_prob(x), model().log_prob(x))
+    assert torch.equal(extracted.predict(x), model.predict(x))
+
+    fresh = HierarchicalMFA(2, groups=3, components=6, rank=1)
+    fresh.load_state_dict(extracted.state_dict())
+    assert torch.equal(fresh().log_prob(x), model().log_prob(x))
+
+
+def count_evaluations(model):
+    calls = []
+    model.dynamics.register_forward_hook(lambda *args: calls.append(1))
+    return calls
+
+
+def test_cache_invalidation():
+    torch.manual_seed(0)
+    x = torch.randn(20, 2)
+    model = small().eval()
+    calls = count_evaluations(model)
+
+    first = model().log_prob(x)
+    solved = len(calls)
+    assert solved > 0
+    assert torch.equal(model().log_prob(x), first)
+    assert len(calls) == solved  # cached
+
+    # an optimizer step changes the parameters: solved again
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    (-model().log_prob(x).mean()).backward()
+    optimizer.step()
+    model.eval()
+    calls.clear()
+    second = model().log_prob(x)
+    assert len(calls) > 0 and not torch.allclose(second, first)
+
+    # an optimizer step while in eval mode too
+    calls.clear()
+    with torch.no_grad():
+        model.dynamics.biases[-1].add_(1.0)
+    third = model().log_prob(x)
+    assert len(calls) > 0 and not torch.allclose(third, second)
+
+    # going back to training clears the cache
+    model.train()
+    assert model._cache is None
+
+    # loading a state dict
+    model.eval()
+    model()
+    other = small()
+    model.load_state_dict(other.state_dict())
+    assert torch.allclose(model().log_prob(x), other.eval()().log_prob(x))
+
+
+def test_training_mode_draws_pseudotimes():
+    torch.manual_seed(0)
+    model = small()
+    a, b = model().base.loc, model().base.loc
+    assert not torch.allclose(a, b)
+    model.eval()
+    assert torch.equal(model().base.loc, model().base.loc)
+
+
+# gradients
+
+
+@pytest.mark.parametrize("adjoint", [False, True])
+def test_gradients_reach_everything(adjoint):
+    torch.manual_seed(0)
+    x = torch.randn(30, 2)
+    model = small(HierarchicalCPMM, trajectories=2, adjoint=adjoint, learn_weights=True)
+    (-model().log_prob(x).mean()).backward()
+
+    assert model.start.grad is not None and (model.start.grad != 0).any()
+    assert model.logits.grad is not None
+    for name, p in model.dynamics.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert (p.grad != 0).any(), name
+
+
+def test_adjoint_gradients_match():
+    x = torch.randn(30, 2, dtype=torch.float64)
+    grads = []
+
+    for adjoint in (False, True):
+        torch.manual_seed(0)
+        model = small(adjoint=adjoint, rtol=1e-9, atol=1e-9).double()
+        h = model.solve(torch.linspace(0, 1, 6)).squeeze(0)
+        (-model._inner(h).log_prob(x).mean()).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+
+    assert torch.allclose(grads[0], grads[1], rtol=1e-5, atol=1e-7)
+
+
+def test_conditional_gradients_reach_context():
+    torch.manual_seed(0)
+    model = small(context=2, adjoint=True)
+    c = torch.randn(4, 2, requires_grad=True)
+    h = model.solve(torch.linspace(0, 1, 3), c)
+    h[..., -1, 0].sum().backward()  # a mean at t = 1 depends on c through f
+    assert c.grad is not None and (c.grad != 0).all()
+
+
+# solver failures
+
+
+def test_step_budget_error():
+    torch.manual_seed(0)
+    model = small(max_steps=3, rtol=1e-8, atol=1e-8)
+    with torch.no_grad():
+        model.dynamics.weights[-1].mul_(100.0)
+
+    with pytest.raises(SolverError, match=r"max_steps=3.*stiff.*rk4"):
+        model()
+
+    rk4 = small(method="rk4")
+    with torch.no_grad():
+        rk4.dynamics.biases[-1].fill_(float("nan"))
+    with pytest.raises(SolverError, match="NaN"):
+        rk4()
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="Unknown method"):
+        small(method="foo")
+    with pytest.raises(ValueError, match="Unknown activation"):
+        small(activation="relu")
+    with pytest.raises(ValueError, match="no context"):
+        small()(torch.randn(3))
+
+
+# initialization
+
+
+def test_initialize_kmeans_places_trajectory_on_data():
+    torch.manual_seed(0)
+    x, _ = two_circles(512)
+    model = small(components=8, hidden_features=(32, 32))
+    model.initialize(x, strategy="kmeans", steps=150, lr=1e-2)
+    model.eval()
+    loc = model().base.loc
+    assert torch.cdist(loc, x).min(dim=-1).values.max() < 0.3  # every component near data
+    assert torch.pdist(loc).min() > 0.05  # and spread out
+
+
+def test_initialize_random():
+    torch.manual_seed(0)
+    x = torch.randn(100, 2) * torch.tensor([1.0, 3.0])
+    model = small()
+    model.initialize(x, strategy="random")
+    start = model.layout.unpack(model.start.detach())
+    assert torch.cdist(start.loc, x).min() < 1e-6  # a sample
+    assert torch.isfinite(model().log_prob(x)).all()
+
+
+@pytest.mark.parametrize(
+    "bad, error",
+    [
+        (torch.randn(10, 3), "shape"),
+        (torch.full((10, 2), float("nan")), "NaN"),
+        (torch.randn(2, 2), "samples"),
+        (torch.randint(5, (10, 2)), "float"),
+        (torch.randn(10, 2, dtype=torch.float64), "float64"),
+    ],
+)
+def test_initialize_bad_input_changes_nothing(bad, error):
+    torch.manual_seed(0)
+    model = small(HierarchicalCPMM, trajectories=3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    with pytest.raises((ValueError, TypeError), match=error):
+        model.initialize(bad)
+
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_initialize_bad_labels_and_strategy():
+    model = small(HierarchicalCPMM, trajectories=3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(30, 2)
+
+    with pytest.raises(ValueError, match="Unknown strategy"):
+        model.initialize(x, strategy="foo")
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        model.initialize(x, y=torch.arange(30) % 4)
+    with pytest.raises(ValueError, match="no samples"):
+        model.initialize(x, y=torch.arange(30) % 2)
+    with pytest.raises(TypeError, match="integer"):
+        model.initialize(x, y=torch.zeros(30))
+
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_initialize_solver_failure_restores():
+    torch.manual_seed(0)
+    x = torch.randn(40, 2)
+    model = small(max_steps=2, rtol=1e-10, atol=1e-10)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    with pytest.raises(SolverError):
+        model.initialize(x, steps=50, lr=10.0)
+
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+# hierarchical
+
+
+def brute_force_log_joint(model: HierarchicalCPMM, x: torch.Tensor) -> torch.Tensor:
+    r"""log eta_c + log p(x | c) from the extracted parameters with torch's own low-rank
+    normal, one trajectory and one component at a time."""
+
+    eta, logits, loc, factor, log_diag = model.extract().phi
+    C, G = logits.shape
+    log_eta = torch.log_softmax(eta, dim=0)
+    out = torch.empty(len(x), C)
+
+    for c in range(C):
+        log_pi = torch.log_softmax(logits[c], dim=0)
+        terms = []
+        for j in range(G):
+            normal = LowRankMultivariateNormal(
+                loc[c, j], factor[c, j], log_diag[c, j].exp() + model.epsilon
+            )
+            terms.append(log_pi[j] + normal.log_prob(x))
+        out[:, c] = log_eta[c] + torch.logsumexp(torch.stack(terms), dim=0)
+
+    return out
+
+
+def test_hierarchical_posterior_is_bayes():
+    torch.manual_seed(0)
+    x, _ = blobs()
+    model = small(HierarchicalCPMM, trajectories=3, learn_weights=True)
+    model.initialize(x, steps=0)
+    with torch.no_grad():
+        model.logits.copy_(torch.tensor([0.2, -0.5, 0.1]))
+    model.eval()
+
+    joint = brute_force_log_joint(model, x)
+    proba = model.predict_proba(x)
+    assert torch.allclose(proba.sum(dim=-1), torch.ones(len(x)), atol=1e-6)
+    assert torch.allclose(proba, torch.softmax(joint, dim=-1), atol=1e-5)
+    assert torch.equal(model.predict(x), joint.argmax(dim=-1))
+    assert torch.allclose(model().log_prob(x), torch.logsumexp(joint, dim=-1), atol=1e-4)
+
+    # the joint of (x, y): log eta_y + log p(x | y), which marginalizes to p(x)
+    y = torch.randint(3, (len(x),))
+    assert torch.allclose(
+        model.joint_log_prob(x, y), joint.gather(-1, y[:, None])[:, 0], atol=1e-4
+    )
+
+
+def test_entropy_by_hand():
+    torch.manual_seed(0)
+    x = torch.randn(40, 2)
+    model = small(HierarchicalCPMM, trajectories=3).eval()
+
+    proba = model.predict_proba(x).double()
+    mean = [sum(proba[n, k].item() for n in range(40)) / 40 for k in range(3)]
+    expected = -sum(p * math.log(p) for p in mean)
+
+    assert math.isclose(model.entropy(x).item(), expected, rel_tol=1e-4)
+    assert 0 <= expected <= math.log(3)
+
+
+def test_supervised_initialization():
+    torch.manual_seed(0)
+    x, y = blobs()
+    model = small(HierarchicalCPMM, trajectories=3)
+    model.initialize(x, y=y, steps=30, lr=1e-2)
+    model.eval()
+
+    # every trajectory starts in its class and the classifier is right
+    start = model.layout.unpack(model.start.detach()).loc
+    assert torch.equal(
+        torch.cdist(start, x.new_tensor([[-4, 0], [4, 0], [0, 5]])).argmin(-1), torch.arange(3)
+    )
+    assert (model.predict(x) == y).float().mean() > 0.97
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    before = model.joint_log_prob(x, y).mean().detach()
+    for _ in range(10):
+        loss = -model.joint_log_prob(x, y).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert torch.isfinite(loss) and -loss > before - 0.5
+
+
+def test_hierarchical_mfa_initialize():
+    torch.manual_seed(0)
+    x, y = blobs()
+    model = HierarchicalMFA(2, groups=3, components=4, rank=1)
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(ValueError):
+        model.initialize(x[:, :1])
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+    model.initialize(x, y=y)
+    assert (model.predict(x) == y).float().mean() > 0.97
+    assert torch.allclose(model.predict_proba(x).sum(-1), torch.ones(len(x)), atol=1e-6)
+    assert model().log_prob(x).mean() > -4.0  # three unit blobs: about -2.8 nats
+
+
+# training
+
+
+def fit(model, x, steps, lr=3e-3, seed=0):
+    torch.manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        batch = x[torch.randint(len(x), (256,))]
+        loss = -model().log_prob(batch).mean()
+        assert torch.isfinite(loss)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        for p in model.parameters():
+            assert torch.isfinite(p).all()
+    return model.eval()
+
+
+def test_fit_two_circles_improves():
+    torch.manual_seed(0)
+    x, _ = two_circles(1024)
+    model = small(components=12, hidden_features=(32, 32))
+    model.initialize(x, strategy="random")
+    model.eval()
+    before = model().log_prob(x).mean()
+
+    fit(model, x, steps=150)
+    after = model().log_prob(x).mean()
+    assert after > before + 1.0, (before, after)
+
+
+@pytest.mark.parametrize(
+    "steps, method",
+    [(20, "rk4"), pytest.param(3000, "dopri5", marks=pytest.mark.slow)],
+)
+def test_no_nan_long_run(steps, method):
+    from contmix.datasets import spiral
+
+    torch.manual_seed(0)
+    x, _ = spiral(1024)
+    model = small(
+        HierarchicalCPMM,
+        trajectories=5,
+        components=10,
+        hidden_features=(32, 32),
+        method=method,
+        options={"step_size": 0.1} if method == "rk4" else None,
+    )
+    model.initialize(x, steps=20, lr=1e-2)
+    fit(model, x, steps=steps, lr=3e-3)
+    assert torch.isfinite(model().log_prob(x)).all()
+
+
+def test_double_precision():
+    torch.manual_seed(0)
+    x = torch.randn(30, 2, dtype=torch.float64)
+    model = small(HierarchicalCPMM, trajectories=2).double()
+    model.initialize(x, steps=3)
+    assert model().log_prob(x).dtype == torch.float64
+    assert model.eval().extract().phi[2].dtype == torch.float64
