@@ -1,0 +1,581 @@
+r"""Classifier-weighted mixtures (CWM).
+
+A CWM replaces the constant weights of a mixture by functions of :math:`x` built
+from a classifier :math:`w` evaluated in the latent space of each component:
+
+.. math:: p(x) = \sum_{k = 1}^K w_k(T_k(x)) \, p_0(T_k(x)) \,
+    |\det J_{T_k}(x)|
+
+where :math:`p_0` is a standard normal, :math:`T_k` are invertible maps and
+:math:`w = \operatorname{softmax}(f)` sums to one everywhere. It is the marginal of
+the latent-variable model :math:`Z \sim p_0`, :math:`R \mid Z \sim
+\operatorname{Categorical}(w(Z))`, :math:`X = T_R^{-1}(Z)`, so it can be evaluated
+and sampled exactly, and expectations have a differentiable Rao-Blackwellized
+estimator.
+
+References:
+    | Classifier Weighted Mixtures (Argouarc'h et al.)
+"""
+
+__all__ = [
+    "CWM",
+    "CWMDistribution",
+    "ComponentwiseTransform",
+    "LocScaleTransform",
+    "TriangularAffineTransform",
+]
+
+from collections.abc import Callable, Sequence
+from functools import partial
+from math import prod
+from typing import Literal
+
+import torch
+import torch.nn as nn
+
+from torch import Size, Tensor
+from torch.distributions import Categorical, Distribution, Transform, constraints
+from zuko.distributions import DiagNormal
+from zuko.lazy import LazyDistribution, LazyTransform
+from zuko.nn import MLP
+from zuko.transforms import ComposedTransform
+from zuko.utils import unpack
+
+from .em import fit_gmm, gmm_m_step
+from .gmm import STRATEGIES, hard_responsibilities, initial_centers
+from .utils import check_context, check_samples, cholesky
+
+MapType = Literal["diagonal", "affine"]
+MAP_TYPES = ("diagonal", "affine")
+
+
+class LocScaleTransform(Transform):
+    r"""Creates a batch of location-scale transformations, from data to latent space.
+
+    .. math:: T_k(x) = \frac{x - \mu_k}{\sigma_k}, \quad
+        \log |\det J_{T_k}| = -\sum_i \log \sigma_{ki}
+
+    Arguments:
+        loc: The locations :math:`\mu_k`, with shape :math:`(*, K, D)`.
+        scale: The positive scales :math:`\sigma_k`, with shape :math:`(*, K, D)`.
+
+    Example:
+        >>> t = LocScaleTransform(torch.zeros(3, 2), 2 * torch.ones(3, 2))
+        >>> t(torch.ones(1, 2)).shape
+        torch.Size([3, 2])
+        >>> t.inv(t(torch.ones(1, 2)))[0]
+        tensor([1., 1.])
+    """
+
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    bijective = True
+
+    def __init__(self, loc: Tensor, scale: Tensor, **kwargs) -> None:
+        super().__init__(**kwargs)
+
+        self.loc = loc
+        self.scale = scale
+
+    def _call(self, x: Tensor) -> Tensor:
+        return (x - self.loc) / self.scale
+
+    def _inverse(self, z: Tensor) -> Tensor:
+        return self.loc + self.scale * z
+
+    def log_abs_det_jacobian(self, x: Tensor, z: Tensor) -> Tensor:
+        return -self.scale.log().sum(dim=-1).expand(z.shape[:-1])
+
+
+class TriangularAffineTransform(Transform):
+    r"""Creates a batch of full affine transformations, from data to latent space.
+
+    .. math:: T_k(x) = L_k^{-1} (x - \mu_k), \quad
+        \log |\det J_{T_k}| = -\sum_i \log L_{kii}
+
+    with :math:`L_k` lower triangular with a positive diagonal, so that
+    :math:`T_k^{-1}(Z) \sim \mathcal{N}(\mu_k, L_k L_k^T)` when
+    :math:`Z \sim \mathcal{N}(0, I)`.
+
+    Arguments:
+        loc: The locations :math:`\mu_k`, with shape :math:`(*, K, D)`.
+        tril: The lower triangular factors :math:`L_k`, with shape :math:`(*, K, D, D)`.
+
+    Example:
+        >>> t = TriangularAffineTransform(torch.zeros(3, 2), torch.eye(2).expand(3, 2, 2))
+        >>> t(torch.ones(1, 2)).shape
+        torch.Size([3, 2])
+    """
+
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    bijective = True
+
+    def __init__(self, loc: Tensor, tril: Tensor, **kwargs) -> None:
+        super().__init__(**kwargs)
+
+        eye = torch.eye(tril.shape[-1], dtype=tril.dtype, device=tril.device)
+
+        self.loc = loc
+        self.tril = tril
+        self.inverse_tril = torch.linalg.solve_triangular(tril, eye, upper=False)
+
+    def _call(self, x: Tensor) -> Tensor:
+        return ((x - self.loc).unsqueeze(-2) @ self.inverse_tril.mT).squeeze(-2)
+
+    def _inverse(self, z: Tensor) -> Tensor:
+        return self.loc + (z.unsqueeze(-2) @ self.tril.mT).squeeze(-2)
+
+    def log_abs_det_jacobian(self, x: Tensor, z: Tensor) -> Tensor:
+        log_diag = self.tril.diagonal(dim1=-2, dim2=-1).log()
+        return -log_diag.sum(dim=-1).expand(z.shape[:-1])
+
+
+class ComponentwiseTransform(Transform):
+    r"""Applies one transformation per component: :math:`f_k` to :math:`x_k`, the
+    :math:`k`-th row of an input with shape :math:`(*, K, D)` (or :math:`(*, 1, D)`,
+    shared by all components).
+
+    This is the hook for arbitrary (zuko) transformations in :class:`CWM`; it loops
+    over the :math:`K` transformations.
+
+    Arguments:
+        transforms: The transformations :math:`f_k`, each with event shape :math:`(D,)`.
+
+    Example:
+        >>> from zuko.transforms import MonotonicAffineTransform, DependentTransform
+        >>> fs = [DependentTransform(MonotonicAffineTransform(torch.ones(2), torch.zeros(2)), 1)]
+        >>> t = ComponentwiseTransform(fs * 3)
+        >>> t(torch.zeros(1, 2))
+        tensor([[1., 1.],
+                [1., 1.],
+                [1., 1.]])
+    """
+
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    bijective = True
+
+    def __init__(self, transforms: Sequence[Transform], **kwargs) -> None:
+        super().__init__(**kwargs)
+
+        self.transforms = list(transforms)
+
+    def _pairs(self, x: Tensor) -> zip:
+        r"""Pairs each transformation with its row of :math:`x`, broadcast to :math:`K` rows."""
+
+        K = len(self.transforms)
+        rows = x.expand(*x.shape[:-2], K, x.shape[-1]).unbind(dim=-2)
+
+        return zip(self.transforms, rows, strict=True)
+
+    def _call(self, x: Tensor) -> Tensor:
+        return torch.stack([f(r) for f, r in self._pairs(x)], dim=-2)
+
+    def _inverse(self, z: Tensor) -> Tensor:
+        return torch.stack([f.inv(r) for f, r in self._pairs(z)], dim=-2)
+
+    def call_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        outputs = [f.call_and_ladj(r) for f, r in self._pairs(x)]
+        z = torch.stack([y for y, _ in outputs], dim=-2)
+        ladj = torch.stack([ladj for _, ladj in outputs], dim=-1)
+
+        return z, ladj
+
+    def log_abs_det_jacobian(self, x: Tensor, z: Tensor) -> Tensor:
+        return self.call_and_ladj(x)[1]
+
+
+class CWMDistribution(Distribution):
+    r"""Creates a classifier-weighted mixture distribution.
+
+    .. math:: p(x) = \sum_{k = 1}^K w_k(T_k(x)) \, p_0(T_k(x)) \,
+        |\det J_{T_k}(x)|
+
+    with :math:`w = \operatorname{softmax}(f)` a classifier. It is the marginal of
+    :math:`Z \sim p_0`, :math:`R \mid Z \sim \operatorname{Categorical}(w(Z))`,
+    :math:`X = T_R^{-1}(Z)`: :meth:`sample` follows these three steps, and
+    :meth:`expectation` integrates :math:`R` out (Rao-Blackwellization),
+
+    .. math:: \mathbb{E}[h(X)] \approx \frac{1}{M} \sum_{i = 1}^M \sum_{k = 1}^K
+        w_k(z_i) \, h(T_k^{-1}(z_i)), \quad z_i \sim p_0,
+
+    which has a lower variance than plain Monte Carlo and is differentiable with
+    respect to every parameter (the :math:`z_i` are reparameterized).
+
+    References:
+        | Classifier Weighted Mixtures (Argouarc'h et al.), Eq. (12) and (19)
+
+    Arguments:
+        base: The base :math:`p_0`, with event shape :math:`(D,)` and batch shape
+            :math:`(*)`.
+        transform: The maps :math:`T_k` from data to latent space, taking inputs with
+            shape :math:`(*, K, D)` or :math:`(*, 1, D)` to :math:`(*, K, D)`.
+        classifier: The logits :math:`f`, from :math:`(*, D)` to :math:`(*, K)`.
+
+    Example:
+        >>> loc, scale = torch.tensor([[-2.0], [2.0]]), torch.ones(2, 1)
+        >>> base = DiagNormal(torch.zeros(1), torch.ones(1))
+        >>> f = lambda z: torch.cat((z, -z), dim=-1)  # logits of a 2-class classifier
+        >>> d = CWMDistribution(base, LocScaleTransform(loc, scale), f)
+        >>> x = torch.linspace(-20, 20, 100001).unsqueeze(-1)
+        >>> bool(abs(d.log_prob(x).exp().sum() * 40 / 100000 - 1) < 1e-4)
+        True
+        >>> d.sample((5,)).shape
+        torch.Size([5, 1])
+    """
+
+    support = constraints.real_vector
+    has_rsample = False
+
+    def __init__(
+        self,
+        base: Distribution,
+        transform: Transform,
+        classifier: Callable[[Tensor], Tensor],
+        validate_args: bool | None = None,
+    ) -> None:
+        super().__init__(base.batch_shape, base.event_shape, validate_args=validate_args)
+
+        self.base = base
+        self.transform = transform
+        self.classifier = classifier
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}(base={self.base}, transform={self.transform})"
+
+    def _check(self, x: Tensor) -> None:
+        features = self.event_shape[-1]
+
+        if x.dim() < 1 or x.shape[-1] != features:
+            raise ValueError(
+                f"x must have shape (*, {features}), got {tuple(x.shape)}: "
+                f"its last dimension should hold the {features} features."
+            )
+
+    def joint(self, x: Tensor) -> Tensor:
+        r"""Returns :math:`\log w_k(T_k(x)) + \log p_0(T_k(x)) + \log |\det J_{T_k}(x)|`
+        for every component, with shape :math:`(*, K)`. Each component's classifier
+        weight is evaluated at its own latent :math:`T_k(x)`, all at once."""
+
+        self._check(x)
+
+        z, ladj = self.transform.call_and_ladj(x.unsqueeze(-2))
+        z_ = z.movedim(-2, 0)  # (K, *, D) broadcasts with the batch shape
+
+        log_w = self.classifier(z_).movedim(0, -2).log_softmax(dim=-1)
+        log_w = log_w.diagonal(dim1=-2, dim2=-1)
+        log_p0 = self.base.log_prob(z_).movedim(0, -1)
+
+        return log_w + log_p0 + ladj
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        return torch.logsumexp(self.joint(x), dim=-1)
+
+    def posterior(self, x: Tensor) -> Tensor:
+        r"""Returns the log-responsibilities :math:`\log p(R = k \mid x)`, with shape
+        :math:`(*, K)`.
+
+        .. math:: p(R = k \mid x) = \frac{w_k(T_k(x)) \, p_0(T_k(x)) \,
+            |\det J_{T_k}(x)|}{p(x)}
+        """
+
+        return torch.log_softmax(self.joint(x), dim=-1)
+
+    def predict(self, x: Tensor) -> Tensor:
+        r"""Returns the most probable component :math:`\arg\max_k p(R = k \mid x)`."""
+
+        return self.joint(x).argmax(dim=-1)
+
+    def latents(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        r"""Returns the points :math:`T_k^{-1}(z)` of all components, with shape
+        :math:`(*, K, D)`, and the log-weights :math:`\log w_k(z)`, with shape
+        :math:`(*, K)`, for latent points :math:`z` with shape :math:`(*, D)`."""
+
+        x = self.transform.inv(z.unsqueeze(-2))
+        log_w = self.classifier(z).log_softmax(dim=-1)
+
+        return x, log_w
+
+    def sample(self, shape: Size = ()) -> Tensor:
+        with torch.no_grad():
+            z = self.base.sample(shape)
+            x, log_w = self.latents(z)
+            r = Categorical(logits=log_w).sample()
+            index = r.reshape(*r.shape, 1, 1).expand(*r.shape, 1, x.shape[-1])
+
+            return torch.take_along_dim(x, index, dim=-2).squeeze(-2)
+
+    def conditional_expectation(self, h: Callable[[Tensor], Tensor], z: Tensor) -> Tensor:
+        r"""Returns :math:`\mathbb{E}[h(X) \mid Z = z] = \sum_k w_k(z) \,
+        h(T_k^{-1}(z))`, with shape :math:`(*, *H)`.
+
+        Arguments:
+            h: A function from :math:`(*, D)` to :math:`(*, *H)`.
+            z: Latent points, with shape :math:`(*, D)`.
+        """
+
+        x, log_w = self.latents(z)
+        y = h(x)
+        w = log_w.exp()
+        w = w.reshape(w.shape + (1,) * (y.dim() - w.dim()))
+
+        return (w * y).sum(dim=log_w.dim() - 1)
+
+    def expectation(self, h: Callable[[Tensor], Tensor], n: int = 1024) -> Tensor:
+        r"""Returns the Rao-Blackwellized estimate of :math:`\mathbb{E}[h(X)]` from
+        :math:`n` base samples, differentiable with respect to every parameter.
+
+        .. math:: \mathbb{E}[h(X)] \approx \frac{1}{n} \sum_{i = 1}^n \sum_{k = 1}^K
+            w_k(z_i) \, h(T_k^{-1}(z_i)), \quad z_i \sim p_0
+
+        Arguments:
+            h: A function from :math:`(*, D)` to :math:`(*, *H)`, applied to all
+                :math:`n K` points at once.
+            n: The number of samples :math:`z_i`.
+
+        Returns:
+            The estimate, with shape :math:`(*, *H)` where :math:`(*)` is the batch shape.
+        """
+
+        z = self.base.rsample((n,))
+
+        return self.conditional_expectation(h, z).mean(dim=0)
+
+
+def cwm_shapes(components: int, features: int, maps: MapType) -> list[Size]:
+    r"""The shapes of the map parameters: locations, log-scales (the log-diagonal of
+    :math:`L_k`) and, for full affine maps, the strictly lower triangle of :math:`L_k`."""
+
+    if maps not in MAP_TYPES:
+        raise ValueError(f"Unknown maps '{maps}': choose one of {MAP_TYPES}.")
+
+    shapes = [Size((components, features)), Size((components, features))]
+
+    if maps == "affine":
+        shapes.append(Size((components, features * (features - 1) // 2)))
+
+    return shapes
+
+
+def _classify(net: nn.Module, c: Tensor, z: Tensor) -> Tensor:
+    r"""Evaluates a conditional classifier on :math:`[z, c]`, :math:`c` broadcast to
+    the batch shape of :math:`z`."""
+
+    return net(torch.cat((z, c.expand(*z.shape[:-1], c.shape[-1])), dim=-1))
+
+
+class CWM(LazyDistribution):
+    r"""Creates a classifier-weighted mixture (CWM).
+
+    .. math:: p(X \mid c) = \sum_{k = 1}^K w_k(T_k(X \mid c) \mid c) \,
+        \mathcal{N}(T_k(X \mid c) \mid 0, I) \, |\det J_{T_k}(X \mid c)|
+
+    with a softmax classifier :math:`w = \operatorname{softmax}(f)`, :math:`f` a
+    :class:`zuko.nn.MLP` from :math:`D` (plus context) features to :math:`K` logits,
+    and invertible maps :math:`T_k` from data to latent space:
+
+    * ``"diagonal"`` (default, the paper's choice):
+      :math:`T_k(x) = (x - \mu_k) / \sigma_k`, with :math:`\sigma_k = \exp(\phi_k) +
+      \epsilon`;
+    * ``"affine"``: :math:`T_k(x) = L_k^{-1} (x - \mu_k)`, with :math:`L_k` lower
+      triangular of diagonal :math:`\exp(\phi_k) + \epsilon`;
+
+    optionally followed by one lazy zuko transformation per component
+    (``transforms``), :math:`T_k = F_k \circ A_k`. With a constant classifier
+    :math:`w_k = \pi_k` and no extra transformations, a CWM is a Gaussian mixture
+    with :math:`\Sigma_k = \operatorname{diag}(\sigma_k^2)` or :math:`L_k L_k^T`, which
+    is how :meth:`initialize` starts it. With a context, the map parameters come
+    from a hypernetwork :math:`c \mapsto (\mu, \phi, \dots)` and the classifier
+    reads :math:`[z, c]`.
+
+    The parameters of the unconditional maps are ``phi = [loc (K, D), log_diag (K, D)]``
+    (plus ``tril (K, D (D - 1) / 2)`` for ``"affine"``), as in :class:`contmix.GMM`.
+
+    References:
+        | Classifier Weighted Mixtures (Argouarc'h et al.)
+
+    Arguments:
+        features: The number of features :math:`D`.
+        context: The number of context features.
+        components: The number of components :math:`K`.
+        maps: ``"diagonal"`` or ``"affine"``.
+        transforms: Extra lazy transformations :math:`F_k` applied after the affine
+            maps: a sequence of :math:`K` :class:`zuko.lazy.LazyTransform`, or a
+            function without arguments that builds one (called :math:`K` times).
+        hidden_features: The hidden widths of the classifier.
+        activation: The activation of the classifier (default :class:`torch.nn.ReLU`).
+        epsilon: A numerical stability term added to the scales.
+        kwargs: Keyword arguments passed to the hypernetwork :class:`zuko.nn.MLP`.
+
+    Example:
+        >>> cwm = CWM(features=2, components=3)
+        >>> x = torch.randn(256, 2)
+        >>> cwm.initialize(x, strategy="em")
+        >>> cwm().log_prob(x).shape
+        torch.Size([256])
+        >>> cwm().sample((4,)).shape
+        torch.Size([4, 2])
+        >>> cwm().expectation(lambda x: x.square().sum(-1), n=64).shape
+        torch.Size([])
+    """
+
+    def __init__(
+        self,
+        features: int,
+        context: int = 0,
+        components: int = 2,
+        maps: MapType = "diagonal",
+        transforms: Sequence[LazyTransform] | Callable[[], LazyTransform] | None = None,
+        hidden_features: Sequence[int] = (64, 64),
+        activation: Callable[[], nn.Module] | None = None,
+        epsilon: float = 1e-6,
+        **kwargs,
+    ) -> None:
+        super().__init__()
+
+        self.features = features
+        self.context = context
+        self.components = components
+        self.maps = maps
+        self.epsilon = epsilon
+
+        self.shapes = cwm_shapes(components, features, maps)
+        self.total = sum(prod(s) for s in self.shapes)
+
+        if context > 0:
+            self.hyper = MLP(context, self.total, **kwargs)
+        else:
+            self.phi = nn.ParameterList(
+                [nn.Parameter(torch.randn(self.shapes[0]))]
+                + [nn.Parameter(torch.zeros(s)) for s in self.shapes[1:]]
+            )
+
+        self.classifier = MLP(features + context, components, hidden_features, activation)
+
+        if transforms is None:
+            self.transforms = None
+        else:
+            if callable(transforms) and not isinstance(transforms, nn.Module):
+                transforms = [transforms() for _ in range(components)]
+            if len(transforms) != components:
+                raise ValueError(
+                    f"transforms must hold one transformation per component ({components}), "
+                    f"got {len(transforms)}."
+                )
+            self.transforms = nn.ModuleList(transforms)
+
+    def forward(self, c: Tensor | None = None) -> CWMDistribution:
+        check_context(c, self.context)
+
+        if c is None:
+            loc, log_diag, *tril = self.phi
+            classifier = self.classifier
+        else:
+            loc, log_diag, *tril = unpack(self.hyper(c), self.shapes)
+            classifier = partial(_classify, self.classifier, c)
+
+        scale = log_diag.exp() + self.epsilon
+
+        if self.maps == "affine":
+            L = torch.diag_embed(scale)
+            mask = torch.tril(torch.ones_like(L, dtype=bool), diagonal=-1)
+            transform = TriangularAffineTransform(loc, torch.masked_scatter(L, mask, tril[0]))
+        else:
+            transform = LocScaleTransform(loc, scale)
+
+        if self.transforms is not None:
+            extra = ComponentwiseTransform([t(c) for t in self.transforms])
+            transform = ComposedTransform(transform, extra)
+
+        zeros = loc.new_zeros(loc.shape[:-2] + (self.features,))
+        base = DiagNormal(zeros, torch.ones_like(zeros))
+
+        return CWMDistribution(base, transform, classifier)
+
+    def _layout(self, logits: Tensor, means: Tensor, covariances: Tensor) -> list[Tensor]:
+        r"""Turns Gaussian mixture parameters into the layout of :attr:`shapes`."""
+
+        if self.maps == "affine":
+            L = cholesky(covariances)
+            rows, cols = torch.tril_indices(self.features, self.features, offset=-1)
+            scale, tril = L.diagonal(dim1=-2, dim2=-1), [L[..., rows, cols]]
+        else:
+            scale, tril = covariances.sqrt(), []
+
+        tiny = torch.finfo(means.dtype).tiny
+        log_diag = (scale - self.epsilon).clamp(min=tiny).log()
+
+        return [means, log_diag, *tril]
+
+    @torch.no_grad()
+    def initialize(
+        self,
+        x: Tensor,
+        strategy: Literal["random", "kmeans", "kmeans++", "em"] = "em",
+        tol: float = 1e-3,
+        max_iter: int = 100,
+        reg: float = 1e-6,
+    ) -> None:
+        r"""Initializes the mixture from data as a Gaussian mixture.
+
+        ``"random"``, ``"kmeans"`` and ``"kmeans++"`` pick centres (random samples, the
+        k-means solution or k-means++ seeds) and set each map from the mean and
+        covariance of its cluster, :math:`T_k(x) = (x - \mu_k) / \sigma_k` (or
+        :math:`L_k^{-1} (x - \mu_k)` with :math:`L_k L_k^T = \Sigma_k`). ``"em"`` first
+        fits a Gaussian mixture by expectation-maximization (diagonal for
+        ``"diagonal"`` maps, full for ``"affine"``), the CWM's pre-training in the
+        paper. The classifier then produces the constant weights :math:`\pi_k` (last
+        layer weights zero, biases :math:`\log \pi_k`), so that the CWM's density
+        equals the Gaussian mixture's (up to the extra ``transforms``, left as they
+        are, and for a conditional model up to the hypernetwork's output weights,
+        scaled by :math:`10^{-2}`).
+
+        Nothing changes if an error is raised.
+
+        Arguments:
+            x: The samples, with shape :math:`(N, D)` and :math:`N > K`.
+            strategy: ``"random"``, ``"kmeans"``, ``"kmeans++"`` or ``"em"``.
+            tol: The tolerance of EM on the mean log-likelihood.
+            max_iter: The maximum number of EM iterations.
+            reg: The variance added to the diagonal of the covariances.
+        """
+
+        if strategy not in STRATEGIES:
+            raise ValueError(f"Unknown strategy '{strategy}': choose one of {STRATEGIES}.")
+
+        reference = next(self.parameters())
+        check_samples(x, self.features, self.components + 1, reference)
+
+        covariance_type = "full" if self.maps == "affine" else "diagonal"
+        centers = initial_centers(x, self.components, strategy)
+        resp = hard_responsibilities(x, centers)
+        logits, *params = gmm_m_step(x, resp, covariance_type, tied=False, reg=reg)
+
+        if strategy == "em":
+            fit = fit_gmm(
+                x,
+                logits,
+                *params,
+                covariance_type,
+                tied=False,
+                tol=tol,
+                max_iter=max_iter,
+                reg=reg,
+            )
+            logits, *params = fit.logits, fit.means, fit.covariances
+
+        params = self._layout(logits, *params)
+
+        if not all(torch.isfinite(p).all() for p in (logits, *params)):
+            raise ValueError("The fitted parameters are not finite: the data is degenerate.")
+
+        if self.context > 0:
+            self.hyper[-1].weight.mul_(1e-2)
+            self.hyper[-1].bias.copy_(torch.cat([p.flatten() for p in params]))
+        else:
+            for p, value in zip(self.phi, params, strict=True):
+                p.copy_(value)
+
+        self.classifier[-1].weight.zero_()
+        self.classifier[-1].bias.copy_(logits)
