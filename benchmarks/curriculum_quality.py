@@ -1,0 +1,264 @@
+r"""Curriculum through spaces vs direct training from a k-means start.
+
+For each data set, one zuko CNF teacher is trained (seed 0) and the 51 spaces are
+computed once. Each student model is then trained, for several seeds, (a) with the
+curriculum: initialized on the Gaussian space with the "random" strategy, one epoch
+per space from v = 1 to v = 0, then ``--finetune`` epochs on the data; (b) directly:
+initialized by k-means on the data, then trained on the data for the same total number
+of epochs. Both use the same loop (:meth:`contmix.Curriculum.train`), optimizer,
+learning rate, batch size and input noise (0.01). Reported: test log-likelihood (mean,
+standard deviation and per-seed values) and, on the digits, clustering accuracy of the
+models with one component (or trajectory) per class.
+
+Usage:
+    python benchmarks/curriculum_quality.py --datasets circles spiral digits \
+        --models gmm mfa cpmm hcpmm --seeds 0 1 2
+"""
+
+import argparse
+import json
+import statistics
+import time
+
+from pathlib import Path
+
+import torch
+import zuko
+
+from contmix import CPMM, GMM, MFA, Curriculum, HierarchicalCPMM
+from contmix.curriculum import Spaces
+from contmix.datasets import digits, spiral, two_circles
+from contmix.metrics import clustering_accuracy
+
+
+def load(name: str):
+    r"""Returns train and test samples (and test labels for the digits)."""
+
+    if name == "digits":
+        x, x_test, _, y_test = digits()
+        return x, x_test, y_test
+
+    make = {"circles": two_circles, "spiral": spiral}[name]
+    x, _ = make(2048, seed=0)
+    x_test, _ = make(2048, seed=1)
+    mean, std = x.mean(dim=0), x.std(dim=0)  # the same affine map for both
+
+    return (x - mean) / std, (x_test - mean) / std, None
+
+
+TEACHERS = {
+    "circles": {"hidden_features": (64, 64), "epochs": 40, "lr": 1e-2, "exact": True},
+    "spiral": {"hidden_features": (64, 64), "epochs": 40, "lr": 1e-2, "exact": True},
+    "digits": {"hidden_features": (256, 256), "epochs": 40, "lr": 1e-3, "exact": False},
+}
+
+
+def students(name: str, features: int) -> dict:
+    r"""The student models of a data set: constructor and learning rate."""
+
+    if name == "digits":
+        return {
+            "gmm": (lambda: GMM(features, components=10), 1e-2),
+            "mfa": (lambda: MFA(features, components=10, rank=4), 1e-2),
+            "cpmm": (
+                lambda: CPMM(features, components=25, rank=2, hidden_features=(128,)),
+                1e-3,
+            ),
+            "hcpmm": (
+                lambda: HierarchicalCPMM(
+                    features, trajectories=10, components=10, rank=2, hidden_features=(128,)
+                ),
+                1e-3,
+            ),
+        }
+
+    return {
+        "gmm": (lambda: GMM(features, components=16), 1e-2),
+        "cpmm": (lambda: CPMM(features, components=25, rank=1, hidden_features=(32,)), 1e-3),
+    }
+
+
+def evaluate(name, model, x_test, y_test):
+    r"""Test log-likelihood, and the clustering accuracy of the models with one
+    component (GMM, MFA) or one trajectory (hierarchical CPMM) per class."""
+
+    model.eval()
+
+    with torch.no_grad():
+        dist = model()
+        result = {"test_ll": dist.log_prob(x_test).mean().item()}
+
+        if y_test is not None and name == "hcpmm":
+            result["accuracy"] = clustering_accuracy(y_test, model.predict(x_test))
+        elif y_test is not None and name in ("gmm", "mfa"):
+            result["accuracy"] = clustering_accuracy(y_test, dist.predict(x_test))
+
+    return result
+
+
+def run(
+    dataset: str,
+    models: list[str],
+    seeds: list[int],
+    finetune: int,
+    batch_size: int,
+    teacher_epochs: int | None = None,
+    cache_dir: str | None = None,
+):
+    x, x_test, y_test = load(dataset)
+    features = x.shape[-1]
+    settings = dict(TEACHERS[dataset])
+
+    if teacher_epochs is not None:
+        settings["epochs"] = teacher_epochs
+
+    cache = None if cache_dir is None else Path(cache_dir) / f"{dataset}_spaces.pt"
+
+    torch.manual_seed(0)
+    cnf = zuko.flows.CNF(
+        features,
+        hidden_features=settings["hidden_features"],
+        atol=1e-4,
+        rtol=1e-3,
+        exact=settings["exact"],
+    )
+    curriculum = Curriculum(cnf)
+
+    if cache is not None and cache.exists():  # the teacher ran before
+        spaces = Spaces.load(cache)
+        teacher = spaces.meta["teacher"]
+    else:
+        start = time.perf_counter()
+        curriculum.fit_teacher(
+            x, epochs=settings["epochs"], lr=settings["lr"], batch_size=256, progress=False
+        )
+        teacher = {**settings, "time": time.perf_counter() - start}
+
+        with torch.no_grad():
+            cnf.transform.exact = True
+            teacher["test_ll_512"] = cnf().log_prob(x_test[:512]).mean().item()
+
+        start = time.perf_counter()
+        spaces = curriculum.spaces(x, steps=51)
+        teacher["spaces_time"] = time.perf_counter() - start
+        spaces.meta["teacher"] = teacher
+
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            spaces.save(cache)
+
+    data = Spaces(torch.zeros(1), x[None])
+    total = len(spaces) + finetune
+
+    print(dataset, "teacher:", teacher, flush=True)
+
+    results = {
+        "dataset": dataset,
+        "teacher": teacher,
+        "epochs": total,
+        "rows": [],
+    }
+
+    for name in models:
+        make, lr = students(dataset, features)[name]
+
+        for regime in ("curriculum", "direct"):
+            for seed in seeds:
+                torch.manual_seed(seed)
+                model = make()
+                start = time.perf_counter()
+
+                if regime == "curriculum":
+                    curriculum.train(
+                        model,
+                        spaces,
+                        finetune_epochs=finetune,
+                        lr=lr,
+                        batch_size=batch_size,
+                        strategy="random",
+                        progress=False,
+                    )
+                else:
+                    curriculum.train(
+                        model,
+                        data,
+                        epochs_per_space=total,
+                        finetune_epochs=0,
+                        lr=lr,
+                        batch_size=batch_size,
+                        strategy="kmeans",
+                        progress=False,
+                    )
+
+                row = {"model": name, "regime": regime, "seed": seed}
+                row.update(evaluate(name, model, x_test, y_test))
+                row["time"] = time.perf_counter() - start
+                results["rows"].append(row)
+                print(row, flush=True)
+
+    return results
+
+
+def summary(results: list[dict]) -> str:
+    lines = [
+        "| data | model | regime | test LL (mean ± std) | per seed | accuracy | time/run (s) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+
+    for result in results:
+        groups = {}
+        for row in result["rows"]:
+            groups.setdefault((row["model"], row["regime"]), []).append(row)
+
+        for (model, regime), rows in groups.items():
+            ll = [row["test_ll"] for row in rows]
+            spread = statistics.stdev(ll) if len(ll) > 1 else 0.0
+            seeds = ", ".join(f"{v:.3f}" for v in ll)
+            accuracy = ""
+            if "accuracy" in rows[0]:
+                acc = [row["accuracy"] for row in rows]
+                accuracy = f"{statistics.mean(acc):.3f} ± {statistics.pstdev(acc):.3f}"
+            run_time = statistics.mean(row["time"] for row in rows)
+            lines.append(
+                f"| {result['dataset']} | {model} | {regime} | "
+                f"{statistics.mean(ll):.3f} ± {spread:.3f} | {seeds} | {accuracy} | "
+                f"{run_time:.0f} |"
+            )
+
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--datasets", nargs="+", default=["circles", "spiral", "digits"])
+    parser.add_argument("--models", nargs="+", default=["gmm", "mfa", "cpmm", "hcpmm"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--finetune", type=int, default=25)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--teacher-epochs", type=int, default=None)
+    parser.add_argument("--cache", default=None, help="a folder to save the spaces to, or load")
+    parser.add_argument("--out", default=None, help="a JSON file for the results")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    results = []
+
+    for dataset in args.datasets:
+        models = [
+            m for m in args.models if m in students(dataset, 2 if dataset != "digits" else 64)
+        ]
+        results.append(
+            run(dataset, models, args.seeds, args.finetune, args.batch_size, args.teacher_epochs)
+        )
+
+    if args.out is not None:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+
+    print()
+    print(summary(results))
+
+
+if __name__ == "__main__":
+    main()
