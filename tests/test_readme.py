@@ -1,0 +1,122 @@
+r"""Tests of the package's face: the README's commands and tour, the guide's snippets and
+the first example."""
+
+import re
+import subprocess
+import sys
+
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).parents[1]
+FENCE = re.compile(r"^```([^\n]*)\n(.*?)^```$", re.DOTALL | re.MULTILINE)
+
+# The pattern by which .ci/run finds the README's test command
+CI_PATTERN = re.compile(r"^pip install torch==.*pytest", re.MULTILINE)
+
+
+def blocks(path: Path, language: str) -> list[str]:
+    r"""Returns the fenced code blocks of a markdown file written in ``language``."""
+
+    return [code for info, code in FENCE.findall(path.read_text()) if info.strip() == language]
+
+
+def run_blocks(path: Path) -> dict:
+    r"""Runs the ``python`` blocks of a markdown file one after the other, in one
+    namespace, and returns it."""
+
+    torch.manual_seed(0)
+    namespace = {}
+
+    for code in blocks(path, "python"):
+        exec(compile(code, str(path), "exec"), namespace)
+
+    return namespace
+
+
+def test_readme_commands():
+    commands = blocks(ROOT / "README.md", "bash")
+    demo, test = (c.strip() for c in commands[:2])
+
+    # The README opens with them, torch pinned first
+    assert (ROOT / "README.md").read_text().index(demo) < 600
+    assert demo == (
+        'pip install torch==2.13.0 && pip install -e ".[examples]" && python examples/gmm_2d.py'
+    )
+    assert test == 'pip install torch==2.13.0 && pip install -e ".[test]" && python -m pytest'
+
+    # .ci/run extracts the test command with CI_PATTERN: it must find exactly this one
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "grep -m 1 -E '^pip install torch==.*pytest' README.md" in ci
+    assert CI_PATTERN.search((ROOT / "README.md").read_text()).group(0) == test.rstrip()
+    assert 'bash -c "$command"' in ci
+
+
+def test_readme_tour():
+    ns = run_blocks(ROOT / "README.md")
+    x, d = ns["x"], ns["d"]
+
+    # Posteriors are distributions over the 4 components
+    assert ns["log_r"].shape == (2048, 4)
+    assert torch.allclose(ns["log_r"].exp().sum(dim=-1), torch.ones(2048), atol=1e-5)
+
+    # The marginal of dims (0, 1) is the mixture of the components' marginals
+    cov = d.base.covariance_matrix[:, :2, :2]
+    reference = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(logits=d.logits),
+        torch.distributions.MultivariateNormal(d.base.loc[:, :2], cov),
+    )
+    assert torch.allclose(ns["m"].log_prob(x[:, :2]), reference.log_prob(x[:, :2]), atol=1e-4)
+
+    # E[x_2 | x_0, x_1] of a fitted GMM predicts x_2 better than E[x_2] does
+    assert ns["in_painted"].shape == (5, 1)
+    c = d.condition([0, 1], x[:, :2])
+    assert (c.mean - x[:, 2:]).square().mean() < (d.mean[2] - x[:, 2:]).square().mean()
+
+    # EM + Adam beats a single Gaussian by a margin (the data is Gaussian, so barely)
+    single = torch.distributions.MultivariateNormal(x.mean(dim=0), x.T.cov())
+    assert d.log_prob(x).mean() > single.log_prob(x).mean() - 0.05
+    assert torch.isfinite(ns["bic"]) and torch.isfinite(ns["loss"])
+
+
+PAGES = ["index.md", *sorted(f"guide/{p.name}" for p in (ROOT / "docs" / "guide").glob("*.md"))]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_docs_page(page):
+    ns = run_blocks(ROOT / "docs" / page)  # their assertions hold
+
+    if page == "index.md":
+        # Fitted and trained: the posteriors are distributions over the 8 components
+        assert ns["log_r"].shape == (1024, 8)
+        assert torch.allclose(ns["log_r"].exp().sum(dim=-1), torch.ones(1024), atol=1e-5)
+        assert ns["samples"].shape == (64, 2)
+
+    if page == "guide/getting_started.md":
+        # EM with regularization generalizes: test log-likelihood within 15 nats of train
+        assert ns["train"] - ns["test"] < 15
+        assert ns["clusters"].shape == (360,)
+
+
+def test_example(tmp_path):
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("sklearn")
+
+    out = tmp_path / "density.png"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "gmm_2d.py"), "--epochs", "1", "--out", out],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
+
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # A 16-component GMM on the standardized two moons: a single Gaussian gets about
+    # -2.7 nats per sample, the fitted mixture above -1.3 on held-out data
+    tests = re.findall(r"test log-likelihood:\s+(-?\d+\.\d+)", result.stdout)
+    assert len(tests) == 2
+    assert all(float(t) > -1.3 for t in tests)
