@@ -106,12 +106,6 @@ def test_m_step_empty_component(cov):
     assert np.allclose(covariances[1].numpy(), ref[2][1], atol=1e-12)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gmm_m_step computes covariances as E[xx^T] - mu mu^T around the data mean; "
-    "clusters of identical points far from that mean cancel catastrophically in float32 "
-    "and the covariance that should be reg * I comes out indefinite",
-)
 def test_m_step_duplicated_points_float32():
     x = torch.tensor([[5.3, 4.7]] * 20 + [[-5.1, -3.9]] * 20)
     resp = torch.zeros(40, 2)

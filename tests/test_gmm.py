@@ -336,12 +336,6 @@ def test_initialize(blobs, strategy, cov, tied):
     assert gap.abs().mean() < 0.1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gmm_m_step computes covariances as E[xx^T] - mu mu^T around the data mean; for a "
-    "cluster of identical points far from the mean this cancels catastrophically in "
-    "float32 and the covariance (should be reg * I) is indefinite",
-)
 @pytest.mark.parametrize("strategy", ["kmeans", "kmeans++", "em"])
 def test_initialize_duplicated_points_float32(strategy):
     x = torch.tensor([[5.3, 4.7]] * 20 + [[-5.1, -3.9]] * 20)  # quantized data

@@ -15,17 +15,21 @@ __all__ = [
     "gmm_m_step",
 ]
 
+from collections.abc import Callable, Iterable
 from typing import Literal, NamedTuple
 
 import torch
 
 from torch import Tensor
 
-from .distributions import DiagNormal, FullNormal, GaussianMixture
+from .distributions import LOG_2PI, DiagNormal, FullNormal, GaussianMixture
 from .utils import cholesky
 
 CovarianceType = Literal["full", "diagonal", "spherical"]
 COVARIANCE_TYPES = ("full", "diagonal", "spherical")
+
+BLOCK = 2**20  # elements of the sufficient statistics processed at once
+CACHE = 2**25  # elements of the sufficient statistics kept between EM iterations
 
 
 class GMMFit(NamedTuple):
@@ -57,9 +61,123 @@ def gaussian_mixture(
     return GaussianMixture(base, logits)
 
 
-def _chunks(x: Tensor, resp: Tensor, size: int):
-    step = max(1, 2**24 // max(size, 1))
+def _split(x: Tensor, resp: Tensor) -> Iterable[tuple[Tensor, Tensor]]:
+    step = max(1, BLOCK // (x.shape[-1] ** 2 + x.shape[-1] + 1))
     return zip(x.split(step), resp.split(step), strict=True)
+
+
+def _triangle(D: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    r"""Returns the row and column indices of the lower triangle of a :math:`D \times D`
+    matrix, diagonal included."""
+
+    return tuple(torch.tril_indices(D, D, device=device))
+
+
+def _features(x: Tensor, covariance_type: CovarianceType) -> Tensor:
+    r"""Returns the sufficient statistics :math:`\phi(x) = (q(x), x, 1)` of each sample,
+    where :math:`q(x)` is the lower triangle of :math:`x x^T` for full covariances and
+    :math:`x \odot x` otherwise, with shape :math:`(N, P)`."""
+
+    if covariance_type == "full":
+        rows, cols = _triangle(x.shape[-1], x.device)
+        outer = x.unsqueeze(-1) * x.unsqueeze(-2)
+        quadratic = outer.flatten(-2).index_select(-1, rows * x.shape[-1] + cols)
+    else:
+        quadratic = x.square()
+
+    return torch.cat((quadratic, x, torch.ones_like(x[:, :1])), dim=-1)
+
+
+def _blocks(x: Tensor, covariance_type: CovarianceType) -> Callable[[], Iterable[Tensor]]:
+    r"""Returns a function that yields :func:`_features` of :math:`x` block by block,
+    each block small enough to stay in cache. The blocks are computed once and kept
+    when they fit in :data:`CACHE` elements, and recomputed at each call otherwise."""
+
+    D = x.shape[-1]
+    size = D * (D + 1) // 2 + D + 1 if covariance_type == "full" else 2 * D + 1
+    chunks = x.split(max(1, BLOCK // size))
+
+    if len(x) * size <= CACHE:
+        blocks = [_features(chunk, covariance_type) for chunk in chunks]
+        return lambda: blocks
+
+    return lambda: (_features(chunk, covariance_type) for chunk in chunks)
+
+
+def _natural(
+    logits: Tensor, means: Tensor, covariances: Tensor, covariance_type: CovarianceType
+) -> Tensor:
+    r"""Returns the coefficients :math:`\theta_k` such that
+    :math:`\theta_k^T \phi(x) = \log \pi_k + \log \mathcal{N}(x \mid \mu_k, \Sigma_k)`,
+    with shape :math:`(K, P)`, for centered means :math:`\mu_k`.
+
+    .. math:: \theta_k = \left( -\tfrac{1}{2} \Lambda_k, \; \Lambda_k \mu_k, \;
+        \log \pi_k - \tfrac{1}{2} \mu_k^T \Lambda_k \mu_k
+        - \tfrac{1}{2} \log |2 \pi \Sigma_k| \right), \quad \Lambda_k = \Sigma_k^{-1}
+
+    where the off-diagonal entries of :math:`\Lambda_k` count twice in the lower triangle.
+    """
+
+    K, D = means.shape
+
+    if covariance_type == "full":
+        tril = cholesky(covariances)
+        eye = torch.eye(D, dtype=tril.dtype, device=tril.device)
+        inverse = torch.linalg.solve_triangular(tril, eye, upper=False)
+        precision = inverse.mT @ inverse
+        linear = (precision @ means.unsqueeze(-1)).squeeze(-1)
+        rows, cols = _triangle(D, means.device)
+        quadratic = -precision[:, rows, cols] * torch.where(rows == cols, 0.5, 1.0).to(means)
+        log_det = 2 * tril.diagonal(dim1=-2, dim2=-1).log().sum(dim=-1)
+    else:
+        precision = covariances.reciprocal().expand(-1, D)
+        linear = precision * means
+        quadratic = -0.5 * precision
+        log_det = -precision.log().sum(dim=-1)
+
+    constant = logits.log_softmax(dim=-1) - 0.5 * (
+        (linear * means).sum(dim=-1) + log_det + D * LOG_2PI
+    )
+
+    return torch.cat((quadratic.expand(K, -1), linear, constant.unsqueeze(-1)), dim=-1)
+
+
+def _maximization(
+    stats: Tensor,
+    shift: Tensor,
+    covariance_type: CovarianceType,
+    tied: bool,
+    reg: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Returns the parameters that maximize the expected log-likelihood given the
+    weighted sums :math:`\sum_n r_{nk} \phi(x_n - s)`, with shape :math:`(K, P)`."""
+
+    K, D = stats.shape[0], shift.shape[0]
+    eps = 10 * torch.finfo(stats.dtype).eps
+    nk = stats[:, -1] + eps
+    centered = stats[:, -1 - D : -1] / nk[:, None]
+
+    if covariance_type == "full":
+        rows, cols = _triangle(D, stats.device)
+        second = stats.new_zeros(K, D, D)
+        second[:, rows, cols] = stats[:, : -1 - D]
+        second[:, cols, rows] = stats[:, : -1 - D]
+        covariances = second / nk[:, None, None] - centered[:, :, None] * centered[:, None, :]
+    else:
+        covariances = stats[:, :D] / nk[:, None] - centered.square()
+
+    if tied:
+        weights = (nk / nk.sum()).reshape(-1, *([1] * (covariances.dim() - 1)))
+        covariances = (weights * covariances).sum(dim=0, keepdim=True)
+
+    if covariance_type == "full":
+        covariances = covariances + reg * torch.eye(D, dtype=stats.dtype, device=stats.device)
+    else:
+        covariances = covariances.clamp(min=0) + reg
+        if covariance_type == "spherical":
+            covariances = covariances.mean(dim=-1, keepdim=True)
+
+    return (nk / nk.sum()).log(), centered + shift, covariances
 
 
 def gmm_m_step(
@@ -77,8 +195,10 @@ def gmm_m_step(
         \Sigma_k = \frac{1}{N_k} \sum_n r_{nk} (x_n - \mu_k)(x_n - \mu_k)^T + \lambda I
 
     A tied covariance is :math:`\sum_k N_k \Sigma_k / N`; a diagonal covariance keeps
-    the diagonal, a spherical one its mean. Second moments are accumulated around the
-    data mean, in chunks of bounded memory.
+    the diagonal, a spherical one its mean. The sums
+    :math:`\sum_n r_{nk} (1, x_n, x_n x_n^T)` are one matrix product of the
+    responsibilities with the sufficient statistics of the samples, taken around the
+    data mean, in blocks of bounded memory, in float64 whatever the dtype of :math:`x`.
 
     Arguments:
         x: The samples, with shape :math:`(N, D)`.
@@ -94,36 +214,11 @@ def gmm_m_step(
         True
     """
 
-    N, D = x.shape
-    eps = 10 * torch.finfo(x.dtype).eps
-    nk = resp.sum(dim=0) + eps
+    dtype, x, resp = x.dtype, x.double(), resp.double()
     shift = x.mean(dim=0)
+    stats = sum(resp_.T @ _features(x_, covariance_type) for x_, resp_ in _split(x - shift, resp))
 
-    means = resp.T @ x / nk[:, None]
-    centered = means - shift
-
-    if covariance_type == "full":
-        second = sum(
-            r.T @ ((xc - shift)[:, :, None] * (xc - shift)[:, None, :]).flatten(1)
-            for xc, r in _chunks(x, resp, D * D)
-        ).unflatten(-1, (D, D))
-        covariances = second / nk[:, None, None] - centered[:, :, None] * centered[:, None, :]
-    else:
-        second = resp.T @ (x - shift).square()
-        covariances = second / nk[:, None] - centered.square()
-
-    if tied:
-        weights = (nk / nk.sum()).reshape(-1, *([1] * (covariances.dim() - 1)))
-        covariances = (weights * covariances).sum(dim=0, keepdim=True)
-
-    if covariance_type == "full":
-        covariances = covariances + reg * torch.eye(D, dtype=x.dtype, device=x.device)
-    else:
-        covariances = covariances.clamp(min=0) + reg
-        if covariance_type == "spherical":
-            covariances = covariances.mean(dim=-1, keepdim=True)
-
-    return (nk / N).log(), means, covariances
+    return tuple(p.to(dtype) for p in _maximization(stats, shift, covariance_type, tied, reg))
 
 
 def fit_gmm(
@@ -140,9 +235,20 @@ def fit_gmm(
     r"""Fits a Gaussian mixture by expectation-maximization from the given parameters.
 
     Each iteration computes the responsibilities :math:`r_{nk} = p(k \mid x_n)`
-    (E-step) and then :func:`gmm_m_step` (M-step). It stops when the mean
+    (E-step) and then the M-step of :func:`gmm_m_step`. It stops when the mean
     log-likelihood of the E-step changes by less than ``tol``, as
     :class:`sklearn.mixture.GaussianMixture` does. EM never lowers the likelihood.
+
+    Both steps are matrix products with the sufficient statistics
+    :math:`\phi(x) = (x x^T, x, 1)` of the samples (the lower triangle of
+    :math:`x x^T` for full covariances, its diagonal otherwise), computed once:
+    the E-step is :math:`\log \pi_k + \log \mathcal{N}(x \mid \mu_k, \Sigma_k) =
+    \theta_k^T \phi(x)` with the natural parameters :math:`\theta_k`, the M-step
+    reads the parameters from :math:`\sum_n r_{nk} \phi(x_n)`. Both go through the
+    samples block by block, so that a block stays in cache between the two. As in
+    scikit-learn, the statistics are accumulated in float64 whatever the dtype of
+    :math:`x` (the expanded quadratic form loses too much in float32); the fitted
+    parameters come back in the dtype of :math:`x`.
 
     References:
         | Maximum Likelihood from Incomplete Data via the EM Algorithm (Dempster et al., 1977)
@@ -159,19 +265,30 @@ def fit_gmm(
         (True, [[5.0, 5.0], [5.0, 5.0]])
     """
 
+    dtype = x.dtype
+    x, logits, means, covariances = (t.double() for t in (x, logits, means, covariances))
+    shift = x.mean(dim=0)
+    blocks = _blocks(x - shift, covariance_type)
     history = []
     converged = False
 
     for _ in range(max_iter):
-        joint = gaussian_mixture(logits, means, covariances, covariance_type).joint(x)
-        log_p = torch.logsumexp(joint, dim=-1, keepdim=True)
-        history.append(log_p.mean())
+        theta = _natural(logits, means - shift, covariances, covariance_type).T
+        stats, log_lik = 0, 0
 
-        resp = (joint - log_p).exp()
-        logits, means, covariances = gmm_m_step(x, resp, covariance_type, tied, reg)
+        for phi in blocks():
+            joint = phi @ theta
+            log_p = torch.logsumexp(joint, dim=-1, keepdim=True)
+            stats = stats + (joint - log_p).exp().T @ phi
+            log_lik = log_lik + log_p.sum()
+
+        history.append(log_lik / len(x))
+        logits, means, covariances = _maximization(stats, shift, covariance_type, tied, reg)
 
         if len(history) > 1 and abs(history[-1] - history[-2]) < tol:
             converged = True
             break
 
-    return GMMFit(logits, means, covariances, torch.stack(history), converged)
+    logits, means, covariances = (t.to(dtype) for t in (logits, means, covariances))
+
+    return GMMFit(logits, means, covariances, torch.stack(history).to(dtype), converged)
