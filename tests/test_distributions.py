@@ -607,3 +607,11 @@ def test_errors_condition_value(family):
 
     with pytest.raises(ValueError, match="value must have shape"):
         d.condition([0], randn(5, 2))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_errors_component_features(family):
+    d, *_ = make_mixture(family)
+
+    with pytest.raises(ValueError, match="last dimension should hold"):
+        d.base.log_prob(randn(5, 1, d.event_shape[-1] + 1))

@@ -194,6 +194,8 @@ class DiagNormal(zuko.distributions.DiagNormal):
     """
 
     def log_prob(self, x: Tensor) -> Tensor:
+        _check_event(x, self.event_shape[-1])
+
         if not _shared(x, self.batch_shape):
             return super().log_prob(x)
 
@@ -254,6 +256,8 @@ class FullNormal(MultivariateNormal):
     """
 
     def log_prob(self, x: Tensor) -> Tensor:
+        _check_event(x, self.event_shape[-1])
+
         if not _shared(x, self.batch_shape):
             return super().log_prob(x)
 
@@ -406,6 +410,8 @@ class LowRankNormal(LowRankMultivariateNormal):
     """
 
     def log_prob(self, x: Tensor) -> Tensor:
+        _check_event(x, self.event_shape[-1])
+
         if not _shared(x, self.batch_shape):
             return super().log_prob(x)
 

@@ -4,6 +4,8 @@ __all__ = [
     "GMM",
 ]
 
+import math
+
 from math import prod
 from typing import Literal
 
@@ -244,7 +246,7 @@ class GMM(LazyDistribution):
         """
 
         log_lik, free = self._criterion(x, c)
-        return -2 * log_lik + free * torch.log(torch.tensor(float(len(x))))
+        return -2 * log_lik + free * math.log(len(x))
 
     def aic(self, x: Tensor, c: Tensor | None = None) -> Tensor:
         r"""Returns the Akaike information criterion on :math:`x` (lower is better).
