@@ -43,7 +43,7 @@ from zuko.utils import unpack
 
 from .em import fit_gmm, gmm_m_step
 from .gmm import STRATEGIES, hard_responsibilities, initial_centers
-from .utils import check_context, check_samples, cholesky
+from .utils import check_context, check_samples, cholesky, set_parameters
 
 MapType = Literal["diagonal", "affine"]
 MAP_TYPES = ("diagonal", "affine")
@@ -567,15 +567,10 @@ class CWM(LazyDistribution):
 
         params = self._layout(logits, *params)
 
-        if not all(torch.isfinite(p).all() for p in (logits, *params)):
-            raise ValueError("The fitted parameters are not finite: the data is degenerate.")
+        if not torch.isfinite(logits).all():
+            raise ValueError("The fitted weights are not finite: the data is degenerate.")
 
-        if self.context > 0:
-            self.hyper[-1].weight.mul_(1e-2)
-            self.hyper[-1].bias.copy_(torch.cat([p.flatten() for p in params]))
-        else:
-            for p, value in zip(self.phi, params, strict=True):
-                p.copy_(value)
+        set_parameters(self, params)
 
         self.classifier[-1].weight.zero_()
         self.classifier[-1].bias.copy_(logits)

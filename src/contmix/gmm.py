@@ -20,7 +20,7 @@ from zuko.utils import unpack
 from .cluster import kmeans, kmeans_plusplus, random_centers
 from .distributions import DiagNormal, FullNormal, GaussianMixture
 from .em import COVARIANCE_TYPES, CovarianceType, fit_gmm, gmm_m_step
-from .utils import check_context, check_samples, cholesky
+from .utils import check_context, check_samples, cholesky, set_parameters
 
 STRATEGIES = ("random", "kmeans", "kmeans++", "em")
 
@@ -218,15 +218,7 @@ class GMM(LazyDistribution):
 
         params = self._layout(*params)
 
-        if not all(torch.isfinite(p).all() for p in params):
-            raise ValueError("The fitted parameters are not finite: the data is degenerate.")
-
-        if self.context > 0:
-            self.hyper[-1].weight.mul_(1e-2)
-            self.hyper[-1].bias.copy_(torch.cat([p.flatten() for p in params]))
-        else:
-            for p, value in zip(self.phi, params, strict=True):
-                p.copy_(value)
+        set_parameters(self, params)
 
     def _criterion(self, x: Tensor, c: Tensor | None) -> tuple[Tensor, int]:
         check_samples(x, self.features)
