@@ -17,6 +17,8 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
+from .distributed import all_reduce, gather, is_sharded, rank
+
 
 def _distances(x: Tensor, centers: Tensor) -> Tensor:
     r"""Squared Euclidean distances, with shape :math:`(N, K)`, as matrix products."""
@@ -47,9 +49,56 @@ def random_centers(x: Tensor, k: int) -> Tensor:
     return x[torch.randperm(len(x), device=x.device)[:k]]
 
 
+def _draw(x: Tensor, weights: Tensor) -> Tensor:
+    r"""Returns one sample, with shape :math:`(1, D)`, drawn with probability
+    proportional to its weight among the samples of all shards: the shard by its total
+    weight, then the sample within it, from one uniform number that every process draws
+    alike; its owner sends it to the others."""
+
+    if not is_sharded():
+        return x[torch.multinomial(weights, 1)]
+
+    masses = gather(weights.sum())
+    cumulative = masses.cumsum(dim=0)
+    u = torch.rand((), dtype=masses.dtype, device=x.device) * cumulative[-1]
+    owner = torch.searchsorted(cumulative, u, right=True).clamp(max=len(masses) - 1)
+    point = x.new_zeros(1, x.shape[-1])
+
+    if owner == rank():
+        local = (u - cumulative[owner] + masses[owner]).to(weights.dtype)
+        index = torch.searchsorted(weights.cumsum(dim=0), local, right=True)
+        point = x[index.clamp(max=len(x) - 1)].unsqueeze(0)
+
+    return all_reduce(point)
+
+
+def _reseed(distances: Tensor, labels: Tensor, empty: Tensor) -> Tensor:
+    r"""Moves the samples of all shards farthest from their centres to the empty
+    clusters, one each, and returns the new labels."""
+
+    own = distances.gather(-1, labels[:, None]).squeeze(-1)
+    E = len(empty)
+    top = own.topk(min(E, len(own)))
+
+    if not is_sharded():
+        labels[top.indices] = empty
+        return labels
+
+    values = own.new_full((E,), -1.0)
+    values[: len(top.values)] = top.values
+    chosen = gather(values).flatten().topk(E).indices  # the same on every process
+    mine = chosen // E == rank()
+    labels[top.indices[chosen[mine] % E]] = empty[mine]
+
+    return labels
+
+
 def kmeans_plusplus(x: Tensor, k: int) -> Tensor:
     r"""Returns :math:`k` centres by k-means++ seeding: each new centre is a sample drawn
     with probability proportional to its squared distance to the nearest centre so far.
+    Within :func:`~contmix.distributed.sharded`, :math:`x` is this process's shard and
+    the centres are drawn among the samples of all shards, the same on every process
+    provided that the random generator is seeded alike on all of them.
 
     References:
         | k-means++: The Advantages of Careful Seeding (Arthur et al., 2007)
@@ -62,19 +111,30 @@ def kmeans_plusplus(x: Tensor, k: int) -> Tensor:
         True
     """
 
-    N = len(x)
-    index = torch.randint(N, (1,), device=x.device)
-    centers = x[index]
+    if is_sharded():
+        centers = _draw(x, torch.ones_like(x[:, 0]))
+    else:
+        centers = x[torch.randint(len(x), (1,), device=x.device)]
+
     nearest = _distances(x, centers).squeeze(-1)
 
     for _ in range(1, k):
-        total = nearest.sum()
+        total = all_reduce(nearest.sum())
         weights = nearest if total > 0 else torch.ones_like(nearest)
-        index = torch.multinomial(weights, 1)
-        centers = torch.cat((centers, x[index]))
-        nearest = torch.minimum(nearest, _distances(x, x[index]).squeeze(-1))
+        center = _draw(x, weights)
+        centers = torch.cat((centers, center))
+        nearest = torch.minimum(nearest, _distances(x, center).squeeze(-1))
 
     return centers
+
+
+def _unchanged(new: Tensor, labels: Tensor) -> bool:
+    r"""Returns whether no label changed on any shard."""
+
+    if is_sharded():
+        return bool(all_reduce((new != labels).sum()) == 0)
+
+    return torch.equal(new, labels)
 
 
 def kmeans(
@@ -87,6 +147,10 @@ def kmeans(
 
     Starts from k-means++ centres unless ``centers`` is given. A cluster that empties is
     moved to the sample farthest from its centre, so every cluster keeps samples.
+    Within :func:`~contmix.distributed.sharded`, :math:`x` is this process's shard: the
+    sums and counts of the clusters are over all shards, the farthest samples are those
+    of all shards, and every process returns the same centres (and the labels of its
+    own shard).
 
     Wikipedia:
         https://wikipedia.org/wiki/K-means_clustering
@@ -116,18 +180,17 @@ def kmeans(
         distances = _distances(x, centers)
         new = distances.argmin(dim=-1)
 
-        counts = torch.bincount(new, minlength=k)
+        counts = all_reduce(torch.bincount(new, minlength=k))
         empty = (counts == 0).nonzero().squeeze(-1)
         if len(empty) > 0:
-            far = distances.gather(-1, new[:, None]).squeeze(-1).topk(len(empty)).indices
-            new[far] = empty
-            counts = torch.bincount(new, minlength=k)
+            new = _reseed(distances, new, empty)
+            counts = all_reduce(torch.bincount(new, minlength=k))
 
-        if labels is not None and torch.equal(new, labels):
+        if labels is not None and _unchanged(new, labels):
             break
 
         labels = new
-        sums = torch.zeros_like(centers).index_add_(0, labels, x)
+        sums = all_reduce(torch.zeros_like(centers).index_add_(0, labels, x))
         centers = sums / counts[:, None].to(x.dtype)
 
     return centers, labels

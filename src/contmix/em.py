@@ -22,6 +22,7 @@ import torch
 
 from torch import Tensor
 
+from .distributed import all_reduce, is_sharded, mean, samples
 from .distributions import LOG_2PI, DiagNormal, FullNormal, GaussianMixture
 from .utils import cholesky
 
@@ -199,6 +200,8 @@ def gmm_m_step(
     :math:`\sum_n r_{nk} (1, x_n, x_n x_n^T)` are one matrix product of the
     responsibilities with the sufficient statistics of the samples, taken around the
     data mean, in blocks of bounded memory, in float64 whatever the dtype of :math:`x`.
+    Within :func:`~contmix.distributed.sharded`, :math:`x` and the responsibilities are
+    this process's shard and the sums (and the data mean) are over all shards.
 
     Arguments:
         x: The samples, with shape :math:`(N, D)`.
@@ -215,8 +218,9 @@ def gmm_m_step(
     """
 
     dtype, x, resp = x.dtype, x.double(), resp.double()
-    shift = x.mean(dim=0)
+    shift = mean(x)
     stats = sum(resp_.T @ _features(x_, covariance_type) for x_, resp_ in _split(x - shift, resp))
+    stats = all_reduce(stats)
 
     return tuple(p.to(dtype) for p in _maximization(stats, shift, covariance_type, tied, reg))
 
@@ -250,6 +254,11 @@ def fit_gmm(
     :math:`x` (the expanded quadratic form loses too much in float32); the fitted
     parameters come back in the dtype of :math:`x`.
 
+    Within :func:`~contmix.distributed.sharded`, :math:`x` is this process's shard: the
+    sums of the M-step and of the log-likelihood are over all shards, in one
+    :func:`torch.distributed.all_reduce` per iteration, and every process returns the
+    fit of the whole data.
+
     References:
         | Maximum Likelihood from Incomplete Data via the EM Algorithm (Dempster et al., 1977)
         | https://doi.org/10.1111/j.2517-6161.1977.tb01600.x
@@ -267,7 +276,7 @@ def fit_gmm(
 
     dtype = x.dtype
     x, logits, means, covariances = (t.double() for t in (x, logits, means, covariances))
-    shift = x.mean(dim=0)
+    shift, N = mean(x), samples(x)
     blocks = _blocks(x - shift, covariance_type)
     history = []
     converged = False
@@ -282,7 +291,10 @@ def fit_gmm(
             stats = stats + (joint - log_p).exp().T @ phi
             log_lik = log_lik + log_p.sum()
 
-        history.append(log_lik / len(x))
+        if is_sharded():
+            stats, log_lik = all_reduce(stats, log_lik)
+
+        history.append(log_lik / N)
         logits, means, covariances = _maximization(stats, shift, covariance_type, tied, reg)
 
         if len(history) > 1 and abs(history[-1] - history[-2]) < tol:

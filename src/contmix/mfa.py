@@ -17,9 +17,10 @@ from zuko.lazy import LazyDistribution
 from zuko.nn import MLP
 from zuko.utils import unpack
 
+from .distributed import all_reduce, is_sharded, mean, samples
 from .distributions import GaussianMixture, LowRankNormal
 from .gmm import hard_responsibilities, initial_centers
-from .utils import check_context, check_samples
+from .utils import check_context, check_samples, set_parameters
 
 STRATEGIES = ("random", "kmeans", "kmeans++", "fa", "em")
 
@@ -37,9 +38,14 @@ class MFAFit(NamedTuple):
 
 def _floor(x: Tensor, reg: float) -> Tensor:
     r"""Returns the smallest diagonal allowed, :math:`\lambda` times the variance of
-    each feature (the mean variance for constant features), with shape :math:`(D,)`."""
+    each feature (the mean variance for constant features), with shape :math:`(D,)`,
+    over all shards within :func:`~contmix.distributed.sharded`."""
 
-    var = x.var(dim=0, correction=0)
+    if is_sharded():
+        var = all_reduce((x - mean(x)).square().sum(dim=0)) / samples(x)
+    else:
+        var = x.var(dim=0, correction=0)
+
     scale = var.mean()
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
 
@@ -54,6 +60,7 @@ def _m_step(
     factor: Tensor,
     diag: Tensor,
     floor: Tensor,
+    N: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     r"""One M-step of EM for MFA on centered samples :math:`x` and their squares.
 
@@ -62,10 +69,12 @@ def _m_step(
     :math:`\beta_k = G_k A_k^T D_k^{-1}`. With :math:`\tilde{z} = (z, 1)`, the
     loadings and means solve one :math:`(R + 1) \times (R + 1)` system per component,
     and the diagonal needs only the diagonal of the second moments: no :math:`M \times
-    M` matrix is formed. Components without samples keep their parameters.
+    M` matrix is formed. Components without samples keep their parameters. Within
+    :func:`~contmix.distributed.sharded`, the sums are over all shards and :math:`N` is
+    the number of samples of all shards.
     """
 
-    N, R = x.shape[0], factor.shape[-1]
+    N, R = len(x) if N is None else N, factor.shape[-1]
     eye = torch.eye(R, dtype=x.dtype, device=x.device)
 
     scaled = factor / diag.unsqueeze(-1)
@@ -83,6 +92,7 @@ def _m_step(
     sxz = (x.mT @ rz.flatten(1)).unflatten(-1, sz.shape).movedim(0, 1)  # (K, M, R)
     sx = resp.mT @ x
     sxx = resp.mT @ square
+    nk, sz, szz, sxz, sx, sxx = all_reduce(nk, sz, szz, sxz, sx, sxx)
 
     empty = nk <= 10 * torch.finfo(x.dtype).eps * N
     moments = torch.cat(
@@ -106,6 +116,15 @@ def _m_step(
     logits = (nk / N).clamp(min=torch.finfo(x.dtype).tiny).log()
 
     return logits, loc, factor, diag
+
+
+def _average(values: Tensor, N: int) -> Tensor:
+    r"""Returns the mean of per-sample values over the :math:`N` samples of all shards."""
+
+    if is_sharded():
+        return all_reduce(values.sum()) / N
+
+    return values.mean()
 
 
 def fit_mfa(
@@ -140,6 +159,10 @@ def fit_mfa(
     log-likelihood changes by less than ``tol``, as
     :class:`sklearn.mixture.GaussianMixture` does. EM never lowers the likelihood.
 
+    Within :func:`~contmix.distributed.sharded`, :math:`x` (and ``resp``) is this
+    process's shard: the mean, the floor, the sums of the M-step and the log-likelihood
+    are over all shards, and every process returns the fit of the whole data.
+
     References:
         | The EM Algorithm for Mixtures of Factor Analyzers (Ghahramani et al., 1996)
         | http://mlg.eng.cam.ac.uk/zoubin/papers/tr-96-1.pdf
@@ -171,7 +194,7 @@ def fit_mfa(
         True
     """
 
-    shift = x.mean(dim=0)
+    shift, N = mean(x), samples(x)
     centered = x - shift
     square = centered.square()
     floor = _floor(x, reg)
@@ -186,12 +209,12 @@ def fit_mfa(
 
         if resp is None:
             r = (joint - log_p).exp()
-            history.append(log_p.mean())
+            history.append(_average(log_p, N))
         else:
             r = resp
-            history.append((resp * joint).sum(dim=-1).mean())
+            history.append(_average((resp * joint).sum(dim=-1), N))
 
-        logits, loc, factor, diag = _m_step(centered, square, r, loc, factor, diag, floor)
+        logits, loc, factor, diag = _m_step(centered, square, r, loc, factor, diag, floor, N)
 
         if len(history) > 1 and abs(history[-1] - history[-2]) < tol:
             converged = True
@@ -344,15 +367,7 @@ class MFA(LazyDistribution):
         params = self._fit(x, strategy, tol, max_iter, reg)
         params = self._layout(*params)
 
-        if not all(torch.isfinite(p).all() for p in params):
-            raise ValueError("The fitted parameters are not finite: the data is degenerate.")
-
-        if self.context > 0:
-            self.hyper[-1].weight.mul_(1e-2)
-            self.hyper[-1].bias.copy_(torch.cat([p.flatten() for p in params]))
-        else:
-            for p, value in zip(self.phi, params, strict=True):
-                p.copy_(value)
+        set_parameters(self, params)
 
     def _fit(
         self, x: Tensor, strategy: str, tol: float, max_iter: int, reg: float
@@ -363,16 +378,21 @@ class MFA(LazyDistribution):
         centers = initial_centers(x, K, "kmeans" if strategy in ("fa", "em") else strategy)
         resp = hard_responsibilities(x, centers)
 
-        nk = resp.sum(dim=0)
+        shift, N = mean(x), samples(x)
+        nk, sx, sxx, sq = all_reduce(
+            resp.sum(dim=0),
+            resp.mT @ x,
+            resp.mT @ (x - shift).square(),
+            (x - shift).square().sum(dim=0),
+        )
         filled = (nk > 0).unsqueeze(-1)
-        loc = torch.where(filled, resp.mT @ x / nk.clamp(min=1).unsqueeze(-1), centers)
-        var = resp.mT @ (x - x.mean(dim=0)).square() / nk.clamp(min=1).unsqueeze(-1)
-        var = var - (loc - x.mean(dim=0)).square()
-        var = torch.where(filled, var, x.var(dim=0, correction=0))
+        loc = torch.where(filled, sx / nk.clamp(min=1).unsqueeze(-1), centers)
+        var = sxx / nk.clamp(min=1).unsqueeze(-1) - (loc - shift).square()
+        var = torch.where(filled, var, sq / N)
         diag = torch.maximum(var, _floor(x, reg))
         factor = 0.1 * diag.sqrt().unsqueeze(-1) * x.new_empty(K, x.shape[-1], R).normal_()
         factor = factor / R**0.5
-        logits = (nk / len(x)).clamp(min=torch.finfo(x.dtype).tiny).log()
+        logits = (nk / N).clamp(min=torch.finfo(x.dtype).tiny).log()
 
         if strategy in ("fa", "em"):
             logits, loc, factor, diag, *_ = fit_mfa(

@@ -1,0 +1,154 @@
+r"""Fitting across processes with :mod:`torch.distributed`.
+
+Inside :func:`sharded`, each process holds a shard of the data and the fitting
+algorithms (:func:`~contmix.em.fit_gmm`, :func:`~contmix.em.gmm_m_step`,
+:func:`~contmix.mfa.fit_mfa`, :func:`~contmix.cluster.kmeans`,
+:func:`~contmix.cluster.kmeans_plusplus`) sum their statistics over the processes of
+the group with :func:`torch.distributed.all_reduce`: every process ends with the same
+parameters, those of a fit on the concatenation of the shards. Outside of it, or when
+:mod:`torch.distributed` is not initialized, the functions of this module are the
+identity and nothing is communicated.
+
+Sharding is opt-in, rather than on as soon as a process group exists, because the same
+functions also run on data that is not sharded (e.g. spectral clustering of the
+components, or every process initializing on a full copy of the data before
+:class:`~torch.nn.parallel.DistributedDataParallel` training), where a reduction would
+be wrong or would wait forever for the other processes.
+"""
+
+__all__ = [
+    "all_reduce",
+    "is_sharded",
+    "mean",
+    "samples",
+    "sharded",
+]
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.distributed as dist
+
+from torch import Tensor
+
+_groups: list[dist.ProcessGroup | None] = []
+
+
+@contextmanager
+def sharded(group: dist.ProcessGroup | None = None) -> Iterator[None]:
+    r"""Within this context, the data given to the fitting algorithms is a shard and
+    their statistics are summed over the processes of ``group``.
+
+    All processes of the group must make the same calls in the same order, with the
+    same arguments except the data. Randomized steps (k-means++ seeding, the random
+    loadings of :class:`~contmix.mfa.MFA`) draw from the global random generator, which
+    must therefore be seeded identically on every process (e.g.
+    ``torch.manual_seed(0)``). A shard may hold fewer samples than there are
+    components, but not zero samples.
+
+    Arguments:
+        group: The process group, the default group if :py:`None`.
+
+    Example:
+        >>> with sharded():  # without torch.distributed, a single shard
+        ...     is_sharded()
+        False
+    """
+
+    _groups.append(group)
+
+    try:
+        yield
+    finally:
+        _groups.pop()
+
+
+def is_sharded() -> bool:
+    r"""Returns whether the statistics are summed over processes: inside :func:`sharded`
+    with :mod:`torch.distributed` initialized.
+
+    Example:
+        >>> is_sharded()
+        False
+    """
+
+    return bool(_groups) and dist.is_available() and dist.is_initialized()
+
+
+def all_reduce(*tensors: Tensor) -> Tensor | tuple[Tensor, ...]:
+    r"""Returns the sums of tensors over the processes, in one reduction.
+
+    The tensors are flattened and concatenated (in the dtype of the first one) before
+    the reduction. Outside of :func:`sharded`, they are returned as they are.
+
+    Returns:
+        The summed tensor, or a tuple of them when several are given.
+
+    Example:
+        >>> all_reduce(torch.ones(2))
+        tensor([1., 1.])
+    """
+
+    if is_sharded():
+        flat = torch.cat([t.reshape(-1).to(tensors[0].dtype) for t in tensors])
+        dist.all_reduce(flat, group=_groups[-1])
+        sizes = [t.numel() for t in tensors]
+        tensors = tuple(
+            s.reshape(t.shape).to(t.dtype) for s, t in zip(flat.split(sizes), tensors, strict=True)
+        )
+
+    return tensors[0] if len(tensors) == 1 else tensors
+
+
+def samples(x: Tensor) -> int:
+    r"""Returns the number of samples :math:`N = \sum_r N_r` of all shards.
+
+    Example:
+        >>> samples(torch.randn(10, 2))
+        10
+    """
+
+    if is_sharded():
+        return int(all_reduce(torch.tensor(len(x), device=x.device)))
+
+    return len(x)
+
+
+def mean(x: Tensor) -> Tensor:
+    r"""Returns the mean of the samples of all shards, with shape :math:`(D,)`.
+
+    .. math:: \bar{x} = \frac{\sum_r \sum_{n \in r} x_n}{\sum_r N_r}
+
+    Example:
+        >>> mean(torch.tensor([[1.0], [3.0]]))
+        tensor([2.])
+    """
+
+    if is_sharded():
+        total = all_reduce(torch.cat((x.sum(dim=0), x.new_tensor([len(x)]))))
+        return total[:-1] / total[-1]
+
+    return x.mean(dim=0)
+
+
+def rank() -> int:
+    r"""Returns the rank of this process in the group (0 outside of :func:`sharded`)."""
+
+    return dist.get_rank(_groups[-1]) if is_sharded() else 0
+
+
+def world() -> int:
+    r"""Returns the number of processes in the group (1 outside of :func:`sharded`)."""
+
+    return dist.get_world_size(_groups[-1]) if is_sharded() else 1
+
+
+def gather(value: Tensor) -> Tensor:
+    r"""Returns the values of all processes stacked, with shape :math:`(W, *)`, by one
+    sum in which each process fills its own row."""
+
+    stacked = value.new_zeros(world(), *value.shape)
+    stacked[rank()] = value
+
+    return all_reduce(stacked)

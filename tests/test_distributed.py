@@ -1,0 +1,247 @@
+r"""Tests for contmix.distributed: fits on shards in 2 processes (gloo, CPU) against the
+single-process fit of the whole data."""
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from contmix import distributed
+from contmix.cluster import kmeans, kmeans_plusplus
+from contmix.em import fit_gmm, gmm_m_step
+from contmix.gmm import GMM, hard_responsibilities
+from contmix.mfa import MFA, fit_mfa
+
+pytestmark = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()),
+    reason="torch.distributed with gloo is not available",
+)
+
+SIZES = (83, 217)  # unequal shards
+TINY = (2, 298)  # a shard with fewer samples than components
+K, D, R = 3, 4, 2
+CASES = [("full", False), ("full", True), ("diagonal", False), ("diagonal", True)]
+
+
+def data() -> dict[str, torch.Tensor]:
+    r"""The samples and the starting points, the same in every process."""
+
+    g = torch.Generator().manual_seed(0)
+    centers = torch.tensor([[-6.0, 0, 2, 1], [6, 1, -2, 0], [0, 7, 0, -3]], dtype=torch.float64)
+    x = centers.repeat_interleave(100, dim=0) + torch.randn(300, D, generator=g).double()
+    x = x[torch.randperm(300, generator=g)]
+
+    return {
+        "x": x,
+        "resp": torch.rand(300, K, generator=g, dtype=torch.float64).softmax(dim=-1),
+        "logits": torch.zeros(K, dtype=torch.float64),
+        "means": x[:K].clone(),
+        "covs": torch.eye(D, dtype=torch.float64).expand(K, D, D).clone(),
+        "vars": torch.ones(K, D, dtype=torch.float64),
+        "factor": torch.randn(K, D, R, generator=g, dtype=torch.float64),
+        "empty": torch.cat((x[:2], torch.full((1, D), 100.0, dtype=torch.float64))),
+    }
+
+
+def shard(t: torch.Tensor, sizes: tuple[int, ...], rank: int) -> torch.Tensor:
+    return t.split(sizes)[rank]
+
+
+def fits(p: dict[str, torch.Tensor], sizes: tuple[int, ...], rank: int) -> dict[str, object]:
+    r"""Every fit checked here, on the shard of ``rank`` (on the whole data when
+    ``sizes`` is one shard)."""
+
+    x, resp = shard(p["x"], sizes, rank), shard(p["resp"], sizes, rank)
+    out = {}
+
+    for cov, tied in CASES:
+        covs = p["covs"] if cov == "full" else p["vars"]
+        start = (p["logits"], p["means"], covs[:1] if tied else covs)
+        out[f"m_step {cov} {tied}"] = gmm_m_step(x, resp, cov, tied)
+        out[f"fit_gmm {cov} {tied}"] = fit_gmm(x, *start, cov, tied, tol=1e-8)
+
+    start = (p["logits"], p["means"], p["factor"], p["vars"])
+    out["fit_mfa"] = fit_mfa(x, *start, tol=1e-6)
+    out["fit_mfa resp"] = fit_mfa(x, *start, max_iter=10, resp=resp)
+    out["kmeans"] = kmeans(x, K, centers=p["means"])
+    out["kmeans empty"] = kmeans(x, K, centers=p["empty"])
+
+    return out
+
+
+def weights(n: int, rank: int) -> torch.Tensor:
+    r"""Zero on every other sample, 1 on shard 0 and 3 on shard 1."""
+
+    return (torch.arange(n) % 2).double() * (1 + 2 * rank)
+
+
+def draws(x: torch.Tensor, rank: int, n: int = 400) -> torch.Tensor:
+    r"""Samples drawn by k-means++'s weighted draw among all shards."""
+
+    from contmix.cluster import _draw
+
+    torch.manual_seed(11)  # alike on every process
+    w = weights(len(x), rank)
+
+    return torch.cat([_draw(x, w) for _ in range(n)])
+
+
+def worker(rank: int, init: str, results: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    p = data()
+    out = {}
+
+    with distributed.sharded():
+        out["sizes"] = fits(p, SIZES, rank)
+        out["tiny"] = {
+            "fit_gmm": fit_gmm(
+                shard(p["x"], TINY, rank), p["logits"], p["means"], p["vars"], "diagonal"
+            ),
+            "kmeans empty": kmeans(shard(p["x"], TINY, rank), K, centers=p["empty"]),
+        }
+
+        x = shard(p["x"], SIZES, rank)
+        torch.manual_seed(7)
+        out["kmeans++"] = kmeans_plusplus(x, K)
+        gmm = GMM(D, components=K).double()
+        torch.manual_seed(7)
+        gmm.initialize(x, "em")
+        out["initialize"] = [t.detach() for t in gmm.phi]
+        mfa = MFA(D, components=K, rank=1).double()
+        torch.manual_seed(7)
+        mfa.initialize(x, "em")
+        out["mfa initialize"] = [t.detach() for t in mfa.phi]
+        torch.manual_seed(7)
+        out["kmeans seeded"] = kmeans(x, K)[0]
+        out["draws"] = draws(x, rank)
+        out["size"] = distributed.samples(x)
+        out["mean"] = distributed.mean(x)
+
+    out["outside"] = distributed.samples(x)  # no reduction outside of sharded()
+
+    torch.save(out, f"{results}/{rank}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> list[dict]:
+    tmp = tmp_path_factory.mktemp("distributed")
+    init = f"file://{tmp / 'init'}"
+    mp.spawn(worker, args=(init, str(tmp)), nprocs=2, join=True)
+
+    return [torch.load(tmp / f"{rank}.pt", weights_only=False) for rank in range(2)]
+
+
+def assert_close(actual, expected) -> None:
+    r"""Compares nested tuples of tensors (and flags) in float64, to 1e-10 relative."""
+
+    if isinstance(expected, torch.Tensor):
+        if expected.is_floating_point():
+            torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-10)
+        else:
+            assert torch.equal(actual, expected)
+    elif isinstance(expected, (tuple, list)):
+        assert len(actual) == len(expected)
+        for a, e in zip(actual, expected, strict=True):
+            assert_close(a, e)
+    else:
+        assert actual == expected
+
+
+def test_fits_match_whole_data(results):
+    p = data()
+    reference = fits(p, (300,), 0)
+
+    for name, expected in reference.items():
+        for rank in range(2):
+            actual = results[rank]["sizes"][name]
+            if name.startswith("kmeans"):  # labels: those of the shard
+                centers, labels = actual
+                assert_close(centers, expected[0])
+                assert torch.equal(labels, shard(expected[1], SIZES, rank)), name
+            else:
+                assert_close(actual, expected)
+
+
+def test_empty_cluster_is_reseeded(results):
+    p = data()
+    centers, labels = kmeans(p["x"], K, centers=p["empty"])
+    assert torch.bincount(labels, minlength=K).min() > 0  # the far centre was moved
+
+    for out in results:
+        assert_close(out["sizes"]["kmeans empty"][0], centers)
+
+
+def test_tiny_shard(results):
+    p = data()
+    gmm = fit_gmm(p["x"], p["logits"], p["means"], p["vars"], "diagonal")
+    centers, labels = kmeans(p["x"], K, centers=p["empty"])
+
+    for rank, out in enumerate(results):
+        assert_close(out["tiny"]["fit_gmm"], gmm)
+        assert_close(out["tiny"]["kmeans empty"][0], centers)
+        assert torch.equal(out["tiny"]["kmeans empty"][1], shard(labels, TINY, rank))
+
+
+def test_kmeans_plusplus_and_initialize(results):
+    x = data()["x"]
+    centers = results[0]["kmeans++"]
+
+    # The same distinct samples of the whole data on both processes
+    assert torch.equal(results[1]["kmeans++"], centers)
+    assert ((x[:, None] == centers).all(dim=-1).sum(dim=0) == 1).all()
+    assert len(centers.unique(dim=0)) == K
+
+    # initialize("em") is EM on the whole data from these k-means++ centres
+    params = gmm_m_step(x, hard_responsibilities(x, centers))
+    expected = GMM(D, components=K).double()
+    layout = expected._layout(*fit_gmm(x, *params)[:3])
+
+    for out in results:
+        assert_close(out["initialize"], layout)
+
+    # k-means from the seeded k-means++ centres
+    assert_close(results[0]["kmeans seeded"], kmeans(x, K, centers=centers)[0])
+    assert_close(results[1]["kmeans seeded"], results[0]["kmeans seeded"])
+
+
+def test_draw_is_global(results):
+    x = data()["x"]
+    w = torch.cat([weights(size, rank) for rank, size in enumerate(SIZES)])
+    drawn = results[0]["draws"]
+    assert torch.equal(results[1]["draws"], drawn)
+
+    index = (x[:, None] == drawn).all(dim=-1).double().argmax(dim=0)  # (n,)
+    assert (w[index] > 0).all()  # never a sample of zero weight
+
+    p = w[: SIZES[0]].sum() / w.sum()  # the probability of shard 0, about 0.12
+    n = len(index)
+    frequency = (index < SIZES[0]).double().mean()
+    assert abs(frequency - p) < 4 * (p * (1 - p) / n) ** 0.5
+    assert (index < SIZES[0]).any() and (index >= SIZES[0]).any()
+
+
+def test_helpers(results):
+    x = data()["x"]
+
+    for rank, out in enumerate(results):
+        assert out["size"] == 300
+        assert out["outside"] == SIZES[rank]
+        assert_close(out["mean"], x.mean(dim=0))
+
+
+def test_single_process_is_identity():
+    x = torch.randn(10, 2)
+
+    with distributed.sharded():
+        assert not distributed.is_sharded()
+        assert distributed.all_reduce(x) is x
+        assert distributed.samples(x) == 10
+
+
+def test_mfa_initialize_is_global(results):
+    # the shards differ (83 and 217 samples): local moments would give different fits
+    assert_close(results[1]["mfa initialize"], results[0]["mfa initialize"])
+    assert all(torch.isfinite(t).all() for t in results[0]["mfa initialize"])
