@@ -2,7 +2,17 @@ r"""contmix - Mixture-model densities for PyTorch."""
 
 __version__ = "0.1.0"
 
-from . import cluster, datasets, distributions, em, metrics, transforms, utils
+from . import (
+    cluster,
+    datasets,
+    distributed,
+    distributions,
+    em,
+    figures,
+    metrics,
+    transforms,
+    utils,
+)
 from .cpmm import CPMM, HierarchicalCPMM, SolverError
 from .curriculum import Curriculum
 from .cwm import CWM, CWMDistribution
