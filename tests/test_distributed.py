@@ -1,6 +1,11 @@
 r"""Tests for contmix.distributed: fits on shards in 2 processes (gloo, CPU) against the
 single-process fit of the whole data."""
 
+import subprocess
+import sys
+
+from pathlib import Path
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -245,3 +250,18 @@ def test_mfa_initialize_is_global(results):
     # the shards differ (83 and 217 samples): local moments would give different fits
     assert_close(results[1]["mfa initialize"], results[0]["mfa initialize"])
     assert all(torch.isfinite(t).all() for t in results[0]["mfa initialize"])
+
+
+def test_example_under_torchrun():
+    root = Path(__file__).parents[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    run = subprocess.run(
+        [*command, str(root / "examples" / "distributed_em.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert run.returncode == 0, run.stderr
+    difference = float(run.stdout.split("single-process fit:")[-1])
+    assert difference < 1e-10
