@@ -62,7 +62,7 @@ def accuracy(labels: torch.Tensor, clusters: torch.Tensor, k: int) -> float:
     return confusion[rows, cols].sum().item() / len(labels)
 
 
-def train_cpmm(x, args, seed):
+def fit_cpmm(x, args, seed) -> contmix.HierarchicalCPMM:
     torch.manual_seed(seed)
     model = contmix.HierarchicalCPMM(
         64,
@@ -88,7 +88,11 @@ def train_cpmm(x, args, seed):
         optimizer.step()
         schedule.step()
 
-    return model.eval().extract()
+    return model.eval()
+
+
+def train_cpmm(x, args, seed) -> contmix.HierarchicalMFA:
+    return fit_cpmm(x, args, seed).extract()
 
 
 def run(args) -> list[dict]:

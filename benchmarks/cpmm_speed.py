@@ -9,7 +9,7 @@ r"""Speed and memory of the CPMM on the digits configuration (M = 64).
    (bytes of the tensors saved by autograd, counted with saved_tensors_hooks), at two
    tolerances, so that more solver steps are taken.
 
-    python benchmarks/cpmm_speed.py
+    python benchmarks/cpmm_speed.py --sizes 64 256 1437 --trained
 """
 
 import argparse
@@ -32,6 +32,7 @@ def median_time(fns: dict, repeat: int) -> dict:
 
 
 def log_prob_speed(x: torch.Tensor, args) -> list[str]:
+    torch.manual_seed(0)
     K = 10 * args.components
     cpmm = contmix.CPMM(64, components=K, rank=2, hidden_features=(256, 256)).eval()
     hier = contmix.HierarchicalCPMM(
@@ -71,6 +72,52 @@ def log_prob_speed(x: torch.Tensor, args) -> list[str]:
     single = t["CPMM, fresh ODE solve"] / t["CPMM.extract() (MFA)"]
     nested = t["HierarchicalCPMM, fresh ODE solve"] / t["HierarchicalCPMM.extract()"]
     lines.append(f"fresh solve / extracted: CPMM {single:.1f}x, hierarchical {nested:.1f}x")
+    return lines
+
+
+def trained_speed(x: torch.Tensor, args) -> list[str]:
+    r"""Fresh ODE solve against extraction for a HierarchicalCPMM trained as in
+    ``cpmm_digits.py`` (seed 0, 500 Adam steps after 100 regression steps)."""
+
+    from types import SimpleNamespace
+
+    from cpmm_digits import fit_cpmm
+
+    options = dict(components=args.components, rank=2, hidden=256, augment=2.0)
+    options |= dict(steps=500, init_steps=100, batch=256, lr=1e-3, noise=0.01, entropy=1.0)
+    model = fit_cpmm(x, SimpleNamespace(**options), seed=0)
+    extracted = model.extract()
+    calls = []
+    model.dynamics.register_forward_hook(lambda *a: calls.append(1))
+
+    def fresh(x):
+        model._cache = None
+        return model().log_prob(x)
+
+    lines = [
+        "Trained HierarchicalCPMM (digits, seed 0): fresh ODE solve against extract(), "
+        f"median of {args.repeat} interleaved runs:",
+        "",
+        "| N | extract() (ms) | fresh ODE solve (ms) | ratio |",
+        "| --- | --- | --- | --- |",
+    ]
+
+    with torch.no_grad():
+        for n in args.sizes:
+            y = x[:n]
+            t = median_time(
+                {"extract": lambda y=y: extracted().log_prob(y), "fresh": lambda y=y: fresh(y)},
+                args.repeat,
+            )
+            ratio = t["fresh"] / t["extract"]
+            lines.append(
+                f"| {n} | {1e3 * t['extract']:.2f} | {1e3 * t['fresh']:.2f} | {ratio:.1f}x |"
+            )
+
+    calls.clear()
+    fresh(x[:1])
+    lines.append(f"\nDynamics evaluations per fresh solve: {len(calls)}")
+
     return lines
 
 
@@ -149,11 +196,19 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1437], help="batch sizes N")
+    parser.add_argument("--no-train", action="store_true", help="skip the training step")
+    parser.add_argument("--trained", action="store_true", help="time a trained model too")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     x, x_test, _, _ = contmix.datasets.digits()
     print(torch.__version__, torch.get_num_threads(), "thread(s)")
-    print("\n".join(log_prob_speed(x, args)), flush=True)
-    print()
-    print("\n".join(train_step(x, args)))
+    for n in args.sizes:
+        print("\n".join(log_prob_speed(x[:n], args)), flush=True)
+        print()
+    if args.trained:
+        print("\n".join(trained_speed(x, args)), flush=True)
+        print()
+    if not args.no_train:
+        print("\n".join(train_step(x, args)))

@@ -19,7 +19,7 @@ from zuko.utils import unpack
 
 from .cluster import kmeans, random_centers
 from .distributions import GaussianMixture, LowRankNormal
-from .utils import check_context, check_samples
+from .utils import check_context, check_samples, set_parameters
 
 STRATEGIES = ("random", "kmeans")
 
@@ -311,15 +311,7 @@ class HierarchicalMFA(LazyDistribution):
             (diag - self.epsilon).clamp(min=self.epsilon).log(),
         ]
 
-        if not all(torch.isfinite(p).all() for p in params):
-            raise ValueError("The fitted parameters are not finite: the data is degenerate.")
-
-        if self.context > 0:
-            self.hyper[-1].weight.mul_(1e-2)
-            self.hyper[-1].bias.copy_(torch.cat([p.flatten() for p in params]))
-        else:
-            for p, value in zip(self.phi, params, strict=True):
-                p.copy_(value)
+        set_parameters(self, params)
 
 
 def check_labels(y: Tensor, samples: int, groups: int) -> None:
