@@ -415,6 +415,17 @@ class LowRankNormal(LowRankMultivariateNormal):
         if not _shared(x, self.batch_shape):
             return super().log_prob(x)
 
+        batch = self.batch_shape
+        if len(batch) > 1 and all(s == 1 for s in x.shape[-1 - len(batch) : -1]):
+            # samples against a batch of mixtures: one flat batch of components
+            flat = LowRankNormal(
+                self.loc.flatten(0, -2),
+                self.cov_factor.flatten(0, -3),
+                self.cov_diag.flatten(0, -2),
+            )
+            log_p = flat.log_prob(x.reshape(*x.shape[: -1 - len(batch)], 1, x.shape[-1]))
+            return log_p.unflatten(-1, batch)
+
         diag, cap = self._unbroadcasted_cov_diag, self._capacitance_tril
         precision = diag.reciprocal()
         weight = self._whitener(precision)
