@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import contmix
+
 ROOT = Path(__file__).parents[1]
 FENCE = re.compile(r"^```([^\n]*)\n(.*?)^```$", re.DOTALL | re.MULTILINE)
 
@@ -78,6 +80,20 @@ def test_readme_tour():
     # EM + Adam beats a single Gaussian by a margin (the data is Gaussian, so barely)
     single = torch.distributions.MultivariateNormal(x.mean(dim=0), x.T.cov())
     assert d.log_prob(x).mean() > single.log_prob(x).mean() - 0.05
+
+    # The extracted hierarchical model is the CPMM in eval mode, without the ODE
+    spiral, model, mixture = ns["spiral"], ns["model"], ns["mixture"]
+    assert torch.allclose(mixture().log_prob(spiral), model().log_prob(spiral), atol=1e-4)
+    assert torch.equal(ns["clusters"], mixture().posterior(spiral).argmax(dim=-1))
+
+    # The CWM starts out equal to a diagonal GMM fitted by EM, and samples from it
+    gmm = contmix.GMM(2, components=8, covariance_type="diagonal")
+    torch.manual_seed(0)
+    gmm.initialize(spiral, strategy="em")
+    torch.manual_seed(0)
+    ns["cwm"].initialize(spiral, strategy="em")
+    assert torch.allclose(ns["cwm"]().log_prob(spiral), gmm().log_prob(spiral), atol=1e-3)
+    assert ns["samples"].shape == (64, 2)
     assert torch.isfinite(ns["bic"]) and torch.isfinite(ns["loss"])
 
 
