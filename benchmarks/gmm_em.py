@@ -17,7 +17,6 @@ It prints markdown tables.
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -26,6 +25,7 @@ import warnings
 import numpy as np
 import torch
 
+from machine import blas_info, cpu_model
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture as SKGaussianMixture
 from torch import Tensor
@@ -34,29 +34,6 @@ from torch.distributions import Categorical, MixtureSameFamily, MultivariateNorm
 from contmix.cluster import kmeans_plusplus
 from contmix.em import fit_gmm, gaussian_mixture, gmm_m_step
 from contmix.gmm import hard_responsibilities
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def blas_info() -> str:
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return "threadpoolctl not installed"
-
-    return "; ".join(
-        f"{i['internal_api']} {i.get('version') or ''} ({i['num_threads']} threads)"
-        for i in threadpool_info()
-    )
 
 
 def dataset(N: int, D: int, K: int, seed: int = 0) -> Tensor:

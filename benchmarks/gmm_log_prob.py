@@ -17,7 +17,6 @@ It prints markdown tables.
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -25,22 +24,12 @@ import time
 import torch
 import zuko
 
+from machine import cpu_model
 from torch import Tensor
 
 import contmix
 
 CASES = [(cov, tied) for cov in ("full", "diagonal", "spherical") for tied in (False, True)]
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def models(D: int, K: int, cov: str, tied: bool, dtype: torch.dtype):
