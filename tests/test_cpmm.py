@@ -42,7 +42,8 @@ def test_layout_round_trip(weights):
     assert state.factor.shape == (4, 7, 3, 2)
     assert (state.log_weight is None) == (not weights)
     assert torch.equal(state.loc, h[..., :3])
-    assert torch.equal(state.factor[..., 1, 0], h[..., 3 + 2])  # row-major vec(A)
+    assert torch.equal(state.factor[..., 1, 0], h[..., 3 + 1])  # column-major vec(A)
+    assert torch.equal(state.factor[..., 0, 1], h[..., 3 + 3])
     assert torch.equal(state.alpha, h[..., -5:])
 
     again = layout.unpack(layout.pack(state))

@@ -49,3 +49,15 @@ def test_plot_order_and_transform(model):
     assert torch.allclose(drawn, means[2, 0].reshape(3, 4))
     drawn = torch.as_tensor(fig.axes[5 + 4].images[0].get_array().data)
     assert torch.allclose(drawn, means[0, 4].reshape(3, 4))
+
+
+def test_plot_uses_the_model_shape():
+    from contmix import HierarchicalCPMM
+
+    model = HierarchicalCPMM((1, 3, 4), trajectories=2, components=3, hidden_features=(4, 4))
+    fig = plot_trajectories(model.eval())
+    drawn = torch.as_tensor(fig.axes[1].images[0].get_array().data)
+    assert torch.allclose(drawn, trajectory_means(model)[0, 1].reshape(3, 4))
+
+    with pytest.raises(ValueError, match="no image shape"):
+        plot_trajectories(HierarchicalMFA(features=12, groups=2, components=3))

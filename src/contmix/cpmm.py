@@ -12,6 +12,7 @@ Once trained, :meth:`CPMM.extract` returns a plain :class:`~contmix.MFA` (or
 
 __all__ = [
     "CPMM",
+    "ConvDynamics",
     "Dynamics",
     "HierarchicalCPMM",
     "SolverError",
@@ -65,17 +66,25 @@ class State(NamedTuple):
 class StateLayout:
     r"""The layout of the CPMM state, defined once.
 
-    .. math:: h = [\mu, \operatorname{vec}(A), \log d, (\log \pi), \alpha] \in
+    .. math:: h = [\mu, \operatorname{vec}(A^T), \log d, (\log \pi), \alpha] \in
         \mathbb{R}^{J + L}, \quad J = (R + 2) M \, (+ 1)
 
-    where :math:`\log \pi` is present only when the weights are learned and
-    :math:`\alpha \in \mathbb{R}^L` is the augmented part, never read by the mixture.
+    where the loadings are stored column after column (each column :math:`A_{:, r}` is
+    one contiguous block of :math:`M` values), :math:`\log \pi` is present only when the
+    weights are learned and :math:`\alpha \in \mathbb{R}^L` is the augmented part, never
+    read by the mixture.
+
+    For image-shaped features :math:`M = C \times H \times W` (``shape``), the same
+    flat state is a stack of :math:`(R + 2) C + L / (H W)` image channels: :math:`C`
+    channels of means, :math:`R C` of loadings, :math:`C` of log-diagonals and
+    :math:`L / (H W)` augmented ones (:meth:`image`).
 
     Arguments:
         features: The number of features :math:`M`.
         rank: The rank :math:`R` of the loadings.
         augment: The size :math:`L` of the augmented part.
         weights: Whether :math:`\log \pi` is in the state.
+        shape: The image shape :math:`(C, H, W)` of the features, if any.
 
     Example:
         >>> layout = StateLayout(features=2, rank=1, augment=3)
@@ -84,14 +93,25 @@ class StateLayout:
         >>> h = torch.randn(5, layout.size)
         >>> torch.equal(layout.pack(layout.unpack(h)), h)
         True
+        >>> layout = StateLayout(features=16, rank=2, augment=32, shape=(1, 4, 4))
+        >>> layout.image(torch.randn(5, layout.size)).shape
+        torch.Size([5, 6, 4, 4])
     """
 
-    def __init__(self, features: int, rank: int, augment: int, weights: bool = False):
+    def __init__(
+        self,
+        features: int,
+        rank: int,
+        augment: int,
+        weights: bool = False,
+        shape: Sequence[int] | None = None,
+    ):
         self.features, self.rank, self.augment, self.weights = features, rank, augment, weights
+        self.shape = None if shape is None else tuple(shape)
 
         shapes = {
             "loc": (features,),
-            "factor": (features, rank),
+            "factor": (rank, features),
             "log_diag": (features,),
             "log_weight": (1,) if weights else (0,),
             "alpha": (augment,),
@@ -106,6 +126,21 @@ class StateLayout:
         self.size = start
         self.mixture = self.slices["alpha"].start
 
+        if self.shape is not None:
+            pixels = math.prod(self.shape[1:])
+            if len(self.shape) != 3 or math.prod(self.shape) != features or augment % pixels:
+                raise ValueError(
+                    f"shape must be (C, H, W) with C * H * W = features = {features} and the "
+                    f"augmented size a multiple of H * W, got shape={self.shape} and "
+                    f"augment={augment}."
+                )
+            if weights:
+                raise ValueError(
+                    "Learned weights are not available with image-shaped features: use "
+                    "learn_weights=False or flat features."
+                )
+            self.channels = self.size // pixels
+
     def __repr__(self) -> str:
         return f"StateLayout({', '.join(f'{k}={v}' for k, v in self.shapes.items())})"
 
@@ -115,6 +150,7 @@ class StateLayout:
         parts = {
             name: h[..., s].unflatten(-1, self.shapes[name]) for name, s in self.slices.items()
         }
+        parts["factor"] = parts["factor"].mT
 
         if not self.weights:
             parts["log_weight"] = None
@@ -126,9 +162,15 @@ class StateLayout:
 
         loc = state.loc
         log_weight = state.log_weight if self.weights else loc[..., :0]
-        parts = (loc, state.factor.flatten(-2), state.log_diag, log_weight, state.alpha)
+        parts = (loc, state.factor.mT.flatten(-2), state.log_diag, log_weight, state.alpha)
 
         return torch.cat(parts, dim=-1)
+
+    def image(self, h: Tensor) -> Tensor:
+        r"""Views states with shape :math:`(*, J + L)` as stacks of image channels, with
+        shape :math:`(*, (R + 2) C + L / (H W), H, W)`."""
+
+        return h.unflatten(-1, (self.channels, *self.shape[1:]))
 
 
 class Sine(nn.Module):
@@ -217,6 +259,95 @@ class Dynamics(nn.Module):
         return F.pad(x, (0, self.context))
 
 
+class ConvDynamics(nn.Module):
+    r"""Creates the dynamics :math:`f(h, t, c)` of an image-shaped CPMM: a CNN over the
+    state kept in image shape.
+
+    The state :math:`h` is a stack of image channels (:meth:`StateLayout.image`); the
+    pseudotime and the context features enter as constant extra channels, and
+    convolutions with ``kernel_size`` and "same" padding, separated by the activation,
+    map the :math:`S + 1 + C_{tx}` input channels through the hidden channels to the
+    :math:`S` channels of :math:`dh/dt`. As in :class:`Dynamics`, :meth:`forward` takes
+    the flat :math:`y = [h, c]` and returns :math:`[f, 0]`, and ``copies > 1`` gives
+    each trajectory (second to last dimension of :math:`y`) its own weights (a grouped
+    convolution).
+
+    The paper uses three convolutions (``hidden_channels=(64, 64)``) with sine
+    activations.
+
+    Arguments:
+        shape: The image shape of the state, :math:`(S, H, W)` channels.
+        context: The number of context features.
+        hidden_channels: The channels of the hidden layers.
+        activation: ``"sin"`` or ``"tanh"``.
+        copies: The number of independent dynamics.
+        kernel_size: The size of the (odd) convolution kernels.
+
+    Example:
+        >>> f = ConvDynamics(shape=(6, 8, 8), hidden_channels=(16, 16))
+        >>> f(torch.tensor(0.5), torch.randn(3, 6 * 8 * 8)).shape
+        torch.Size([3, 384])
+    """
+
+    def __init__(
+        self,
+        shape: Sequence[int],
+        context: int = 0,
+        hidden_channels: Sequence[int] = (64, 64),
+        activation: Literal["sin", "tanh"] = "sin",
+        copies: int = 1,
+        kernel_size: int = 3,
+    ) -> None:
+        super().__init__()
+
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"Unknown activation '{activation}': choose one of {list(ACTIVATIONS)}."
+            )
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd, got {kernel_size}.")
+
+        self.shape, self.context, self.copies = tuple(shape), context, copies
+        self.state = math.prod(self.shape)
+        self.activation = ACTIVATIONS[activation]()
+
+        sizes = (self.shape[0] + 1 + context, *hidden_channels, self.shape[0])
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+
+        for before, after in itertools.pairwise(sizes):
+            bound = (before * kernel_size**2) ** -0.5
+            weight = torch.empty(copies * after, before, kernel_size, kernel_size)
+            self.weights.append(nn.Parameter(weight.uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(copies * after).uniform_(-bound, bound)))
+
+    def extra_repr(self) -> str:
+        channels = [w.shape[1] for w in self.weights] + [self.shape[0]]
+        kernel = self.weights[0].shape[-1]
+        return (
+            f"shape={self.shape}, channels={channels}, kernel_size={kernel}, "
+            f"activation={self.activation}, copies={self.copies}"
+        )
+
+    def forward(self, t: Tensor, y: Tensor) -> Tensor:
+        batch, (_, H, W) = y.shape[:-1], self.shape
+        h = y[..., : self.state].unflatten(-1, self.shape)
+        t = t.to(y).expand(*batch, 1, H, W)
+        c = y[..., self.state :, None, None].expand(*batch, self.context, H, W)
+        x = torch.cat((h, t, c), dim=-3)
+
+        if self.copies > 1:  # the trajectories' channels side by side, one group each
+            x = x.flatten(-4, -3)
+        x = x.reshape(-1, *x.shape[-3:])
+
+        for i, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
+            if i > 0:
+                x = self.activation(x)
+            x = F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2, groups=self.copies)
+
+        return F.pad(x.reshape(*batch, self.state), (0, self.context))
+
+
 def pseudotimes(n: int, like: Tensor) -> Tensor:
     r"""Returns :math:`n` sorted pseudotimes drawn uniformly in :math:`(0, 1)`: the
     normalized cumulative sums of :math:`n + 1` exponential spacings, whose law is that
@@ -255,13 +386,13 @@ class _ContinuousMixture(LazyDistribution):
 
     def __init__(
         self,
-        features: int,
+        features: int | Sequence[int],
         context: int = 0,
         trajectories: int = 1,
         components: int = 25,
         rank: int = 2,
         augment: float = 2.0,
-        hidden_features: Sequence[int] = (256, 256),
+        hidden_features: Sequence[int] | None = None,
         activation: Literal["sin", "tanh"] = "sin",
         learn_weights: bool = False,
         log_diag_min: float = -6.0,
@@ -282,26 +413,52 @@ class _ContinuousMixture(LazyDistribution):
                 f"Unknown method '{method}': choose a torchdiffeq solver, e.g. 'dopri5' or 'rk4'."
             )
 
-        self.features, self.context = features, context
+        self.shape = None if isinstance(features, int) else tuple(features)
+        self.features = features if self.shape is None else math.prod(self.shape)
+        self.context = context
         self.trajectories, self.components, self.rank = trajectories, components, rank
         self.log_diag_min, self.epsilon = log_diag_min, epsilon
         self.method, self.rtol, self.atol, self.adjoint = method, rtol, atol, adjoint
         self.max_steps, self.options = max_steps, dict(options or {})
         self.pseudotimes = pseudotimes or components
 
-        mixture = (rank + 2) * features + learn_weights
-        self.layout = StateLayout(features, rank, math.ceil(augment * mixture), learn_weights)
+        self.layout = self._layout(rank, augment, learn_weights)
         S = self.layout.size
+        copies = trajectories if separate else 1
+
+        if self.shape is None:
+            hidden_features = hidden_features or (256, 256)
+            self.dynamics = Dynamics(S, context, hidden_features, activation, copies)
+        else:
+            hidden_features = hidden_features or (64, 64)
+            shape = (self.layout.channels, *self.shape[1:])
+            self.dynamics = ConvDynamics(shape, context, hidden_features, activation, copies)
 
         if context > 0:
             self.start = MLP(context, trajectories * S, hidden_features)
         else:
-            self.start = nn.Parameter(self._default_start(torch.zeros(features, 1)))
-
-        copies = trajectories if separate else 1
-        self.dynamics = Dynamics(S, context, hidden_features, activation, copies)
+            self.start = nn.Parameter(self._default_start(torch.zeros(self.features, 1)))
 
         self._cache = None
+
+    def _layout(self, rank: int, augment: float, learn_weights: bool) -> StateLayout:
+        r"""The state layout: an augmented part of ``augment`` times the mixture part,
+        in whole image channels for image-shaped features."""
+
+        M = self.features
+        if self.shape is None:
+            mixture = (rank + 2) * M + learn_weights
+            return StateLayout(M, rank, math.ceil(augment * mixture), learn_weights)
+
+        if len(self.shape) != 3 or min(self.shape) < 1:
+            raise ValueError(
+                f"Image-shaped features must be (C, H, W) with positive sizes, got {self.shape}."
+            )
+
+        channels, pixels = self.shape[0], math.prod(self.shape[1:])
+        augment = math.ceil(augment * (rank + 2) * channels) * pixels
+
+        return StateLayout(M, rank, augment, learn_weights, shape=self.shape)
 
     # state and solve
 
@@ -559,6 +716,14 @@ class CPMM(_ContinuousMixture):
     (:class:`Dynamics`) and the initial state :math:`h_0` is a learnable parameter, or
     an MLP of the context.
 
+    With image-shaped features :math:`(C, H, W)`, the state is kept in image shape: the
+    means, each column of the loadings, the log-diagonals and the augmented part are
+    image channels (:meth:`StateLayout.image`), and the dynamics are a CNN with the
+    pseudotime (and the context) as extra constant channels (:class:`ConvDynamics`:
+    three convolutions with 64 hidden channels and sine activations by default, as in
+    the paper). The state is flattened only to evaluate the likelihood: samples are
+    flat, with shape :math:`(N, C H W)` (``x.flatten(1)``), and the weights constant.
+
     In training mode, the pseudotimes are drawn uniformly (sorted) at every call; in
     evaluation mode they are the fixed grid :math:`t_j = (j - 1)/(G - 1)`, solved once
     and cached until the parameters change or the module goes back to training. Once
@@ -573,14 +738,17 @@ class CPMM(_ContinuousMixture):
         | https://arxiv.org/abs/1806.07366
 
     Arguments:
-        features: The number of features :math:`M`.
+        features: The number of features :math:`M`, or an image shape :math:`(C, H, W)`
+            with :math:`M = C H W`.
         context: The number of context features.
         components: The number of components :math:`G`.
         rank: The rank :math:`R` of the loadings.
         augment: The size of the augmented part :math:`\alpha`, as a multiple of the
-            mixture part of the state (the paper uses 2 to 4).
+            mixture part of the state (the paper uses 2 to 4), rounded up to whole
+            channels for images.
         hidden_features: The widths of the hidden layers of the dynamics (and of the
-            context MLP).
+            context MLP): :py:`(256, 256)` by default, or the hidden channels of the
+            CNN, :py:`(64, 64)` by default, for images.
         activation: The activation of the dynamics, ``"sin"`` or ``"tanh"``.
         learn_weights: Whether :math:`\log \pi` is in the state (learned weights).
         log_diag_min: The soft lower bound :math:`m` of :math:`\log d`.
@@ -609,10 +777,21 @@ class CPMM(_ContinuousMixture):
         >>> mfa = model.eval().extract()
         >>> torch.allclose(mfa().log_prob(x), model().log_prob(x))
         True
+
+        An image-shaped CPMM, with CNN dynamics:
+
+        >>> model = CPMM(features=(1, 8, 8), components=4, hidden_features=(16, 16))
+        >>> model().log_prob(torch.randn(5, 1, 8, 8).flatten(1)).shape
+        torch.Size([5])
     """
 
     def __init__(
-        self, features: int, context: int = 0, components: int = 25, rank: int = 2, **kwargs
+        self,
+        features: int | Sequence[int],
+        context: int = 0,
+        components: int = 25,
+        rank: int = 2,
+        **kwargs,
     ):
         super().__init__(features, context, 1, components, rank, **kwargs)
 
@@ -696,7 +875,8 @@ class HierarchicalCPMM(_ContinuousMixture):
         | https://proceedings.mlr.press/v202/bender23a.html
 
     Arguments:
-        features: The number of features :math:`M`.
+        features: The number of features :math:`M`, or an image shape (see
+            :class:`CPMM`).
         context: The number of context features.
         trajectories: The number of trajectories :math:`C`.
         components: The number of components :math:`G` per trajectory.
@@ -716,7 +896,7 @@ class HierarchicalCPMM(_ContinuousMixture):
 
     def __init__(
         self,
-        features: int,
+        features: int | Sequence[int],
         context: int = 0,
         trajectories: int = 10,
         components: int = 25,

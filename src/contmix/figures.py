@@ -36,7 +36,7 @@ def trajectory_means(model: LazyDistribution, c: Tensor | None = None) -> Tensor
 
 def plot_trajectories(
     model: LazyDistribution,
-    shape: Sequence[int],
+    shape: Sequence[int] | None = None,
     path: str | Path | None = None,
     transform: Callable[[Tensor], Tensor] | None = None,
     order: Sequence[int] | None = None,
@@ -52,7 +52,8 @@ def plot_trajectories(
 
     Arguments:
         model: A hierarchical model (see :func:`trajectory_means`).
-        shape: The image shape, :math:`(H, W)` or :math:`(C, H, W)` with 1 or 3 channels.
+        shape: The image shape, :math:`(H, W)` or :math:`(C, H, W)` with 1 or 3 channels;
+            by default, the model's own (an image-shaped :class:`~contmix.HierarchicalCPMM`).
         path: Where to save the figure (PNG, PDF, ...), if given.
         transform: A map from the model's space to pixel intensities, e.g. the inverse
             of a :class:`~contmix.transforms.LogitTransform`.
@@ -70,6 +71,10 @@ def plot_trajectories(
     """
 
     import matplotlib.pyplot as plt
+
+    shape = shape or getattr(model, "shape", None)
+    if shape is None:
+        raise ValueError("The model has no image shape: pass shape=(H, W) or (C, H, W).")
 
     means = trajectory_means(model)
     if transform is not None:
