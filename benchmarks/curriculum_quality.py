@@ -249,7 +249,15 @@ def main():
             m for m in args.models if m in students(dataset, 2 if dataset != "digits" else 64)
         ]
         results.append(
-            run(dataset, models, args.seeds, args.finetune, args.batch_size, args.teacher_epochs)
+            run(
+                dataset,
+                models,
+                args.seeds,
+                args.finetune,
+                args.batch_size,
+                args.teacher_epochs,
+                args.cache,
+            )
         )
 
     if args.out is not None:

@@ -125,6 +125,35 @@ def test_shapes_conditional():
     assert hier.extract(c=c[0])().log_prob(torch.randn(5, 2)).shape == (5,)
 
 
+def test_conditional_outer_weights_follow_the_context():
+    # two groups whose proportions flip with a binary context: 9 to 1, then 1 to 9
+    torch.manual_seed(0)
+    c = (torch.arange(400) % 2).double().unsqueeze(-1)
+    major = torch.rand(400, dtype=torch.float64) < 0.9
+    y = torch.where(c.squeeze(-1) == 0, ~major, major).long()
+    x = torch.tensor([[-4.0, 0.0], [4.0, 0.0]], dtype=torch.float64)[y]
+    x = x + 0.5 * torch.randn(400, 2, dtype=torch.float64)
+
+    model = small(HierarchicalCPMM, context=1, trajectories=2, components=3).double()
+    model.initialize(x, y=y, steps=0)
+    assert torch.allclose(
+        model.outer_logits(c[:2]).softmax(-1), torch.tensor(0.5).double(), atol=0.02
+    )
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        loss = -model(c).log_prob(x).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    model.eval()
+    eta = model.outer_logits(torch.tensor([[0.0], [1.0]]).double()).softmax(-1)
+    group = model.predict(torch.tensor([[-4.0, 0.0]]).double(), torch.tensor([[0.0]]).double())
+    assert eta[0, group].item() > 0.75 and eta[1, group].item() < 0.25
+    assert torch.allclose(model.extract(c=c[1]).phi[0].softmax(-1), eta[1])
+
+
 def test_separate_dynamics():
     torch.manual_seed(0)
     # a fixed-step solver: adaptive steps are shared by all trajectories

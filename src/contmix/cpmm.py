@@ -39,7 +39,7 @@ from zuko.nn import MLP
 from .distributions import GaussianMixture, LowRankNormal
 from .hierarchical import HierarchicalMFA, group_labels, group_statistics
 from .mfa import MFA
-from .utils import check_context, check_samples
+from .utils import check_context, check_samples, check_scale, check_sizes
 
 ADAPTIVE = ("dopri8", "dopri5", "bosh3", "fehlberg2", "adaptive_heun")
 STRATEGIES = ("random", "kmeans")
@@ -408,6 +408,9 @@ class _ContinuousMixture(LazyDistribution):
     ) -> None:
         super().__init__()
 
+        check_sizes(features=features, trajectories=trajectories, components=components, rank=rank)
+        check_sizes(0, context=context)
+
         if method not in SOLVERS:
             raise ValueError(
                 f"Unknown method '{method}': choose a torchdiffeq solver, e.g. 'dopri5' or 'rk4'."
@@ -434,6 +437,7 @@ class _ContinuousMixture(LazyDistribution):
             shape = (self.layout.channels, *self.shape[1:])
             self.dynamics = ConvDynamics(shape, context, hidden_features, activation, copies)
 
+        self.hidden_features = tuple(hidden_features)
         if context > 0:
             self.start = MLP(context, trajectories * S, hidden_features)
         else:
@@ -498,7 +502,9 @@ class _ContinuousMixture(LazyDistribution):
                 its step size underflows or the state becomes non-finite.
         """
 
-        check_context(c, self.context)
+        check_context(c, self.context, self._reference())
+        if c is not None and not torch.isfinite(c).all():
+            raise ValueError("The context c contains NaN or Inf: remove or impute them first.")
 
         h0 = self.initial_state(c)
         if c is not None:
@@ -608,6 +614,8 @@ class _ContinuousMixture(LazyDistribution):
 
         if components is None and c is None and not self.training:
             return self._grid_states(None)
+        if components is not None:
+            check_sizes(components=components)
 
         return self.solve(torch.linspace(0, 1, components or self.components), c)
 
@@ -633,6 +641,7 @@ class _ContinuousMixture(LazyDistribution):
             raise TypeError(
                 f"x is {x.dtype} but the model is {reference.dtype}: use x.to({reference.dtype})."
             )
+        check_scale(x, math.exp(self.log_diag_min) + self.epsilon, "log_diag_min")
 
         labels = group_labels(x, self.trajectories, strategy, y)
         stats = group_statistics(x, labels, self.trajectories, self.components, strategy)
@@ -859,7 +868,9 @@ class HierarchicalCPMM(_ContinuousMixture):
 
     The :math:`C` trajectories start from :math:`C` learnable initial states and share
     one ODE (or, with ``separate``, each has its own, as in the paper's ablation). The
-    outer weights :math:`\eta = \operatorname{softmax}(\text{logits})` are learnable.
+    outer weights :math:`\eta = \operatorname{softmax}(\text{logits})` are learnable:
+    a parameter, or for a conditional model an MLP of the context, so that the
+    proportions of the groups :math:`\eta_k(c)` change with :math:`c`.
     Its distribution is the mixture family nested once: a
     :class:`~contmix.distributions.GaussianMixture` over :math:`C` trajectories whose
     components are mixtures with batch shape :math:`(C,)` over
@@ -908,11 +919,20 @@ class HierarchicalCPMM(_ContinuousMixture):
             features, context, trajectories, components, rank, separate=separate, **kwargs
         )
 
-        self.logits = nn.Parameter(torch.zeros(trajectories))
+        if context > 0:
+            self.logits = MLP(context, trajectories, self.hidden_features)
+        else:
+            self.logits = nn.Parameter(torch.zeros(trajectories))
+
+    def outer_logits(self, c: Tensor | None = None) -> Tensor:
+        r"""Returns the logits of the outer weights :math:`\eta(c)`, with shape
+        :math:`(*, C)`: a parameter, or an MLP of the context."""
+
+        return self.logits if c is None else self.logits(c)
 
     def forward(self, c: Tensor | None = None) -> GaussianMixture:
         inner = self._inner(self.states(c))
-        return GaussianMixture(inner, self.logits.expand(inner.batch_shape))
+        return GaussianMixture(inner, self.outer_logits(c).expand(inner.batch_shape))
 
     def predict_proba(self, x: Tensor, c: Tensor | None = None) -> Tensor:
         r"""Returns the posterior of the trajectories :math:`p(k \mid x)` by Bayes' rule,
@@ -1003,7 +1023,11 @@ class HierarchicalCPMM(_ContinuousMixture):
         logits = self._initialize(x, strategy, y, steps, lr)
 
         with torch.no_grad():
-            self.logits.copy_(logits)
+            if self.context > 0:  # the group sizes, whatever the context at first
+                self.logits[-1].weight.mul_(1e-2)
+                self.logits[-1].bias.copy_(logits)
+            else:
+                self.logits.copy_(logits)
 
     @torch.no_grad()
     def extract(self, components: int | None = None, c: Tensor | None = None) -> HierarchicalMFA:
@@ -1023,7 +1047,8 @@ class HierarchicalCPMM(_ContinuousMixture):
             self.features, groups=C, components=G, rank=self.rank, epsilon=self.epsilon
         ).to(h)
 
-        for p, value in zip(model.phi, (self.logits, *self.parameters_of(h)), strict=True):
+        logits = self.outer_logits(c)
+        for p, value in zip(model.phi, (logits, *self.parameters_of(h)), strict=True):
             p.copy_(value)
 
         return model
