@@ -508,6 +508,13 @@ def test_entropy_by_hand():
     assert math.isclose(model.entropy(x).item(), expected, rel_tol=1e-4)
     assert 0 <= expected <= math.log(3)
 
+    # from a given distribution: the same pseudotimes as its likelihood in training mode
+    model.initialize(blobs()[0], steps=0)
+    model.train()
+    d = model()
+    assert torch.allclose(model.entropy(x, d=d), model.entropy(x, d=d))
+    assert not torch.allclose(model.entropy(x, d=d), model.entropy(x))  # new pseudotimes
+
 
 def test_supervised_initialization():
     torch.manual_seed(0)

@@ -963,7 +963,9 @@ class HierarchicalCPMM(_ContinuousMixture):
         joint = self(c).joint(x)
         return joint.gather(-1, y.unsqueeze(-1).expand(*joint.shape[:-1], 1)).squeeze(-1)
 
-    def entropy(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+    def entropy(
+        self, x: Tensor, c: Tensor | None = None, d: GaussianMixture | None = None
+    ) -> Tensor:
         r"""Returns the entropy of the average posterior over trajectories,
 
         .. math:: H(\bar{p}) = -\sum_{k = 1}^C \bar{p}_k \log \bar{p}_k , \quad
@@ -977,16 +979,20 @@ class HierarchicalCPMM(_ContinuousMixture):
         Arguments:
             x: A batch of samples, with shape :math:`(N, M)`.
             c: The context, if any.
+            d: The model's distribution :py:`model(c)` when it is already at hand: in
+                training mode, passing the one that gives the likelihood saves an ODE
+                solve (and uses the same pseudotimes).
 
         Example:
             >>> model = HierarchicalCPMM(2, trajectories=3, components=4, hidden_features=(8,))
             >>> x = torch.randn(32, 2)
-            >>> loss = -model().log_prob(x).mean() - 0.1 * model.entropy(x)
+            >>> d = model()
+            >>> loss = -d.log_prob(x).mean() - 0.1 * model.entropy(x, d=d)
             >>> bool(model.entropy(x) <= math.log(3))
             True
         """
 
-        log_p = self(c).posterior(x)
+        log_p = (self(c) if d is None else d).posterior(x)
         log_mean = torch.logsumexp(log_p, dim=0) - math.log(log_p.shape[0])
 
         return -(log_mean.exp() * log_mean).sum(dim=-1)
