@@ -529,6 +529,19 @@ def test_nested(family):
     assert torch.allclose(nested.variance, flat.variance, atol=1e-12)
 
 
+def test_nested_low_rank_broadcast_parameters():
+    # a batch of mixtures whose loadings and diagonals broadcast over the batch: the
+    # flattened batch cannot reuse a factorization of the broadcast shape
+    g = torch.Generator().manual_seed(0)
+    loc = torch.randn(2, 3, 4, generator=g, dtype=torch.float64)
+    factor = torch.randn(4, 2, generator=g, dtype=torch.float64)
+    diag = torch.rand(3, 4, generator=g, dtype=torch.float64) + 0.1
+    x = torch.randn(6, 1, 1, 4, generator=g, dtype=torch.float64)
+
+    reference = LowRankMultivariateNormal(loc, factor, diag).log_prob(x)
+    assert torch.allclose(LowRankNormal(loc, factor, diag).log_prob(x), reference, atol=1e-10)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_nested_marginal_condition(family):
     nested, _, flat_logits, flat_loc, flat_cov = make_nested(family)

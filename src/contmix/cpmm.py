@@ -408,7 +408,10 @@ class _ContinuousMixture(LazyDistribution):
     ) -> None:
         super().__init__()
 
-        check_sizes(features=features, trajectories=trajectories, components=components, rank=rank)
+        shape = {"features": features}
+        if isinstance(features, Sequence):  # an image shape (C, H, W)
+            shape = dict(zip(("channels", "height", "width"), features, strict=False))
+        check_sizes(**shape, trajectories=trajectories, components=components, rank=rank)
         check_sizes(0, context=context)
 
         if method not in SOLVERS:
@@ -503,8 +506,6 @@ class _ContinuousMixture(LazyDistribution):
         """
 
         check_context(c, self.context, self._reference())
-        if c is not None and not torch.isfinite(c).all():
-            raise ValueError("The context c contains NaN or Inf: remove or impute them first.")
 
         h0 = self.initial_state(c)
         if c is not None:

@@ -35,15 +35,15 @@ import torch.nn as nn
 
 from torch import Size, Tensor
 from torch.distributions import Categorical, Distribution, Transform, constraints
-from zuko.distributions import DiagNormal
 from zuko.lazy import LazyDistribution, LazyTransform
 from zuko.nn import MLP
 from zuko.transforms import ComposedTransform
 from zuko.utils import unpack
 
+from .distributions import DiagNormal, _check_event
 from .em import fit_gmm, gmm_m_step
 from .gmm import STRATEGIES, hard_responsibilities, initial_centers
-from .utils import check_context, check_samples, cholesky, set_parameters
+from .utils import check_context, check_samples, check_scale, check_sizes, cholesky, set_parameters
 
 MapType = Literal["diagonal", "affine"]
 MAP_TYPES = ("diagonal", "affine")
@@ -245,13 +245,7 @@ class CWMDistribution(Distribution):
         return f"{self.__class__.__name__}(base={self.base}, transform={self.transform})"
 
     def _check(self, x: Tensor) -> None:
-        features = self.event_shape[-1]
-
-        if x.dim() < 1 or x.shape[-1] != features:
-            raise ValueError(
-                f"x must have shape (*, {features}), got {tuple(x.shape)}: "
-                f"its last dimension should hold the {features} features."
-            )
+        _check_event(x, self.event_shape[-1], like=self.base.mean)
 
     def joint(self, x: Tensor) -> Tensor:
         r"""Returns :math:`\log w_k(T_k(x)) + \log p_0(T_k(x)) + \log |\det J_{T_k}(x)|`
@@ -298,6 +292,9 @@ class CWMDistribution(Distribution):
         return x, log_w
 
     def sample(self, shape: Size = ()) -> Tensor:
+        if any(s < 0 for s in shape):
+            raise ValueError(f"The sample shape must be non-negative, got {tuple(shape)}.")
+
         with torch.no_grad():
             z = self.base.sample(shape)
             x, log_w = self.latents(z)
@@ -434,6 +431,9 @@ class CWM(LazyDistribution):
     ) -> None:
         super().__init__()
 
+        check_sizes(features=features, components=components)
+        check_sizes(0, context=context)
+
         self.features = features
         self.context = context
         self.components = components
@@ -466,7 +466,7 @@ class CWM(LazyDistribution):
             self.transforms = nn.ModuleList(transforms)
 
     def forward(self, c: Tensor | None = None) -> CWMDistribution:
-        check_context(c, self.context)
+        check_context(c, self.context, next(self.parameters()))
 
         if c is None:
             loc, log_diag, *tril = self.phi
@@ -546,6 +546,7 @@ class CWM(LazyDistribution):
 
         reference = next(self.parameters())
         check_samples(x, self.features, self.components + 1, reference)
+        check_scale(x, max(self.epsilon**2, reg), "epsilon and reg")
 
         covariance_type = "full" if self.maps == "affine" else "diagonal"
         centers = initial_centers(x, self.components, strategy)

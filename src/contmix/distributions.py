@@ -60,10 +60,10 @@ def _index(dims: Dims, features: int) -> Tensor:
 
     index = torch.as_tensor(dims).flatten()
 
-    if index.is_floating_point() or index.is_complex():
-        raise TypeError(f"Dimensions must be integers or a boolean mask, got {index.dtype}.")
     if index.numel() == 0:
         raise ValueError("At least one dimension must be given.")
+    if index.is_floating_point() or index.is_complex():
+        raise TypeError(f"Dimensions must be integers or a boolean mask, got {index.dtype}.")
 
     index = index.long()
 
@@ -86,11 +86,29 @@ def _complement(index: Tensor, features: int) -> Tensor:
     return mask.nonzero().squeeze(-1)
 
 
-def _check_event(x: Tensor, features: int, name: str = "x") -> None:
+def _check_event(x: Tensor, features: int, name: str = "x", like: Tensor | None = None) -> None:
+    r"""Checks the last dimension of :math:`x` and, given ``like`` (a parameter), that
+    :math:`x` is on its device and does not promote its dtype (integers and lower
+    precisions are promoted, a higher precision is refused)."""
+
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}.")
     if x.dim() < 1 or x.shape[-1] != features:
         raise ValueError(
             f"{name} must have shape (*, {features}), got {tuple(x.shape)}: "
             f"its last dimension should hold the {features} features."
+        )
+    if like is None:
+        return
+    if x.device != like.device:
+        raise ValueError(
+            f"{name} is on {x.device} but the distribution is on {like.device}: "
+            f"move one of them, e.g. {name}.to('{like.device}')."
+        )
+    if torch.promote_types(x.dtype, like.dtype) != like.dtype:
+        raise TypeError(
+            f"{name} is {x.dtype} but the distribution is {like.dtype}: "
+            f"use {name}.to({like.dtype}) or convert the model."
         )
 
 
@@ -101,9 +119,13 @@ def _shared(x: Tensor, batch_shape: Size) -> bool:
 
 
 def _center(loc: Tensor) -> Tensor:
-    r"""A reference point subtracted from inputs and means to avoid cancellation."""
+    r"""A reference point subtracted from inputs and means to avoid cancellation: the
+    mean of the finite means, so that a NaN mean (a NaN observed value of
+    :meth:`GaussianMixture.condition`) stays in its row."""
 
-    return loc.detach().reshape(-1, loc.shape[-1]).mean(dim=0)
+    loc = loc.detach().reshape(-1, loc.shape[-1])
+
+    return torch.where(torch.isfinite(loc), loc, 0).mean(dim=0)
 
 
 def _shared_matmul(x: Tensor, w: Tensor) -> Tensor:
@@ -194,10 +216,11 @@ class DiagNormal(zuko.distributions.DiagNormal):
     """
 
     def log_prob(self, x: Tensor) -> Tensor:
-        _check_event(x, self.event_shape[-1])
+        _check_event(x, self.event_shape[-1], like=self.base_dist.loc)
 
         if not _shared(x, self.batch_shape):
-            return super().log_prob(x)
+            # as Independent, which cannot reshape an empty batch
+            return self.base_dist.log_prob(x).sum(dim=-1)
 
         loc, scale = self.base_dist.loc, self.base_dist.scale
         center = _center(loc)
@@ -256,7 +279,7 @@ class FullNormal(MultivariateNormal):
     """
 
     def log_prob(self, x: Tensor) -> Tensor:
-        _check_event(x, self.event_shape[-1])
+        _check_event(x, self.event_shape[-1], like=self.loc)
 
         if not _shared(x, self.batch_shape):
             return super().log_prob(x)
@@ -410,7 +433,7 @@ class LowRankNormal(LowRankMultivariateNormal):
     """
 
     def log_prob(self, x: Tensor) -> Tensor:
-        _check_event(x, self.event_shape[-1])
+        _check_event(x, self.event_shape[-1], like=self.loc)
 
         if not _shared(x, self.batch_shape):
             return super().log_prob(x)
@@ -418,12 +441,7 @@ class LowRankNormal(LowRankMultivariateNormal):
         batch = self.batch_shape
         if len(batch) > 1 and all(s == 1 for s in x.shape[-1 - len(batch) : -1]):
             # samples against a batch of mixtures: one flat batch of components
-            flat = LowRankNormal(
-                self.loc.flatten(0, -2),
-                self.cov_factor.flatten(0, -3),
-                self.cov_diag.flatten(0, -2),
-            )
-            log_p = flat.log_prob(x.reshape(*x.shape[: -1 - len(batch)], 1, x.shape[-1]))
+            log_p = self._flat().log_prob(x.reshape(*x.shape[: -1 - len(batch)], 1, x.shape[-1]))
             return log_p.unflatten(-1, batch)
 
         diag, cap = self._unbroadcasted_cov_diag, self._capacitance_tril
@@ -432,7 +450,7 @@ class LowRankNormal(LowRankMultivariateNormal):
 
         if self.loc.dim() == 2 and weight.shape[:-2] == diag.shape[:-1] == self.batch_shape:
             q, z = _Quadratic.apply(x.reshape(-1, x.shape[-1]), self.loc, precision, weight)
-            maha = (q - z.square().sum(dim=-1)).reshape(*x.shape[:-2], -1)
+            maha = (q - z.square().sum(dim=-1)).reshape(*x.shape[:-2], len(self.loc))
         else:
             center = _center(self.loc)
             x, loc = x - center, self.loc - center
@@ -452,6 +470,30 @@ class LowRankNormal(LowRankMultivariateNormal):
         eye = torch.eye(cap.shape[-1], dtype=cap.dtype, device=cap.device)
 
         return torch.linalg.solve_triangular(cap, eye, upper=False)
+
+    def _flat(self) -> "LowRankNormal":
+        r"""The same components as one flat batch, reusing the factorization of the
+        capacitance when it has the full batch shape."""
+
+        batch, size = self.batch_shape, self.batch_shape.numel()
+        cap = self._capacitance_tril
+        if cap.shape[:-2] != batch or self._unbroadcasted_cov_diag.shape[:-1] != batch:
+            return LowRankNormal(
+                self.loc.flatten(0, -2),
+                self.cov_factor.flatten(0, -3),
+                self.cov_diag.flatten(0, -2),
+            )
+
+        new = self._get_checked_instance(LowRankNormal)
+        new.loc = self.loc.reshape(size, -1)
+        new.cov_factor = new._unbroadcasted_cov_factor = self.cov_factor.flatten(0, -3)
+        new.cov_diag = new._unbroadcasted_cov_diag = self.cov_diag.flatten(0, -2)
+        new._capacitance_tril = cap.flatten(0, -3)
+        super(LowRankMultivariateNormal, new).__init__(
+            Size((size,)), self.event_shape, validate_args=False
+        )
+
+        return new
 
     def _whitener(self, precision: Tensor, inverse: Tensor | None = None) -> Tensor:
         r"""Returns :math:`L_C^{-1} A^T D^{-1}`, with shape :math:`(*, K, R, D)`."""
@@ -577,7 +619,7 @@ class GaussianMixture(MixtureSameFamily):
         r"""Returns :math:`\log \pi_k + \log p_k(x)` for every component, with shape
         :math:`(*, K)`."""
 
-        _check_event(x, self.features)
+        _check_event(x, self.features, like=self.logits)
 
         return self.base.log_prob(x.unsqueeze(-2)) + self.logits
 
@@ -602,6 +644,11 @@ class GaussianMixture(MixtureSameFamily):
         return self.joint(x).argmax(dim=-1)
 
     def sample(self, shape: Size = ()) -> Tensor:
+        shape = Size(shape)
+        if any(s < 0 for s in shape):
+            raise ValueError(f"The sample shape must be non-negative, got {tuple(shape)}.")
+        if shape.numel() == 0:
+            return self.logits.new_empty(self._extended_shape(shape))
         if not hasattr(self.base, "take"):
             return super().sample(shape)
 
@@ -642,7 +689,7 @@ class GaussianMixture(MixtureSameFamily):
             torch.Size([5])
         """
 
-        _check_event(value, len(_index(dims, self.features)), "value")
+        _check_event(value, len(_index(dims, self.features)), "value", self.logits)
 
         value = value.unsqueeze(-2)
         logits = self.logits + self.base.marginal(dims).log_prob(value)

@@ -20,7 +20,7 @@ from zuko.utils import unpack
 from .cluster import kmeans, kmeans_plusplus, random_centers
 from .distributions import DiagNormal, FullNormal, GaussianMixture
 from .em import COVARIANCE_TYPES, CovarianceType, fit_gmm, gmm_m_step
-from .utils import check_context, check_samples, cholesky, set_parameters
+from .utils import check_context, check_samples, check_scale, check_sizes, cholesky, set_parameters
 
 STRATEGIES = ("random", "kmeans", "kmeans++", "em")
 
@@ -122,6 +122,9 @@ class GMM(LazyDistribution):
     ) -> None:
         super().__init__()
 
+        check_sizes(features=features, components=components)
+        check_sizes(0, context=context)
+
         self.features = features
         self.context = context
         self.components = components
@@ -138,7 +141,7 @@ class GMM(LazyDistribution):
             self.phi = nn.ParameterList(torch.randn(*s) for s in self.shapes)
 
     def forward(self, c: Tensor | None = None) -> GaussianMixture:
-        check_context(c, self.context)
+        check_context(c, self.context, next(self.parameters()))
 
         if c is None:
             logits, loc, *scale = self.phi
@@ -208,6 +211,7 @@ class GMM(LazyDistribution):
 
         reference = next(self.parameters())
         check_samples(x, self.features, self.components + 1, reference)
+        check_scale(x, max(self.epsilon**2, reg), "epsilon and reg")
 
         centers = initial_centers(x, self.components, strategy)
         resp = hard_responsibilities(x, centers)

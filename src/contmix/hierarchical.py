@@ -19,7 +19,7 @@ from zuko.utils import unpack
 
 from .cluster import kmeans, random_centers
 from .distributions import GaussianMixture, LowRankNormal
-from .utils import check_context, check_samples, set_parameters
+from .utils import check_context, check_samples, check_scale, check_sizes, set_parameters
 
 STRATEGIES = ("random", "kmeans")
 
@@ -225,6 +225,9 @@ class HierarchicalMFA(LazyDistribution):
     ) -> None:
         super().__init__()
 
+        check_sizes(features=features, groups=groups, components=components, rank=rank)
+        check_sizes(0, context=context)
+
         self.features = features
         self.context = context
         self.groups = groups
@@ -250,7 +253,7 @@ class HierarchicalMFA(LazyDistribution):
             )
 
     def forward(self, c: Tensor | None = None) -> GaussianMixture:
-        check_context(c, self.context)
+        check_context(c, self.context, next(self.parameters()))
 
         if c is None:
             eta, logits, loc, factor, log_diag = self.phi
@@ -299,6 +302,7 @@ class HierarchicalMFA(LazyDistribution):
 
         reference = next(self.parameters())
         check_samples(x, self.features, self.groups + 1, reference)
+        check_scale(x, 2 * self.epsilon, "epsilon")
         labels = group_labels(x, self.groups, strategy, y)
 
         stats = group_statistics(x, labels, self.groups, self.components, strategy)

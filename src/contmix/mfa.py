@@ -20,7 +20,7 @@ from zuko.utils import unpack
 from .distributed import all_reduce, is_sharded, mean, samples
 from .distributions import GaussianMixture, LowRankNormal
 from .gmm import hard_responsibilities, initial_centers
-from .utils import check_context, check_samples, set_parameters
+from .utils import check_context, check_samples, check_scale, check_sizes, set_parameters
 
 STRATEGIES = ("random", "kmeans", "kmeans++", "fa", "em")
 
@@ -277,6 +277,9 @@ class MFA(LazyDistribution):
     ) -> None:
         super().__init__()
 
+        check_sizes(features=features, components=components, rank=rank)
+        check_sizes(0, context=context)
+
         self.features = features
         self.context = context
         self.components = components
@@ -299,7 +302,7 @@ class MFA(LazyDistribution):
             )
 
     def forward(self, c: Tensor | None = None) -> GaussianMixture:
-        check_context(c, self.context)
+        check_context(c, self.context, next(self.parameters()))
 
         if c is None:
             logits, loc, factor, log_diag = self.phi
@@ -363,6 +366,7 @@ class MFA(LazyDistribution):
 
         reference = next(self.parameters())
         check_samples(x, self.features, self.components + 1, reference)
+        check_scale(x, self.epsilon, "epsilon")
 
         params = self._fit(x, strategy, tol, max_iter, reg)
         params = self._layout(*params)

@@ -3,6 +3,8 @@ r"""Input checks and numerical helpers shared by the models."""
 __all__ = [
     "check_context",
     "check_samples",
+    "check_scale",
+    "check_sizes",
     "cholesky",
     "set_parameters",
 ]
@@ -55,9 +57,20 @@ def check_samples(x: Tensor, features: int, minimum: int = 1, reference: Tensor 
         )
 
 
-def check_context(c: Tensor | None, context: int) -> None:
-    r"""Raises a :class:`ValueError` unless ``c`` matches a model with ``context``
-    context features (``None`` when there are none)."""
+def check_context(c: Tensor | None, context: int, reference: Tensor | None = None) -> None:
+    r"""Raises a :class:`ValueError` (or a :class:`TypeError` for a wrong type) unless
+    ``c`` matches a model with ``context`` context features (``None`` when there are
+    none), with the floating point type and the device of ``reference``, and is finite
+    (a NaN context would spread to the whole batch: to the shared reference point of the
+    mixtures and to the batched solve of a CPMM).
+
+    Example:
+        >>> check_context(torch.randn(5, 3), context=3)
+        >>> check_context(torch.ones(5, 3, dtype=torch.long), context=3)
+        Traceback (most recent call last):
+            ...
+        TypeError: The context c must be a floating point tensor, got torch.int64: use c.float().
+    """
 
     if context == 0:
         if c is not None:
@@ -65,10 +78,76 @@ def check_context(c: Tensor | None, context: int) -> None:
                 "This model has no context (context=0) but a context c was given: "
                 "call it as model() or build it with context=c.shape[-1]."
             )
+        return
     elif c is None:
         raise ValueError(f"This model needs a context c with shape (*, {context}).")
+    elif not isinstance(c, Tensor):
+        raise TypeError(f"The context c must be a torch.Tensor, got {type(c).__name__}.")
     elif c.shape[-1:] != (context,):
         raise ValueError(f"The context c must have shape (*, {context}), got {tuple(c.shape)}.")
+
+    if not c.is_floating_point():
+        raise TypeError(
+            f"The context c must be a floating point tensor, got {c.dtype}: use c.float()."
+        )
+    if reference is not None and c.dtype != reference.dtype:
+        raise TypeError(
+            f"The context c is {c.dtype} but the model is {reference.dtype}: "
+            f"use c.to({reference.dtype})."
+        )
+    if reference is not None and c.device != reference.device:
+        raise ValueError(
+            f"The context c is on {c.device} but the model is on {reference.device}: "
+            f"move one of them, e.g. c.to('{reference.device}')."
+        )
+    if c.device.type != "meta" and not torch.isfinite(c).all():
+        raise ValueError("The context c contains NaN or Inf: remove or impute them first.")
+
+
+def check_scale(x: Tensor, floor: float, fix: str) -> None:
+    r"""Raises a :class:`ValueError` unless some feature of :math:`x` has a variance
+    above ``floor``, the smallest variance the model can represent: below it, the
+    model would silently fit every component at the floor. Constant features are fine
+    as long as another feature varies.
+
+    Arguments:
+        x: The samples, with shape :math:`(N, D)`.
+        floor: The smallest variance of a component.
+        fix: What to lower to represent smaller variances, e.g. ``"epsilon and reg"``.
+
+    Example:
+        >>> check_scale(torch.randn(10, 2), floor=1e-6, fix="epsilon")
+        >>> check_scale(1e-8 * torch.randn(10, 2), floor=1e-6, fix="epsilon")
+        Traceback (most recent call last):
+            ...
+        ValueError: The variance of x is at most ... below 1e-06, the smallest ...
+    """
+
+    var = x.var(dim=0, correction=0).max()
+
+    if not var > floor:
+        raise ValueError(
+            f"The variance of x is at most {float(var):.3g} per feature, below {floor:.3g}, "
+            "the smallest variance the model can represent: standardize x, e.g. "
+            f"(x - x.mean(0)) / x.std(0), or lower {fix}."
+        )
+
+
+def check_sizes(minimum: int = 1, **sizes: int) -> None:
+    r"""Raises a :class:`ValueError` unless every size is an integer of at least
+    ``minimum``.
+
+    Example:
+        >>> check_sizes(features=2, components=3)
+        >>> check_sizes(components=0)
+        Traceback (most recent call last):
+            ...
+        ValueError: components must be an integer of at least 1, got 0.
+    """
+
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name} must be an integer of at least {minimum}, got {value!r}.")
 
 
 def cholesky(cov: Tensor, attempts: int = 6) -> Tensor:
