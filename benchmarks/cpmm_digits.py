@@ -14,15 +14,19 @@ labels), the negative log-likelihood in nats per dimension in logit space, and b
 dimension in the data space (the logit transform's log-determinant included, 17 levels).
 
     python benchmarks/cpmm_digits.py --seeds 0 1 2
+    python benchmarks/cpmm_digits.py --seeds 0 1 2 --device cuda   # on the GPU
+
+Every model (the CPMM and the GMM baselines, all contmix) runs on ``--device`` (default:
+cuda when available); the rows say which.
 """
 
 import argparse
 import json
 import math
-import time
 
 import torch
 
+from machine import add_device_argument, clock, describe
 from scipy.optimize import linear_sum_assignment
 
 import contmix
@@ -56,6 +60,7 @@ def metrics(log_prob: torch.Tensor, x: torch.Tensor) -> dict:
 def accuracy(labels: torch.Tensor, clusters: torch.Tensor, k: int) -> float:
     r"""Clustering accuracy under the best one-to-one map (Hungarian matching)."""
 
+    labels, clusters = labels.cpu(), clusters.cpu()  # a small table, for scipy
     confusion = torch.zeros(k, k)
     confusion.index_put_((clusters, labels), torch.ones(len(labels)), accumulate=True)
     rows, cols = linear_sum_assignment(-confusion.numpy())
@@ -71,7 +76,7 @@ def fit_cpmm(x, args, seed) -> contmix.HierarchicalCPMM:
         rank=args.rank,
         hidden_features=(args.hidden,) * 2,
         augment=args.augment,
-    )
+    ).to(x.device)
     model.initialize(x, strategy="kmeans", steps=args.init_steps)
 
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
@@ -79,7 +84,7 @@ def fit_cpmm(x, args, seed) -> contmix.HierarchicalCPMM:
     model.train()
 
     for _ in range(args.steps):
-        batch = x[torch.randint(len(x), (args.batch,))]
+        batch = x[torch.randint(len(x), (args.batch,), device=x.device)]
         x_noisy = batch + args.noise * torch.randn_like(batch)
         loss = -model().log_prob(x_noisy).mean() - args.entropy * model.entropy(x_noisy)
         optimizer.zero_grad()
@@ -97,16 +102,19 @@ def train_cpmm(x, args, seed) -> contmix.HierarchicalMFA:
 
 def run(args) -> list[dict]:
     x, x_test, _, y_test = contmix.datasets.digits()
+    x, x_test, y_test = x.to(args.device), x_test.to(args.device), y_test.to(args.device)
+    device = str(args.device)
     rows = []
 
     for seed in args.seeds:
         if not args.baselines_only:
-            start = time.perf_counter()
+            start = clock(device)
             cpmm = train_cpmm(x, args, seed)
-            elapsed = time.perf_counter() - start
+            elapsed = clock(device) - start
 
             with torch.no_grad():
                 row = {"model": f"HierarchicalCPMM C=10 G={args.components}", "seed": seed}
+                row["device"] = device
                 row |= metrics(cpmm().log_prob(x_test), x_test)
                 row["accuracy"] = accuracy(y_test, cpmm.predict(x_test), 10)
                 row["seconds"] = elapsed
@@ -123,17 +131,18 @@ def run(args) -> list[dict]:
 
         for name, k, covariance, reg in baselines:
             torch.manual_seed(seed)
-            start = time.perf_counter()
-            gmm = contmix.GMM(64, components=k, covariance_type=covariance)
+            start = clock(device)
+            gmm = contmix.GMM(64, components=k, covariance_type=covariance).to(device)
             try:
                 gmm.initialize(x, strategy="em", reg=reg)
             except ValueError as error:  # EM collapses a component
                 print({"model": name, "seed": seed, "failed": str(error)}, flush=True)
                 continue
-            elapsed = time.perf_counter() - start
+            elapsed = clock(device) - start
 
             with torch.no_grad():
-                row = {"model": name, "seed": seed} | metrics(gmm().log_prob(x_test), x_test)
+                row = {"model": name, "seed": seed, "device": device}
+                row |= metrics(gmm().log_prob(x_test), x_test)
                 row["accuracy"] = accuracy(y_test, gmm().predict(x_test), 10) if k == 10 else None
                 row["seconds"] = elapsed
             rows.append(row)
@@ -144,9 +153,9 @@ def run(args) -> list[dict]:
 
 def summary(rows: list[dict]) -> str:
     lines = [
-        "| model | test accuracy | test nats/dim (logit space) | test bits/dim (data) | "
-        "train time (s) |",
-        "| --- | --- | --- | --- | --- |",
+        "| model | device | test accuracy | test nats/dim (logit space) | "
+        "test bits/dim (data) | train time (s) |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
 
     for name in dict.fromkeys(r["model"] for r in rows):
@@ -160,8 +169,9 @@ def summary(rows: list[dict]) -> str:
             return f"{values.mean().item():{fmt}} ± {std:{fmt}}"
 
         lines.append(
-            f"| {name} | {stat('accuracy', '.3f')} | {stat('nats_per_dim', '.3f')} | "
-            f"{stat('bits_per_dim', '.3f')} | {stat('seconds', '.0f')} |"
+            f"| {name} | {group[0]['device']} | {stat('accuracy', '.3f')} | "
+            f"{stat('nats_per_dim', '.3f')} | {stat('bits_per_dim', '.3f')} | "
+            f"{stat('seconds', '.0f')} |"
         )
 
     return "\n".join(lines)
@@ -183,12 +193,15 @@ if __name__ == "__main__":
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--baselines-only", action="store_true")
     parser.add_argument("--out", type=str, default=None, help="JSON file for the rows")
+    add_device_argument(parser)
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
+    device = str(args.device)
+    print(f"device: {describe(device)}", flush=True)
     rows = run(args)
     print(summary(rows))
 
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"args": vars(args), "rows": rows}, f, indent=1)
+            json.dump({"args": vars(args) | {"device": device}, "rows": rows}, f, indent=1)

@@ -10,35 +10,31 @@ r"""Speed and memory of the CPMM on the digits configuration (M = 64).
    tolerances, so that more solver steps are taken.
 
     python benchmarks/cpmm_speed.py --sizes 64 256 1437 --trained
+    python benchmarks/cpmm_speed.py --sizes 64 256 1437 --trained --device cuda
+
+Every model runs on ``--device`` (default: cuda when available); timings synchronize the
+device before reading the clock and follow one untimed warm-up round.
 """
 
 import argparse
 import statistics
-import time
 
 import torch
 
+from machine import add_device_argument, clock, describe, median_times
+
 import contmix
-
-
-def median_time(fns: dict, repeat: int) -> dict:
-    times = {name: [] for name in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def log_prob_speed(x: torch.Tensor, args) -> list[str]:
     torch.manual_seed(0)
     K = 10 * args.components
-    cpmm = contmix.CPMM(64, components=K, rank=2, hidden_features=(256, 256)).eval()
+    cpmm = contmix.CPMM(64, components=K, rank=2, hidden_features=(256, 256))
     hier = contmix.HierarchicalCPMM(
         64, trajectories=10, components=args.components, rank=2, hidden_features=(256, 256)
-    ).eval()
+    )
     mfa = contmix.MFA(64, components=K, rank=2)
+    cpmm, hier, mfa = cpmm.to(x.device).eval(), hier.to(x.device).eval(), mfa.to(x.device)
     extracted, extracted_h = cpmm.extract(), hier.extract()
 
     def fresh(model):
@@ -46,7 +42,7 @@ def log_prob_speed(x: torch.Tensor, args) -> list[str]:
         return model().log_prob(x)
 
     with torch.no_grad():
-        t = median_time(
+        t = median_times(
             {
                 "MFA": lambda: mfa().log_prob(x),
                 "CPMM.extract() (MFA)": lambda: extracted().log_prob(x),
@@ -56,6 +52,7 @@ def log_prob_speed(x: torch.Tensor, args) -> list[str]:
                 "HierarchicalCPMM, fresh ODE solve": lambda: fresh(hier),
             },
             args.repeat,
+            x.device,
         )
 
     lines = [
@@ -105,9 +102,10 @@ def trained_speed(x: torch.Tensor, args) -> list[str]:
     with torch.no_grad():
         for n in args.sizes:
             y = x[:n]
-            t = median_time(
+            t = median_times(
                 {"extract": lambda y=y: extracted().log_prob(y), "fresh": lambda y=y: fresh(y)},
                 args.repeat,
+                x.device,
             )
             ratio = t["fresh"] / t["extract"]
             lines.append(
@@ -160,7 +158,7 @@ def train_step(x: torch.Tensor, args) -> list[str]:
                 adjoint=adjoint,
                 rtol=rtol,
                 atol=atol,
-            )
+            ).to(x.device)
             model.initialize(x, steps=0)
             model.train()
             optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -169,15 +167,15 @@ def train_step(x: torch.Tensor, args) -> list[str]:
             times, memory, evaluations = [], [], []
 
             for _ in range(args.steps):
-                batch = x[torch.randint(len(x), (args.batch,))]
+                batch = x[torch.randint(len(x), (args.batch,), device=x.device)]
                 calls.clear()
-                start = time.perf_counter()
+                start = clock(x.device)
                 loss, saved = saved_bytes(lambda m=model, b=batch: -m().log_prob(b).mean())
                 forward_calls = len(calls)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-                times.append(time.perf_counter() - start)
+                times.append(clock(x.device) - start)
                 memory.append(saved)
                 evaluations.append(f"{forward_calls} + {len(calls) - forward_calls}")
 
@@ -199,11 +197,13 @@ if __name__ == "__main__":
     parser.add_argument("--sizes", type=int, nargs="+", default=[1437], help="batch sizes N")
     parser.add_argument("--no-train", action="store_true", help="skip the training step")
     parser.add_argument("--trained", action="store_true", help="time a trained model too")
+    add_device_argument(parser)
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     x, x_test, _, _ = contmix.datasets.digits()
-    print(torch.__version__, torch.get_num_threads(), "thread(s)")
+    x = x.to(args.device)
+    print(f"device: {describe(args.device)}")
     for n in args.sizes:
         print("\n".join(log_prob_speed(x[:n], args)), flush=True)
         print()

@@ -7,19 +7,21 @@ own solver (:meth:`contmix.Curriculum.transform`, what ``cnf().transform`` does 
 t1 = v) and with torchdiffeq's dopri5. Runs are interleaved; medians are reported.
 
 Usage:
-    python benchmarks/curriculum_spaces.py [--samples 2048] [--repeats 3]
+    python benchmarks/curriculum_spaces.py [--samples 2048] [--repeats 3] [--device cuda]
+
+The CNF, the data and every solve live on ``--device`` (default: cuda when available).
 """
 
 import argparse
 import copy
 import statistics
-import time
 
 from functools import partial
 
 import torch
 import zuko
 
+from machine import add_device_argument, describe, timed
 from torchdiffeq import odeint
 
 from contmix import Curriculum
@@ -40,17 +42,11 @@ def separate_torchdiffeq(curriculum: Curriculum, x, v):
             if vi == 0:
                 spaces.append(x.clone())
                 continue
-            t = torch.tensor([0.0, vi], dtype=x.dtype)
+            t = torch.tensor([0.0, vi], dtype=x.dtype, device=x.device)
             u = odeint(f, x, t, rtol=transform.rtol, atol=transform.atol, options=options)
             spaces.append(u[-1])
 
     return torch.stack(spaces)
-
-
-def timed(f):
-    start = time.perf_counter()
-    result = f()
-    return time.perf_counter() - start, result
 
 
 def main():
@@ -60,15 +56,16 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--teacher-epochs", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
+    add_device_argument(parser)
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
     x, _ = two_circles(args.samples)
-    x = (x - x.mean(dim=0)) / x.std(dim=0)
+    x = ((x - x.mean(dim=0)) / x.std(dim=0)).to(args.device)
 
-    cnf = zuko.flows.CNF(2, hidden_features=(64, 64), atol=1e-5, rtol=1e-4)
+    cnf = zuko.flows.CNF(2, hidden_features=(64, 64), atol=1e-5, rtol=1e-4).to(args.device)
     curriculum = Curriculum(cnf)
     curriculum.fit_teacher(x, epochs=args.teacher_epochs, lr=5e-3, progress=False)
 
@@ -77,11 +74,13 @@ def main():
     v = torch.linspace(1, 0, args.steps)
 
     for _ in range(args.repeats):
-        t, spaces = timed(lambda: curriculum.spaces(x, steps=args.steps))
+        t, spaces = timed(lambda: curriculum.spaces(x, steps=args.steps), x.device)
         times["one solve"].append(t)
-        t, zuko_u = timed(lambda: torch.stack([curriculum.transform(x, vi) for vi in v.tolist()]))
+        t, zuko_u = timed(
+            lambda: torch.stack([curriculum.transform(x, vi) for vi in v.tolist()]), x.device
+        )
         times["separate (zuko)"].append(t)
-        t, tdq_u = timed(lambda: separate_torchdiffeq(curriculum, x, v))
+        t, tdq_u = timed(lambda: separate_torchdiffeq(curriculum, x, v), x.device)
         times["separate (torchdiffeq)"].append(t)
 
     with torch.no_grad():
@@ -94,7 +93,7 @@ def main():
 
     one = statistics.median(times["one solve"])
     print(f"N = {args.samples}, D = 2, {args.steps} spaces, atol = 1e-5, rtol = 1e-4")
-    print(f"threads = {args.threads}, repeats = {args.repeats}\n")
+    print(f"threads = {args.threads}, repeats = {args.repeats}, device: {describe(x.device)}\n")
     print(
         "| method | median time (s) | ratio to one solve | max abs diff to one solve "
         "| max abs error (float64 reference) |"

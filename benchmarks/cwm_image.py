@@ -11,18 +11,21 @@ jittered uniformly within their pixel. Three models see the same data and split:
 Run (about 5 minutes on 2 idle cores with the defaults):
 
     python benchmarks/cwm_image.py --out docs/_static/cwm_densities.png
+    python benchmarks/cwm_image.py --device cuda   # the three models on the GPU
 
-It prints the test log-likelihoods (mean and standard deviation over the seeds) and the
-parameter counts, as a markdown table for docs/benchmarks/cwm.md.
+The data are drawn on the CPU (the same points on every device); the three models train
+on ``--device`` (default: cuda when available). It prints the test log-likelihoods (mean
+and standard deviation over the seeds) and the parameter counts, as a markdown table for
+docs/benchmarks/cwm.md.
 """
 
 import argparse
 import math
-import time
 
 import torch
 import zuko
 
+from machine import add_device_argument, clock, describe
 from torch import Tensor
 
 import contmix
@@ -79,12 +82,12 @@ def count(module: torch.nn.Module) -> int:
 def train(model, x: Tensor, steps: int, batch: int, lr: float, seed: int) -> None:
     r"""Maximizes the likelihood by Adam with a cosine learning-rate schedule."""
 
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(x.device).manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
 
     for _ in range(steps):
-        index = torch.randint(len(x), (batch,), generator=generator)
+        index = torch.randint(len(x), (batch,), generator=generator, device=x.device)
         loss = -model().log_prob(x[index]).mean()
         optimizer.zero_grad()
         loss.backward()
@@ -98,21 +101,23 @@ def evaluate(model, x: Tensor) -> float:
 
 
 @torch.no_grad()
-def grid_density(model, shape: tuple[int, int], resolution: int = 2) -> Tensor:
+def grid_density(
+    model, shape: tuple[int, int], device: torch.device, resolution: int = 2
+) -> Tensor:
     r"""The model's density at the centres of a grid ``resolution`` times finer than
-    the image."""
+    the image, on the CPU (for the figure)."""
 
     H, W = shape[0] * resolution, shape[1] * resolution
     rows, cols = torch.meshgrid(
         (torch.arange(H) + 0.5) / resolution, (torch.arange(W) + 0.5) / resolution, indexing="ij"
     )
-    points = pixels_to_points(rows.flatten(), cols.flatten(), shape).float()
+    points = pixels_to_points(rows.flatten(), cols.flatten(), shape).float().to(device)
     log_p = torch.cat([model().log_prob(chunk) for chunk in points.split(4096)])
 
-    return log_p.exp().reshape(H, W)
+    return log_p.exp().reshape(H, W).cpu()
 
 
-def build(args, seed: int, x: Tensor):
+def build(args, seed: int):
     torch.manual_seed(seed)
     hidden = tuple(args.hidden)
 
@@ -122,7 +127,7 @@ def build(args, seed: int, x: Tensor):
         2, transforms=args.nsf_transforms, hidden_features=tuple(args.nsf_hidden), bins=args.bins
     )
 
-    return cwm, gmm, nsf
+    return cwm.to(args.device), gmm.to(args.device), nsf.to(args.device)
 
 
 def main() -> None:
@@ -144,14 +149,17 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="where to save the density figure")
+    add_device_argument(parser)
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
+    device = args.device
+    print(f"device: {describe(device)}", flush=True)
 
     density = image_density(args.image, args.pool, args.gamma)
     generator = torch.Generator().manual_seed(0)
     data = sample_image(density, args.n_train + args.n_test, generator)
-    x, x_test = data[: args.n_train], data[args.n_train :]
+    x, x_test = data[: args.n_train].to(device), data[args.n_train :].to(device)
 
     names = ("CWM", "GMM", "NSF")
     scores = {name: [] for name in names}
@@ -159,24 +167,24 @@ def main() -> None:
     grids = {}
 
     for seed in range(args.first_seed, args.first_seed + args.seeds):
-        cwm, gmm, nsf = build(args, seed, x)
+        cwm, gmm, nsf = build(args, seed)
 
-        start = time.perf_counter()
+        start = clock(device)
         torch.manual_seed(seed)
         gmm.initialize(x, strategy="em", max_iter=300)
-        seconds["GMM"].append(time.perf_counter() - start)
+        seconds["GMM"].append(clock(device) - start)
 
-        start = time.perf_counter()
+        start = clock(device)
         torch.manual_seed(seed)
         cwm.initialize(x, strategy="em", max_iter=300)
         pretrained = evaluate(cwm, x_test)
         train(cwm, x, args.steps, args.batch, args.lr, seed)
-        seconds["CWM"].append(time.perf_counter() - start)
+        seconds["CWM"].append(clock(device) - start)
 
         print(f"  GMM {seconds['GMM'][-1]:.0f} s, CWM {seconds['CWM'][-1]:.0f} s", flush=True)
-        start = time.perf_counter()
+        start = clock(device)
         train(nsf, x, args.steps, args.batch, args.lr, seed)
-        seconds["NSF"].append(time.perf_counter() - start)
+        seconds["NSF"].append(clock(device) - start)
 
         for name, model in zip(names, (cwm, gmm, nsf), strict=True):
             scores[name].append(evaluate(model, x_test))
@@ -189,7 +197,7 @@ def main() -> None:
 
         if seed == args.first_seed:
             grids = {
-                name: grid_density(m, density.shape)
+                name: grid_density(m, density.shape, device)
                 for name, m in zip(names, (cwm, gmm, nsf), strict=True)
             }
             params = {name: count(m) for name, m in zip(names, (cwm, gmm, nsf), strict=True)}
@@ -198,7 +206,8 @@ def main() -> None:
     print(
         f"image {args.image} pooled by {args.pool} -> {tuple(density.shape)} pixels, "
         f"N train {args.n_train}, N test {args.n_test}, steps {args.steps}, "
-        f"batch {args.batch}, lr {args.lr}, seeds {args.seeds}, threads {args.threads}"
+        f"batch {args.batch}, lr {args.lr}, seeds {args.seeds}, threads {args.threads}, "
+        f"device {device}"
     )
     print(
         f"entropy bound (mean log-density of the image density): {true_log_density(density):.4f}"

@@ -11,8 +11,10 @@ Run (a few minutes on 2 idle cores):
 
     python benchmarks/gmm_em.py            # the figures of docs/benchmarks/gmm.md
     python benchmarks/gmm_em.py --quick    # a smoke run, small data
+    python benchmarks/gmm_em.py --device cuda   # contmix on the GPU, scikit-learn on the CPU
 
-It prints markdown tables.
+contmix runs on ``--device`` (default: cuda when available); scikit-learn always runs on
+the CPU, and the table says where each row ran. It prints markdown tables.
 """
 
 import argparse
@@ -25,7 +27,7 @@ import warnings
 import numpy as np
 import torch
 
-from machine import blas_info, cpu_model
+from machine import add_device_argument, blas_info, cpu_model, describe, timed
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture as SKGaussianMixture
 from torch import Tensor
@@ -86,11 +88,7 @@ def sklearn_fit(X: np.ndarray, start, tol: float, reg: float, max_iter: int):
 
 
 def contmix_fit(x: Tensor, start, tol: float, reg: float, max_iter: int):
-    t = time.perf_counter()
-    fit = fit_gmm(x, *start, "full", False, tol, max_iter, reg)
-    elapsed = time.perf_counter() - t
-
-    return elapsed, fit
+    return timed(lambda: fit_gmm(x, *start, "full", False, tol, max_iter, reg), x.device)
 
 
 def main():
@@ -99,6 +97,7 @@ def main():
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--seed", type=int, default=0)
+    add_device_argument(parser)
     args = parser.parse_args()
 
     N, D, K = (5_000 if args.quick else 50_000), 16, 16
@@ -112,19 +111,21 @@ def main():
     print(f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores")
     print(f"- torch {torch.__version__}, torch.get_num_threads() = {torch.get_num_threads()}")
     print(f"- threadpoolctl: {blas_info()}")
+    print(f"- contmix device: {describe(args.device)}; scikit-learn: cpu")
     print(f"- load average before: {load[0]:.2f} (1 min), {load[1]:.2f} (5 min)\n")
 
-    x = dataset(N, D, K, args.seed)
-    X = x.numpy()
+    x_cpu = dataset(N, D, K, args.seed)
+    X = x_cpu.numpy()  # scikit-learn's copy, on the CPU
+    x = x_cpu.to(args.device)
 
     # one start for everyone: k-means++ -> hard assignment -> M-step
     torch.manual_seed(args.seed + 1)
     centers = kmeans_plusplus(x, K)
     start = gmm_m_step(x, hard_responsibilities(x, centers), "full", False, reg)
     start_sk = (
-        start[0].exp().numpy(),
-        start[1].numpy(),
-        torch.linalg.inv(start[2]).numpy(),
+        start[0].exp().cpu().numpy(),
+        start[1].cpu().numpy(),
+        torch.linalg.inv(start[2]).cpu().numpy(),
     )
     start32 = [p.float() for p in start]
     x32 = x.float()
@@ -135,6 +136,7 @@ def main():
         "contmix (float32)": lambda it: contmix_fit(x32, start32, tol, reg, it),
     }
     names = list(fits)
+    devices = {names[0]: "cpu"} | dict.fromkeys(names[1:], str(x.device))
 
     for name in names:  # warm-up
         fits[name](2)
@@ -166,16 +168,16 @@ def main():
 
     print(f"## EM fit, N={N}, D={D}, K={K}, full covariance, median of {runs} runs\n")
     print(
-        "| implementation | median (s) | min (s) | speed-up vs sklearn | iterations | "
+        "| implementation | device | median (s) | min (s) | speed-up vs sklearn | iterations | "
         "converged | final mean log-lik | difference vs sklearn (nats) |"
     )
-    print("|---|---:|---:|---:|---:|---|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---|---:|---:|")
 
     median = {name: statistics.median(times[name]) for name in names}
 
     for name in names:
         print(
-            f"| {name} | {median[name]:.3f} | {min(times[name]):.3f} | "
+            f"| {name} | {devices[name]} | {median[name]:.3f} | {min(times[name]):.3f} | "
             f"{median[names[0]] / median[name]:.1f}x | {iterations[name]} | "
             f"{converged[name]} | {log_lik[name]:.6f} | "
             f"{abs(log_lik[name] - log_lik[names[0]]):.2e} |"
@@ -186,7 +188,8 @@ def main():
         speed = median[names[0]] / median[name]
         gap = abs(log_lik[name] - log_lik[names[0]])
         print(
-            f"- {name}: {speed:.1f}x faster ({'met' if speed >= 5 else 'NOT met'}: >= 5x), "
+            f"- {name} on {devices[name]}: {speed:.1f}x faster "
+            f"({'met' if speed >= 5 else 'NOT met'}: >= 5x), "
             f"log-likelihood within {gap:.1e} nats ({'met' if gap <= 0.01 else 'NOT met'}: "
             f"<= 0.01), {iterations[name]} iterations vs {iterations[names[0]]}."
         )

@@ -10,21 +10,23 @@ Run (a few minutes on 2 idle cores):
 
     python benchmarks/gmm_log_prob.py            # the figures of docs/benchmarks/gmm.md
     python benchmarks/gmm_log_prob.py --quick    # a smoke run, small data
-    python benchmarks/gmm_log_prob.py --memory   # also the peak memory (torch.profiler)
+    python benchmarks/gmm_log_prob.py --memory   # also the peak memory
+    python benchmarks/gmm_log_prob.py --device cuda --memory   # both models on the GPU
 
-It prints markdown tables.
+Both models run on ``--device`` (default: cuda when available). The peak memory comes
+from torch.profiler's memory events on the CPU and from the CUDA allocator's statistics
+on CUDA. It prints markdown tables.
 """
 
 import argparse
 import os
 import statistics
 import sys
-import time
 
 import torch
 import zuko
 
-from machine import cpu_model
+from machine import add_device_argument, cpu_model, describe, peak_memory, timed
 from torch import Tensor
 
 import contmix
@@ -32,7 +34,7 @@ import contmix
 CASES = [(cov, tied) for cov in ("full", "diagonal", "spherical") for tied in (False, True)]
 
 
-def models(D: int, K: int, cov: str, tied: bool, dtype: torch.dtype):
+def models(D: int, K: int, cov: str, tied: bool, dtype: torch.dtype, device: torch.device):
     torch.manual_seed(0)
     theirs = zuko.flows.GMM(D, components=K, covariance_type=cov, tied=tied)
     with torch.no_grad():
@@ -41,26 +43,26 @@ def models(D: int, K: int, cov: str, tied: bool, dtype: torch.dtype):
     ours = contmix.GMM(D, components=K, covariance_type=cov, tied=tied)
     ours.load_state_dict(theirs.state_dict())
 
-    return theirs.to(dtype), ours.to(dtype)
+    return theirs.to(device, dtype), ours.to(device, dtype)
+
+
+def backward(model, x: Tensor) -> None:
+    (-model().log_prob(x).mean()).backward()
 
 
 def step(model, x: Tensor) -> float:
     model.zero_grad(set_to_none=True)
-    t = time.perf_counter()
-    loss = -model().log_prob(x).mean()
-    loss.backward()
-    return time.perf_counter() - t
+    return timed(lambda: backward(model, x), x.device)[0]
 
 
-def peak_memory(model, x: Tensor) -> float:
-    r"""Peak of the memory allocated by torch during one step, in MiB, above what was
-    allocated before, from the memory events of :mod:`torch.profiler`."""
+def profiler_peak(f) -> int:
+    r"""Peak of the memory allocated by torch on the CPU while ``f`` runs, in bytes,
+    above what was allocated before, from the memory events of :mod:`torch.profiler`."""
 
     from torch.profiler import ProfilerActivity, profile
 
-    model.zero_grad(set_to_none=True)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        (-model().log_prob(x).mean()).backward()
+        f()
 
     # an operator's own allocations minus its frees count at its end, other frees when
     # they happen
@@ -73,7 +75,14 @@ def peak_memory(model, x: Tensor) -> float:
         current += change
         peak = max(peak, current)
 
-    return peak / 2**20
+    return peak
+
+
+def step_memory(model, x: Tensor) -> float:
+    r"""Peak memory of one step in MiB, above what was allocated before."""
+
+    model.zero_grad(set_to_none=True)
+    return peak_memory(lambda: backward(model, x), x.device, cpu=profiler_peak) / 2**20
 
 
 def main():
@@ -83,6 +92,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--float64", action="store_true", help="double precision")
     parser.add_argument("--memory", action="store_true", help="measure the peak memory")
+    add_device_argument(parser)
     args = parser.parse_args()
 
     N, D, K = (10_000 if args.quick else 100_000), 16, 32
@@ -96,14 +106,15 @@ def main():
     print(f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores")
     print(f"- torch {torch.__version__}, zuko {zuko.__version__}, contmix {contmix.__version__}")
     print(f"- torch.get_num_threads() = {torch.get_num_threads()}, dtype {dtype}")
+    print(f"- device (both models): {describe(args.device)}")
     print(f"- load average before: {load[0]:.2f} (1 min), {load[1]:.2f} (5 min)\n")
 
     torch.manual_seed(1)
-    x = torch.randn(N, D, dtype=dtype)
+    x = torch.randn(N, D, dtype=dtype).to(args.device)
     rows = []
 
     for cov, tied in CASES:
-        theirs, ours = models(D, K, cov, tied, dtype)
+        theirs, ours = models(D, K, cov, tied, dtype, args.device)
         pair = {"zuko": theirs, "contmix": ours}
 
         with torch.no_grad():
@@ -118,14 +129,17 @@ def main():
                 times[name].append(step(pair[name], x))
 
         median = {name: statistics.median(t) for name, t in times.items()}
-        memory = {name: peak_memory(m, x) for name, m in pair.items()} if args.memory else {}
+        memory = {name: step_memory(m, x) for name, m in pair.items()} if args.memory else {}
         rows.append((cov, tied, median, memory, diff))
         print(f"{cov} tied={tied}: {median}", file=sys.stderr)  # progress
 
     load = os.getloadavg()
     print(f"Load average after: {load[0]:.2f} (1 min), {load[1]:.2f} (5 min).\n")
 
-    print(f"## log_prob + backward, N={N}, D={D}, K={K}, {dtype}, median of {runs} runs (ms)\n")
+    print(
+        f"## log_prob + backward, N={N}, D={D}, K={K}, {dtype}, on {args.device}, "
+        f"median of {runs} runs (ms)\n"
+    )
     head = "| covariance | tied | zuko (ms) | contmix (ms) | speed-up | max abs diff |"
     line = "|---|---|---:|---:|---:|---:|"
     if args.memory:

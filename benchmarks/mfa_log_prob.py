@@ -2,34 +2,30 @@ r"""Speed of an MFA's log_prob (forward, and forward + backward) against torch's
 MixtureSameFamily over LowRankMultivariateNormal and against one matrix product of the
 shape of the main projection, (N x D) times (D x K*R), all timed side by side.
 
-    python benchmarks/mfa_log_prob.py [--threads 1] [--repeat 7]
+    python benchmarks/mfa_log_prob.py [--threads 1] [--repeat 7] [--device cuda]
+
+Everything runs on ``--device`` (default: cuda when available); each timing is the median
+of ``--repeat`` calls after one warm-up call.
 """
 
 import argparse
-import statistics
-import time
 
 import torch
 
+from machine import add_device_argument, describe, timeit
 from torch.distributions import Categorical, LowRankMultivariateNormal, MixtureSameFamily
 
 from contmix import MFA
 
 
-def timeit(f, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def main(N: int, D: int, K: int, R: int, repeat: int, reference_repeat: int) -> None:
+def main(
+    N: int, D: int, K: int, R: int, repeat: int, reference_repeat: int, device: torch.device
+) -> None:
     torch.manual_seed(0)
     mfa = MFA(features=D, components=K, rank=R)
     x = torch.randn(N, D)
-    w = torch.randn(D, K * R, requires_grad=True)
+    w = torch.randn(D, K * R)
+    mfa, x, w = mfa.to(device), x.to(device), w.to(device).requires_grad_()
 
     def ours():
         return mfa().log_prob(x).sum()
@@ -54,9 +50,10 @@ def main(N: int, D: int, K: int, R: int, repeat: int, reference_repeat: int) -> 
         ("matmul (N x D) @ (D x K*R)", matmul, repeat),
     ]:
         with torch.no_grad():
-            forward = timeit(f, n)
-        results[name] = forward, timeit(backward(f), n)
+            forward = timeit(f, n, device)
+        results[name] = forward, timeit(backward(f), n, device)
 
+    print(f"device: {describe(device)}")
     print(f"N={N}, D={D}, K={K}, R={R}, threads={torch.get_num_threads()}, float32")
     print(f"{'':55s} {'forward':>10s} {'fwd+bwd':>10s}")
     for name, (forward, both) in results.items():
@@ -78,9 +75,10 @@ if __name__ == "__main__":
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--repeat", type=int, default=11)
     parser.add_argument("--reference-repeat", type=int, default=3)
+    add_device_argument(parser)
     args = parser.parse_args()
 
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    main(args.N, args.D, args.K, args.R, args.repeat, args.reference_repeat)
+    main(args.N, args.D, args.K, args.R, args.repeat, args.reference_repeat, args.device)
