@@ -15,6 +15,7 @@ __all__ = [
     "Spaces",
 ]
 
+import math
 import os
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -33,6 +34,7 @@ from zuko.flows.continuous import FFJTransform
 from zuko.lazy import Flow, LazyDistribution
 from zuko.utils import odeint
 
+from . import distributed
 from .utils import check_context, check_samples
 
 Callback = Callable[[nn.Module, dict], None]
@@ -42,6 +44,40 @@ def max_norm(error: Tensor) -> Tensor:
     r"""The largest scaled error: zuko's step-size criterion."""
 
     return error.abs().max()
+
+
+def std(x: Tensor) -> Tensor:
+    r"""The standard deviation of each feature, over all shards inside
+    :func:`~contmix.distributed.sharded`."""
+
+    if not distributed.is_sharded():
+        return x.std(dim=0)
+
+    squares = distributed.all_reduce((x - distributed.mean(x)).square().sum(dim=0))
+
+    return (squares / (distributed.samples(x) - 1)).sqrt()
+
+
+def batches(x: Tensor, samples: int, batch_size: int) -> tuple[tuple[Tensor, ...], Tensor, Any]:
+    r"""Returns the indices of the batches of one epoch in this shard, the sizes of the
+    whole batches (over all shards, when sharded) and the random generator of the epoch.
+
+    There are :math:`\lceil N / B \rceil` batches, for :math:`N` samples in all
+    (``samples``) and a batch size :math:`B`; each shard is split evenly into as many
+    of them, in a random order drawn from a generator seeded from the global one and
+    the rank of the process. Batches empty on every shard are dropped.
+    """
+
+    seed = torch.randint(2**62, ()).item() + distributed.rank()
+    generator = torch.Generator(x.device).manual_seed(seed)
+
+    order = torch.randperm(len(x), generator=generator, device=x.device)
+    indices = order.tensor_split(math.ceil(samples / batch_size))
+    sizes = distributed.all_reduce(torch.tensor([len(i) for i in indices], device=x.device))
+    keep = sizes > 0  # a batch is empty on every shard when they all are small
+    indices = tuple(i for i, k in zip(indices, keep.tolist(), strict=True) if k)
+
+    return indices, sizes[keep], generator
 
 
 def progress_bar(total: int, initial: int = 0, enabled: bool = True):
@@ -226,6 +262,12 @@ class Curriculum:
 
         .. math:: \max_\phi \frac{1}{N} \sum_n \log p_\phi(x_n \mid c_n)
 
+        Inside :func:`~contmix.distributed.sharded`, ``x`` is this process's shard: the
+        CNF is first copied from the process of rank 0, each step draws its batch from
+        every shard and the gradients are summed over the processes, as in
+        :meth:`train`, so that every process holds the same CNF. With the exact
+        log-determinant (zuko's default), the CNF draws no random numbers.
+
         Arguments:
             x: The samples, with shape :math:`(N, D)`.
             c: Their contexts, with shape :math:`(N, C)`, or :py:`None`.
@@ -241,26 +283,30 @@ class Curriculum:
         """
 
         c = self._check(x, c)
+        samples = distributed.samples(x)
+        distributed.broadcast(*self.cnf.state_dict().values())
         optim = optimizer(self.cnf.parameters(), lr=lr)
-        bar = progress_bar(epochs, enabled=progress)
+        bar = progress_bar(epochs, enabled=progress and distributed.rank() == 0)
         history = []
 
         self.cnf.train()
 
         for epoch in range(epochs):
             total = torch.zeros((), dtype=x.dtype, device=x.device)
+            indices, sizes, _ = batches(x, samples, batch_size)
 
-            for index in torch.randperm(len(x), device=x.device).split(batch_size):
+            for index, size in zip(indices, sizes.to(x), strict=True):
                 cb = None if c is None else c[index]
-                loss = -self.cnf(cb).log_prob(x[index]).mean()
+                loss = -self.cnf(cb).log_prob(x[index]).sum() / size
 
                 optim.zero_grad()
                 loss.backward()
+                (loss,) = distributed.all_reduce_gradients(self.cnf.parameters(), loss.detach())
                 optim.step()
 
-                total = total + loss.detach() * len(index)
+                total = total + loss * size
 
-            history.append((total / len(x)).item())
+            history.append((total / samples).item())
 
             if bar is not None:
                 bar.update()
@@ -342,6 +388,10 @@ class Curriculum:
         ``augment`` (the paper uses 0.01 to 0.1); the spaces are then those of
         :math:`\tilde{x}`.
 
+        Inside :func:`~contmix.distributed.sharded`, ``x`` is this process's shard:
+        each process maps its own samples, and only the standard deviations
+        :math:`\sigma` of the augmentation are summed over the shards.
+
         Arguments:
             x: The samples, with shape :math:`(N, D)`.
             c: Their contexts, with shape :math:`(N, C)` or :math:`(C,)`, or :py:`None`.
@@ -362,7 +412,7 @@ class Curriculum:
             raise ValueError(f"augment must be non-negative, got {augment}.")
 
         if augment > 0:
-            x = x + augment * x.std(dim=0) * torch.randn_like(x)
+            x = x + augment * std(x) * torch.randn_like(x)
 
         transform = self.cnf.transform
         v = torch.linspace(1, 0, steps, dtype=x.dtype, device=x.device)
@@ -425,6 +475,20 @@ class Curriculum:
         spaces are not saved there: pass the same data again (or save the spaces with
         :meth:`Spaces.save`).
 
+        Inside :func:`~contmix.distributed.sharded`, the spaces are this process's shard
+        (e.g. from :meth:`spaces` called on the shard, inside the same context). The
+        model is initialized on the Gaussian space of all shards (by the sharded EM and
+        k-means of the models that use them), then copied from the process of rank 0
+        to the others; every step draws its batch from each shard (one batch per step
+        per process, the ``batch_size`` samples of a step split over the processes by
+        their shard sizes) and the gradients of the loss of the whole batch are summed
+        over the processes (:func:`~contmix.distributed.all_reduce_gradients`), so
+        that every process holds the same model throughout. Only the process of rank 0
+        writes the checkpoint, which must be readable by all (a shared file system);
+        all of them resume from it. As with any sharded step, seed the global random
+        generator alike on every process; the batches and the noise are drawn from a
+        generator seeded per epoch and per process.
+
         Arguments:
             model: Any lazy distribution (a contmix model, a zuko flow), conditional
                 when the spaces have contexts.
@@ -453,7 +517,11 @@ class Curriculum:
         """
 
         if not isinstance(model, LazyDistribution):
-            raise TypeError(f"model must be a zuko LazyDistribution, got {type(model).__name__}.")
+            raise TypeError(
+                f"model must be a zuko LazyDistribution, got {type(model).__name__}: pass "
+                "the module itself (not wrapped in DistributedDataParallel; inside "
+                "contmix.distributed.sharded() the gradients are summed over processes)."
+            )
         if epochs_per_space < 1 or finetune_epochs < 0:
             raise ValueError(
                 "epochs_per_space must be at least 1 and finetune_epochs non-negative, got "
@@ -472,7 +540,7 @@ class Curriculum:
 
         state = Schedule(model, spaces, schedule, optimizer, lr, checkpoint)
         state.start(strategy)
-        bar = progress_bar(len(schedule), state.epoch, enabled=progress)
+        bar = progress_bar(len(schedule), state.epoch, progress and distributed.rank() == 0)
 
         while state.epoch < len(schedule):
             loss = state.run_epoch(batch_size, noise, callbacks)
@@ -510,19 +578,25 @@ class Schedule:
         self.epoch = 0
         self.step = 0
         self.history = []
-        self.signature = [*spaces.u.shape, len(schedule)]
+        self.samples = distributed.samples(spaces.u[0])  # of all shards
+        self.signature = [len(spaces), self.samples, spaces.u.shape[-1], len(schedule)]
 
     def start(self, strategy: str | None) -> None:
-        r"""Resumes from the checkpoint if there is one, or initializes the model on the
-        Gaussian space."""
+        r"""Resumes from the checkpoint if there is one (on the process of rank 0), or
+        initializes the model on the Gaussian space."""
 
-        if self.path is not None and self.path.exists():
+        exists = self.path is not None and self.path.exists() and distributed.rank() == 0
+        exists = distributed.all_reduce(self.spaces.u.new_tensor(float(exists))) > 0
+
+        if exists:
             self.optim = self.optimizer(self.model.parameters(), lr=self.lr)
             self.load()
             return
 
         if strategy is not None and hasattr(self.model, "initialize"):
             self.model.initialize(self.spaces.u[0], strategy=strategy)
+
+        distributed.broadcast(*self.model.state_dict().values())
 
         self.optim = self.optimizer(self.model.parameters(), lr=self.lr)
         self.save()
@@ -534,24 +608,28 @@ class Schedule:
         u, c = self.spaces.u[space], self.spaces.c
         reference = next(self.model.parameters())
         total = torch.zeros((), dtype=reference.dtype, device=reference.device)
+        indices, sizes, generator = batches(u, self.samples, batch_size)
 
         self.model.train()
 
-        for index in torch.randperm(len(u), device=u.device).split(batch_size):
+        for index, size in zip(indices, sizes.to(reference), strict=True):
             xb = u[index].to(reference)
             cb = None if c is None else c[index].to(reference)
 
             if noise > 0:
-                xb = xb + noise * torch.randn_like(xb)
+                epsilon = torch.randn(
+                    xb.shape, generator=generator, dtype=xb.dtype, device=u.device
+                )
+                xb = xb + noise * epsilon.to(xb.device)
 
-            loss = -self.model(cb).log_prob(xb).mean()
+            loss = -self.model(cb).log_prob(xb).sum() / size
 
             self.optim.zero_grad()
             loss.backward()
+            (loss,) = distributed.all_reduce_gradients(self.model.parameters(), loss.detach())
             self.optim.step()
 
-            loss = loss.detach()
-            total = total + loss * len(index)
+            total = total + loss * size
 
             info = {
                 "step": self.step,
@@ -566,7 +644,7 @@ class Schedule:
 
             self.step += 1
 
-        mean = (total / len(u)).item()
+        mean = (total / self.samples).item()
 
         if not torch.isfinite(total):
             raise FloatingPointError(
@@ -581,9 +659,10 @@ class Schedule:
         return mean
 
     def save(self) -> None:
-        r"""Writes the checkpoint (atomically: a temporary file, then a rename)."""
+        r"""Writes the checkpoint (atomically: a temporary file, then a rename), on the
+        process of rank 0 only."""
 
-        if self.path is None:
+        if self.path is None or distributed.rank() != 0:
             return
 
         state = {

@@ -5,9 +5,11 @@ algorithms (:func:`~contmix.em.fit_gmm`, :func:`~contmix.em.gmm_m_step`,
 :func:`~contmix.mfa.fit_mfa`, :func:`~contmix.cluster.kmeans`,
 :func:`~contmix.cluster.kmeans_plusplus`) sum their statistics over the processes of
 the group with :func:`torch.distributed.all_reduce`: every process ends with the same
-parameters, those of a fit on the concatenation of the shards. Outside of it, or when
-:mod:`torch.distributed` is not initialized, the functions of this module are the
-identity and nothing is communicated.
+parameters, those of a fit on the concatenation of the shards. The curriculum
+(:class:`~contmix.Curriculum`) trains on shards too: it sums the gradients over the
+processes (:func:`all_reduce_gradients`) and keeps the same model on every process.
+Outside of it, or when :mod:`torch.distributed` is not initialized, the functions of
+this module are the identity and nothing is communicated.
 
 Sharding is opt-in, rather than on as soon as a process group exists, because the same
 functions also run on data that is not sharded (e.g. spectral clustering of the
@@ -17,20 +19,27 @@ be wrong or would wait forever for the other processes.
 """
 
 __all__ = [
+    "LogProb",
     "all_reduce",
+    "all_reduce_gradients",
+    "broadcast",
     "is_sharded",
     "mean",
+    "rank",
     "samples",
     "sharded",
+    "world",
 ]
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 
 from torch import Tensor
+from zuko.lazy import LazyDistribution
 
 _groups: list[dist.ProcessGroup | None] = []
 
@@ -133,13 +142,23 @@ def mean(x: Tensor) -> Tensor:
 
 
 def rank() -> int:
-    r"""Returns the rank of this process in the group (0 outside of :func:`sharded`)."""
+    r"""Returns the rank of this process in the group (0 outside of :func:`sharded`).
+
+    Example:
+        >>> rank()
+        0
+    """
 
     return dist.get_rank(_groups[-1]) if is_sharded() else 0
 
 
 def world() -> int:
-    r"""Returns the number of processes in the group (1 outside of :func:`sharded`)."""
+    r"""Returns the number of processes in the group (1 outside of :func:`sharded`).
+
+    Example:
+        >>> world()
+        1
+    """
 
     return dist.get_world_size(_groups[-1]) if is_sharded() else 1
 
@@ -152,3 +171,90 @@ def gather(value: Tensor) -> Tensor:
     stacked[rank()] = value
 
     return all_reduce(stacked)
+
+
+@torch.no_grad()
+def broadcast(*tensors: Tensor) -> None:
+    r"""Overwrites the tensors, in place, with those of the process of rank 0 in the
+    group (nothing outside of :func:`sharded`).
+
+    Example:
+        >>> model = torch.nn.Linear(2, 1)
+        >>> broadcast(*model.state_dict().values())  # the same model on every process
+    """
+
+    if is_sharded():
+        group = _groups[-1]
+        for t in tensors:
+            dist.broadcast(t, group=group, group_src=0)
+
+
+def all_reduce_gradients(parameters: Iterable[Tensor], *tensors: Tensor) -> tuple[Tensor, ...]:
+    r"""Sums the gradients of the parameters over the processes, in place, in one
+    reduction with the other ``tensors``, whose sums are returned.
+
+    A parameter without a gradient counts as a zero gradient. When each process
+    back-propagates its part of a loss over all the shards, e.g.
+
+    .. math:: \ell_r = -\frac{1}{|B|} \sum_{n \in B_r} \log p(x_n) ,
+        \quad B = \bigcup_r B_r ,
+
+    the summed gradients are those of the whole loss :math:`\sum_r \ell_r`, whatever
+    the sizes of the shards' batches :math:`B_r`. Outside of :func:`sharded`, nothing
+    changes and the tensors are returned as they are.
+
+    Returns:
+        The sums of ``tensors``, as a tuple.
+
+    Example:
+        >>> model = torch.nn.Linear(2, 1)
+        >>> loss = model(torch.randn(8, 2)).square().mean()
+        >>> loss.backward()
+        >>> all_reduce_gradients(model.parameters(), torch.tensor(8.0))
+        (tensor(8.),)
+    """
+
+    if not is_sharded():
+        return tensors
+
+    parameters = [p for p in parameters if p.requires_grad]
+    grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in parameters]
+    summed = all_reduce(*grads, *tensors)
+    summed = summed if isinstance(summed, tuple) else (summed,)
+
+    for p, g in zip(parameters, summed, strict=False):
+        p.grad = g
+
+    return summed[len(parameters) :]
+
+
+class LogProb(nn.Module):
+    r"""Wraps a lazy distribution into a module whose forward returns log-densities.
+
+    .. math:: (x, c) \mapsto \log p_\phi(x \mid c)
+
+    A model's own forward returns a distribution, in which
+    :class:`~torch.nn.parallel.DistributedDataParallel` finds no tensor: with
+    ``find_unused_parameters=True``, DDP then takes every parameter for unused and
+    fails in the backward pass ("Expected to mark a variable ready only once"). Through
+    this wrapper, DDP sees the log-densities and the graph behind them. Without
+    ``find_unused_parameters``, the model can be wrapped in DDP directly.
+
+    Arguments:
+        model: The lazy distribution, available as :py:`self.model` (save its
+            :py:`state_dict`, without the wrapper's prefix).
+
+    Example:
+        >>> from contmix import GMM
+        >>> net = LogProb(GMM(features=2, components=3))
+        >>> net(torch.randn(5, 2)).shape  # with DDP: DistributedDataParallel(net, ...)
+        torch.Size([5])
+    """
+
+    def __init__(self, model: LazyDistribution) -> None:
+        super().__init__()
+
+        self.model = model
+
+    def forward(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        return self.model(c).log_prob(x)
