@@ -692,6 +692,7 @@ class _ContinuousMixture(LazyDistribution):
         grid = torch.linspace(0, 1, self.components)
         factor0 = self.layout.unpack(self.start.detach()).factor.unsqueeze(-3)
         optimizer = torch.optim.Adam(self.parameters(), lr=lr)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps, eta_min=lr / 10)
 
         with torch.enable_grad():
             for _ in range(steps):
@@ -705,6 +706,7 @@ class _ContinuousMixture(LazyDistribution):
                 loss.backward()
                 nn.utils.clip_grad_norm_(self.parameters(), 1.0)
                 optimizer.step()
+                schedule.step()
 
 
 class CPMM(_ContinuousMixture):
@@ -813,7 +815,7 @@ class CPMM(_ContinuousMixture):
         x: Tensor,
         strategy: Literal["random", "kmeans"] = "kmeans",
         steps: int = 100,
-        lr: float = 1e-3,
+        lr: float = 1e-2,
     ) -> None:
         r"""Initializes the trajectory from data.
 
@@ -835,7 +837,7 @@ class CPMM(_ContinuousMixture):
             x: The samples, with shape :math:`(N, M)`.
             strategy: ``"random"`` or ``"kmeans"``.
             steps: The number of regression steps of ``"kmeans"`` (0 to skip).
-            lr: The learning rate of the regression.
+            lr: The initial learning rate of the regression (Adam, cosine decay to a tenth of it).
         """
 
         self._initialize(x, strategy, None, steps, lr)
@@ -1004,7 +1006,7 @@ class HierarchicalCPMM(_ContinuousMixture):
         strategy: Literal["random", "kmeans"] = "kmeans",
         y: Tensor | None = None,
         steps: int = 100,
-        lr: float = 1e-3,
+        lr: float = 1e-2,
     ) -> None:
         r"""Initializes the trajectories from data.
 
@@ -1024,7 +1026,7 @@ class HierarchicalCPMM(_ContinuousMixture):
             strategy: ``"random"`` or ``"kmeans"``.
             y: Optional labels in :math:`[0, C)`, with shape :math:`(N,)`.
             steps: The number of regression steps (0 to skip).
-            lr: The learning rate of the regression.
+            lr: The initial learning rate of the regression (Adam, cosine decay to a tenth of it).
         """
 
         logits = self._initialize(x, strategy, y, steps, lr)
