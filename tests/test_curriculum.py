@@ -170,6 +170,36 @@ def run(spaces, path=None, callbacks=(), model_seed=1):
     return gmm, history
 
 
+def test_regularizer_is_added_to_the_loss():
+    # a heavy pull of the means to (5, 5) moves them there; the history includes it
+    x = torch.randn(3, 64, 2)
+    spaces = Spaces(torch.linspace(1, 0, 3), x)
+    seen = []
+
+    def pull(model, d, xb):
+        seen.append((model, d.event_shape, xb.shape))
+        return 100 * (d.base.loc - 5).square().sum()
+
+    gmm, free = run(spaces)
+    torch.manual_seed(1)
+    pulled = GMM(features=2, components=3)
+    history = Curriculum(make_cnf()).train(
+        pulled,
+        spaces,
+        finetune_epochs=20,
+        lr=1e-1,
+        batch_size=16,
+        progress=False,
+        regularizer=pull,
+    )
+
+    assert all(m is pulled and e == (2,) and s[-1] == 2 for m, e, s in seen)
+    assert len(seen) == (3 + 20) * 4  # every step
+    assert torch.allclose(pulled.phi[1], torch.tensor(5.0), atol=0.5)
+    assert not torch.allclose(gmm.phi[1], torch.tensor(5.0), atol=1.0)
+    assert history[-1] > free[-1] + 3  # the likelihood of data around 0, means at 5
+
+
 def test_resume_gives_the_same_model(tmp_path):
     cnf = make_cnf()
     spaces = Curriculum(cnf).spaces(torch.randn(40, 2), steps=4)

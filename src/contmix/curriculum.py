@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from torch import Tensor
+from torch.distributions import Distribution
 from torch.optim import Optimizer
 from torchdiffeq import odeint as odeint_dense
 from zuko.flows.continuous import FFJTransform
@@ -38,6 +39,7 @@ from . import distributed
 from .utils import check_context, check_samples
 
 Callback = Callable[[nn.Module, dict], None]
+Regularizer = Callable[[nn.Module, Distribution, Tensor], Tensor]
 
 
 def max_norm(error: Tensor) -> Tensor:
@@ -454,6 +456,7 @@ class Curriculum:
         callbacks: Sequence[Callback] = (),
         checkpoint: str | os.PathLike | None = None,
         progress: bool = True,
+        regularizer: Regularizer | None = None,
     ) -> list[float]:
         r"""Trains a model through the curriculum, by maximum likelihood.
 
@@ -466,7 +469,11 @@ class Curriculum:
             \quad \epsilon_n \sim \mathcal{N}(0, I) ,
 
         with a small noise :math:`\sigma` (``noise``, 0.01 in the paper) on the inputs in
-        every space. One optimizer runs through the whole schedule.
+        every space, plus an optional ``regularizer(model, d, x)`` of the batch, where
+        ``d`` is the model's distribution that gave the likelihood: e.g.
+        :py:`lambda model, d, x: -0.1 * model.entropy(x, d=d)` for the entropy across
+        the trajectories of a :class:`~contmix.HierarchicalCPMM`, which the paper finds
+        helpful for clustering. One optimizer runs through the whole schedule.
 
         With a ``checkpoint`` path, the model, the optimizer, the position in the
         schedule and the random states are saved after the initialization and after
@@ -511,9 +518,12 @@ class Curriculum:
                 ``"space"`` (the index of :math:`v`), ``"v"`` and ``"loss"``.
             checkpoint: A file to save to and resume from, or :py:`None`.
             progress: Whether to show a progress bar.
+            regularizer: A term added to the loss of every batch, or :py:`None`.
+                Inside :func:`~contmix.distributed.sharded`, it is computed by each
+                process on its part of the batch and its gradients are summed.
 
         Returns:
-            The mean loss of each epoch of the schedule.
+            The mean loss of each epoch of the schedule (regularizer included).
         """
 
         if not isinstance(model, LazyDistribution):
@@ -538,7 +548,7 @@ class Curriculum:
         schedule = [t for t in range(len(spaces)) for _ in range(epochs_per_space)]
         schedule += [len(spaces) - 1] * finetune_epochs
 
-        state = Schedule(model, spaces, schedule, optimizer, lr, checkpoint)
+        state = Schedule(model, spaces, schedule, optimizer, lr, checkpoint, regularizer)
         state.start(strategy)
         bar = progress_bar(len(schedule), state.epoch, progress and distributed.rank() == 0)
 
@@ -567,8 +577,10 @@ class Schedule:
         optimizer: Callable[..., Optimizer],
         lr: float,
         checkpoint: str | os.PathLike | None,
+        regularizer: Regularizer | None = None,
     ) -> None:
         self.model = model
+        self.regularizer = regularizer
         self.spaces = spaces
         self.schedule = schedule
         self.optimizer = optimizer
@@ -622,7 +634,10 @@ class Schedule:
                 )
                 xb = xb + noise * epsilon.to(xb.device)
 
-            loss = -self.model(cb).log_prob(xb).sum() / size
+            d = self.model(cb)
+            loss = -d.log_prob(xb).sum() / size
+            if self.regularizer is not None:
+                loss = loss + self.regularizer(self.model, d, xb)
 
             self.optim.zero_grad()
             loss.backward()
