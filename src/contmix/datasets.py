@@ -1,12 +1,18 @@
-r"""Data sets: scikit-learn's digits in logit space, and the paper's synthetic sets."""
+r"""Data sets: scikit-learn's digits and MNIST-like idx files in logit space, and the
+paper's synthetic sets."""
 
 __all__ = [
     "digits",
+    "mnist",
     "spiral",
     "two_circles",
 ]
 
+import gzip
 import math
+import os
+
+from pathlib import Path
 
 import torch
 
@@ -52,6 +58,121 @@ def digits(
     train_idx, test_idx = order[:n], order[n:]
 
     return x[train_idx], x[test_idx], labels[train_idx], labels[test_idx]
+
+
+IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+def _find_idx(root: Path, name: str) -> Path:
+    for folder in (root, root / "raw"):
+        for path in (folder / name, folder / f"{name}.gz"):
+            if path.exists():
+                return path
+
+    raise FileNotFoundError(
+        f"{name} (or {name}.gz) is not in {root} nor in {root / 'raw'}. Nothing is "
+        f"downloaded: put the four idx files {', '.join(IDX_FILES)} (gzipped or not) there."
+    )
+
+
+def _read_idx(path: Path) -> Tensor:
+    r"""Reads an idx file of unsigned bytes (magic number 0x00000801 to 0x00000803)."""
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+
+    if len(data) < 4 or data[:3] != b"\x00\x00\x08":
+        raise ValueError(f"{path} is not an idx file of unsigned bytes (it must start 00 00 08).")
+
+    dims = data[3]
+    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
+    values = data[4 + 4 * dims :]
+
+    if len(values) != math.prod(shape):
+        raise ValueError(f"{path} holds {len(values)} values but its header says {shape}.")
+
+    return torch.frombuffer(bytearray(values), dtype=torch.uint8).reshape(shape)
+
+
+def mnist(
+    root: str | os.PathLike,
+    limit: int | None = None,
+    seed: int = 0,
+    alpha: float = 0.05,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    r"""Returns MNIST, or any data set in its idx format (Fashion-MNIST), from local
+    files, flattened, dequantized and in logit space, as its train and test sets.
+
+    As in :func:`digits`, each pixel :math:`v \in \{0, \dots, 255\}` becomes
+    :math:`y = (v + u) / 256` with :math:`u \sim \mathcal{U}(0, 1)`, then
+    :math:`x = \operatorname{logit}(\alpha + (1 - 2\alpha) y)`. The four standard files
+    (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
+    ``t10k-labels-idx1-ubyte``, gzipped or not) are read from ``root`` or ``root/raw``;
+    nothing is downloaded.
+
+    References:
+        | Gradient-based learning applied to document recognition (LeCun et al., 1998)
+        | http://yann.lecun.com/exdb/mnist/
+
+        | Fashion-MNIST: a Novel Image Dataset for Benchmarking Machine Learning
+        | Algorithms (Xiao et al., 2017)
+        | https://arxiv.org/abs/1708.07747
+
+    Arguments:
+        root: The folder of the idx files.
+        limit: At most this many samples of each split, drawn at random (all by default).
+        seed: The seed of the noise and of the subsets.
+        alpha: The squeeze :math:`\alpha` of the logit transform.
+        dtype: The floating point type of the samples.
+
+    Returns:
+        The train samples, with shape :math:`(N, H W)`, the test samples, and their
+        labels.
+
+    Example:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> def write(name, shape, values):  # a tiny idx file of unsigned bytes
+        ...     header = bytes([0, 0, 8, len(shape)])
+        ...     header += b"".join(n.to_bytes(4, "big") for n in shape)
+        ...     (root / name).write_bytes(header + bytes(values))
+        >>> write("train-images-idx3-ubyte", (3, 2, 2), range(12))
+        >>> write("train-labels-idx1-ubyte", (3,), [7, 2, 1])
+        >>> write("t10k-images-idx3-ubyte", (1, 2, 2), [255] * 4)
+        >>> write("t10k-labels-idx1-ubyte", (1,), [9])
+        >>> x, x_test, y, y_test = mnist(root)
+        >>> x.shape, x_test.shape, y.tolist(), y_test.tolist()
+        (torch.Size([3, 4]), torch.Size([1, 4]), [7, 2, 1], [9])
+    """
+
+    root = Path(root).expanduser()
+    paths = [_find_idx(root, name) for name in IDX_FILES]
+    images, labels, images_test, labels_test = map(_read_idx, paths)
+
+    generator = torch.Generator().manual_seed(seed)
+    logit = LogitTransform(alpha)
+    splits = []
+
+    for v, y in ((images, labels), (images_test, labels_test)):
+        if len(v) != len(y):
+            raise ValueError(f"{len(v)} images but {len(y)} labels: the idx files do not match.")
+        if limit is not None:
+            index = torch.randperm(len(v), generator=generator)[:limit]
+            v, y = v[index], y[index]
+
+        y_ = dequantize(v.flatten(1).to(torch.float64), 256, generator)
+        splits.append((logit(y_).to(dtype), y.long()))
+
+    (x, y), (x_test, y_test) = splits
+
+    return x, x_test, y, y_test
 
 
 def two_circles(

@@ -1,0 +1,497 @@
+r"""Tables 1 and 3 of Bender et al. (2023) on scikit-learn's digits (or MNIST idx files).
+
+The paper's evaluation rebuilt on scikit-learn's 8x8 digits or, from local idx files,
+on MNIST and Fashion-MNIST.
+
+Table 1 (bits per dimension and clustering accuracy on the test set), for each seed:
+
+1. matched GMM: one full-covariance component per class, EM from k-means++;
+2. GMM with many diagonal components (EM) and spectral clustering of the components
+   with the Fréchet affinity (:func:`contmix.cluster.cluster_components`);
+3. GMM with the curriculum: one component per class, random start on the Gaussian
+   space, one epoch per space, then fine-tuning;
+4. hierarchical CPMM with the curriculum: one trajectory per class, clusters by Bayes'
+   rule over the trajectories;
+5. the CNF teacher itself (trained once, on seed 0; exact trace for the evaluation);
+6. a zuko masked autoregressive flow trained by maximum likelihood;
+7. for reference, the hierarchical CPMM of ``benchmarks/cpmm_digits.py`` trained from a
+   k-means start without the curriculum (with its entropy term across trajectories).
+
+Table 3 (out-of-distribution detection): the same models trained on some classes
+(``--inliers``, 0 to 4 by default) score the test samples of all classes by their
+log-likelihood; AUROC and AUPR of telling the held-out classes from the others.
+
+Bits per dimension are those of the discrete pixels (17 levels for the digits, 256 for
+MNIST), the logit transform's log-determinant and the dequantization included, as in
+``benchmarks/cpmm_digits.py``. The teachers' spaces are cached with ``--cache``.
+
+On a machine shared with other jobs, ``--threads 1`` is much faster than the default 2
+(see docs/benchmarks/evaluation.md).
+
+Usage:
+    python benchmarks/evaluation.py --out evaluation.json --cache spaces/
+    python benchmarks/evaluation.py --quick --threads 1
+    python benchmarks/evaluation.py --data mnist --root ~/data/mnist --limit 5000
+"""
+
+import argparse
+import hashlib
+import json
+import math
+import statistics
+import sys
+import time
+
+from pathlib import Path
+
+import torch
+import zuko
+
+from cpmm_digits import fit_cpmm
+from cpmm_digits import metrics as digits_metrics
+from curriculum_quality import TEACHERS
+from tqdm.auto import tqdm
+
+from contmix import GMM, Curriculum, HierarchicalCPMM
+from contmix.cluster import cluster_components, predict_clusters
+from contmix.curriculum import Spaces
+from contmix.datasets import digits, mnist
+from contmix.metrics import aupr, auroc, bits_per_dim, clustering_accuracy
+from contmix.transforms import LogitTransform
+
+ALPHA = 0.05  # the logit transform's squeeze, as in contmix.datasets.digits
+
+SETTINGS = {
+    "full": {
+        "seeds": [0, 1, 2],
+        "ood_seeds": [0],
+        "teacher": {**TEACHERS["digits"], "batch_size": 256, "atol": 1e-4, "rtol": 1e-3},
+        "steps": 51,
+        "finetune": 25,
+        "batch_size": 128,
+        "many": 100,
+        "gmm_lr": 1e-2,
+        "cpmm": {"components": 10, "rank": 2, "hidden_features": (128,)},
+        "cpmm_lr": 1e-3,
+        "kmeans_cpmm": {  # as in docs/benchmarks/cpmm.md
+            "components": 10,
+            "rank": 2,
+            "hidden": 256,
+            "augment": 2.0,
+            "steps": 500,
+            "init_steps": 100,
+            "batch": 256,
+            "lr": 1e-3,
+            "noise": 0.01,
+            "entropy": 1.0,
+        },
+        "flow": {"transforms": 3, "hidden_features": (256, 256)},
+        "flow_epochs": 60,
+        "flow_lr": 1e-3,
+    },
+    "quick": {
+        "seeds": [0],
+        "ood_seeds": [0],
+        "teacher": {
+            "hidden_features": (64, 64),
+            "epochs": 5,
+            "lr": 1e-3,
+            "exact": False,
+            "batch_size": 256,
+            "atol": 1e-4,
+            "rtol": 1e-3,
+        },
+        "steps": 11,
+        "finetune": 5,
+        "batch_size": 128,
+        "many": 50,
+        "gmm_lr": 1e-2,
+        "cpmm": {"components": 5, "rank": 2, "hidden_features": (64,)},
+        "cpmm_lr": 1e-3,
+        "kmeans_cpmm": {
+            "components": 5,
+            "rank": 2,
+            "hidden": 64,
+            "augment": 2.0,
+            "steps": 50,
+            "init_steps": 10,
+            "batch": 256,
+            "lr": 1e-3,
+            "noise": 0.01,
+            "entropy": 1.0,
+        },
+        "flow": {"transforms": 2, "hidden_features": (64, 64)},
+        "flow_epochs": 20,
+        "flow_lr": 1e-3,
+    },
+}
+
+
+# data
+
+
+def load(args):
+    r"""Returns the train and test samples and labels, and the number of levels."""
+
+    if args.data == "digits":
+        x, x_test, y, y_test = digits(alpha=ALPHA)
+        return x, x_test, y, y_test, 17
+
+    if args.root is None:
+        raise SystemExit(f"--data {args.data} needs --root, the folder with its idx files.")
+
+    try:
+        return (*mnist(args.root, args.limit, alpha=ALPHA), 256)
+    except FileNotFoundError as error:
+        raise SystemExit(f"--data {args.data}: {error}") from None
+
+
+def data_log_prob(log_prob: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    r"""log p(y) of the dequantized pixels y in [0, 1] from log p(x) in logit space."""
+
+    return log_prob + LogitTransform(ALPHA).log_abs_det_jacobian(None, x).sum(dim=-1)
+
+
+def bpd(log_prob: torch.Tensor, x: torch.Tensor, levels: int) -> float:
+    return bits_per_dim(data_log_prob(log_prob, x), x.shape[-1], levels).mean().item()
+
+
+# models
+
+
+def teacher(x, x_test, settings, cache, name, bar):
+    r"""Trains the CNF teacher (seed 0) and computes its spaces, with the teacher's test
+    log-likelihoods (exact trace) in their ``meta``; loads both from the cache if there."""
+
+    t = settings["teacher"]
+    key = json.dumps([t, settings["steps"], x.shape, x.sum().item()])
+    digest = hashlib.sha1(key.encode()).hexdigest()[:10]
+    path = None if cache is None else Path(cache) / f"{name}_{digest}.pt"
+
+    torch.manual_seed(0)
+    cnf = zuko.flows.CNF(
+        x.shape[-1],
+        hidden_features=t["hidden_features"],
+        atol=t["atol"],
+        rtol=t["rtol"],
+        exact=t["exact"],
+    )
+    curriculum = Curriculum(cnf)
+
+    if path is not None and path.exists():
+        cnf.load_state_dict(torch.load(path.with_suffix(".cnf.pt"), weights_only=True))
+        return curriculum, Spaces.load(path)
+
+    start = time.perf_counter()
+    bar.set_postfix(stage=f"{name}: CNF teacher")
+    curriculum.fit_teacher(x, epochs=t["epochs"], lr=t["lr"], batch_size=t["batch_size"])
+    train_time = time.perf_counter() - start
+
+    start = time.perf_counter()
+    bar.set_postfix(stage=f"{name}: spaces")
+    spaces = curriculum.spaces(x, steps=settings["steps"])
+    spaces_time = time.perf_counter() - start
+
+    bar.set_postfix(stage=f"{name}: CNF evaluation (exact trace)")
+    cnf.transform.exact = True
+    with torch.no_grad():
+        log_prob = torch.cat([cnf().log_prob(chunk) for chunk in x_test.split(512)])
+    cnf.transform.exact = t["exact"]
+
+    spaces.meta |= {
+        "test_log_prob": log_prob,
+        "train_time": train_time,
+        "spaces_time": spaces_time,
+    }
+
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        spaces.save(path)
+        torch.save(cnf.state_dict(), path.with_suffix(".cnf.pt"))
+
+    return curriculum, spaces
+
+
+def matched_gmm(x, settings, k):
+    gmm = GMM(x.shape[-1], components=k)
+    gmm.initialize(x, strategy="em")
+    return gmm, lambda x: gmm().predict(x)
+
+
+def many_gmm(x, settings, k):
+    gmm = GMM(x.shape[-1], components=settings["many"], covariance_type="diagonal")
+    gmm.initialize(x, strategy="em")
+
+    with torch.no_grad():
+        labels = cluster_components(gmm(), k)
+
+    return gmm, lambda x: predict_clusters(gmm(), labels, x)
+
+
+def curriculum_gmm(x, settings, k, curriculum, spaces):
+    gmm = GMM(x.shape[-1], components=k)
+    train_curriculum(gmm, curriculum, spaces, settings, settings["gmm_lr"])
+    return gmm, lambda x: gmm().predict(x)
+
+
+def curriculum_cpmm(x, settings, k, curriculum, spaces):
+    cpmm = HierarchicalCPMM(x.shape[-1], trajectories=k, **settings["cpmm"])
+    train_curriculum(cpmm, curriculum, spaces, settings, settings["cpmm_lr"])
+    cpmm.eval()
+    model = cpmm.extract()  # the same log_prob and predict, without the ODE
+    return model, model.predict
+
+
+def kmeans_cpmm(x, settings, k):
+    r"""The reference without the curriculum: benchmarks/cpmm_digits.py's hierarchical
+    CPMM (10 trajectories, k-means start, Adam with an entropy term across trajectories)."""
+
+    args = argparse.Namespace(**settings["kmeans_cpmm"])
+    model = fit_cpmm(x, args, torch.initial_seed()).extract()
+    return model, model.predict
+
+
+def train_curriculum(model, curriculum, spaces, settings, lr):
+    r"""Random start on the Gaussian space, one epoch per space, then fine-tuning."""
+
+    curriculum.train(
+        model,
+        spaces,
+        finetune_epochs=settings["finetune"],
+        lr=lr,
+        batch_size=settings["batch_size"],
+        strategy="random",
+    )
+    model.eval()
+
+
+def flow(x, settings, k):
+    r"""A masked autoregressive flow by maximum likelihood, early stopped on 10% of the
+    train set."""
+
+    n = len(x) // 10
+    order = torch.randperm(len(x))
+    x_val, x_fit = x[order[:n]], x[order[n:]]
+
+    model = zuko.flows.MAF(x.shape[-1], **settings["flow"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings["flow_lr"])
+    best, state = math.inf, None
+
+    for _ in tqdm(range(settings["flow_epochs"]), desc="MAF", leave=False):
+        model.train()
+        for index in torch.randperm(len(x_fit)).split(settings["batch_size"]):
+            loss = -model().log_prob(x_fit[index]).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+        model.eval()
+        with torch.no_grad():
+            val = -model().log_prob(x_val).mean().item()
+        if val < best:
+            best, state = val, {k: v.clone() for k, v in model.state_dict().items()}
+
+    model.load_state_dict(state)
+    return model, None
+
+
+MODELS = {  # --models key: row name, fit, whether it trains through the spaces
+    "gmm": ("GMM matched (EM)", matched_gmm, False),
+    "gmm-many": ("GMM many diagonal (EM) + spectral clustering", many_gmm, False),
+    "gmm-curriculum": ("GMM with curriculum", curriculum_gmm, True),
+    "cpmm-curriculum": ("HierarchicalCPMM with curriculum", curriculum_cpmm, True),
+    "cpmm-kmeans": ("HierarchicalCPMM, k-means start (no curriculum)", kmeans_cpmm, False),
+    "maf": ("MAF (zuko, max. likelihood)", flow, False),
+}
+
+
+# the two tables
+
+
+def figures(row, log_prob, x_test, inside_test, levels):
+    r"""Turns the test log-likelihoods of a row into its figures."""
+
+    if row["task"] == "table1":
+        row["bits_per_dim"] = bpd(log_prob, x_test, levels)
+    else:  # scores: log p(y) of the pixels, the logit transform included
+        scores = data_log_prob(log_prob, x_test)
+        inside, outside = scores[inside_test], scores[~inside_test]
+        row["bits_per_dim_inliers"] = bpd(log_prob[inside_test], x_test[inside_test], levels)
+        row["auroc"], row["aupr"] = auroc(inside, outside), aupr(inside, outside)
+
+    return row
+
+
+def run(args) -> dict:
+    settings = dict(SETTINGS["quick" if args.quick else "full"])
+    for key in ("seeds", "ood_seeds", "finetune"):
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    if args.teacher_epochs is not None:
+        settings["teacher"] = {**settings["teacher"], "epochs": args.teacher_epochs}
+    if args.cpmm_hidden is not None:
+        settings["cpmm"] = {**settings["cpmm"], "hidden_features": tuple(args.cpmm_hidden)}
+    models = {key: MODELS[key] for key in args.models}
+
+    x, x_test, y, y_test, levels = load(args)
+    k = int(y.max()) + 1
+    inside = torch.isin(y, torch.tensor(args.inliers))
+    inside_test = torch.isin(y_test, torch.tensor(args.inliers))
+
+    if args.data == "digits":  # the same bits/dim as benchmarks/cpmm_digits.py
+        log_prob = -x_test.square().sum(-1)
+        reference = digits_metrics(log_prob, x_test)["bits_per_dim"]
+        assert math.isclose(bpd(log_prob, x_test, levels), reference, rel_tol=1e-5)
+
+    tasks = {"table1": (x, k), "ood": (x[inside], len(args.inliers))}
+    jobs = [(seed, "table1") for seed in settings["seeds"]]
+    jobs += [(seed, "ood") for seed in settings["ood_seeds"]]
+    tasks = {task: tasks[task] for task in dict.fromkeys(task for _, task in jobs)}
+    jobs.sort(key=lambda job: job[0])  # seed by seed: a cut run has whole seeds
+
+    results = {
+        "data": args.data,
+        "setting": "quick" if args.quick else "full",
+        "settings": settings,
+        "inliers": args.inliers,
+        "threads": args.threads,
+        "samples": {"train": len(x), "test": len(x_test), "train_inliers": int(inside.sum())},
+        "rows": [],
+    }
+    rows = results["rows"]
+    bar = tqdm(total=len(tasks) + len(jobs) * len(models), desc="evaluation", position=0)
+    teachers = {}
+
+    def save():
+        if args.out is not None:
+            with open(args.out, "w") as f:
+                json.dump(results, f, indent=1)
+
+    for task, (x_fit, _) in tasks.items():  # one teacher per training set, seed 0
+        start = time.perf_counter()
+        name = f"{args.data}_{task}"
+        teachers[task] = teacher(x_fit, x_test, settings, args.cache, name, bar)
+        meta = teachers[task][1].meta
+        row = {
+            "task": task,
+            "model": "CNF teacher (zuko, seed 0)",
+            "seed": 0,
+            "seconds": meta["train_time"],
+            "spaces_seconds": meta["spaces_time"],
+            "wall_seconds": time.perf_counter() - start,
+        }
+        rows.append(figures(row, meta["test_log_prob"], x_test, inside_test, levels))
+        bar.update()
+        save()
+
+    for seed, task in jobs:
+        x_fit, classes = tasks[task]
+
+        for name, fit, needs_spaces in models.values():
+            bar.set_postfix(stage=f"{task}: {name}, seed {seed}")
+            torch.manual_seed(seed)
+            start = time.perf_counter()
+            extra = teachers[task] if needs_spaces else ()
+            model, predict = fit(x_fit, settings, classes, *extra)
+            row = {"task": task, "model": name, "seed": seed}
+            row["seconds"] = time.perf_counter() - start
+
+            with torch.no_grad():
+                log_prob = model().log_prob(x_test)
+                if task == "table1" and predict is not None:
+                    clusters = predict(x_test)
+                    row["accuracy"] = clustering_accuracy(y_test, clusters)
+                    row["clusters_used"] = clusters.unique().numel()
+
+            rows.append(figures(row, log_prob, x_test, inside_test, levels))
+            bar.update()
+            save()
+
+    bar.close()
+
+    return results
+
+
+def stat(rows, key, scale=1.0, digits=3):
+    values = [r[key] * scale for r in rows if r.get(key) is not None]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def tables(results: dict) -> str:
+    groups = {}
+    for row in results["rows"]:
+        groups.setdefault((row["task"], row["model"]), []).append(row)
+
+    lines = [
+        "Table 1: test bits/dim and clustering accuracy (%), mean ± std over seeds",
+        "",
+        "| model | seeds | bits/dim | accuracy (%) | clusters used | train time (s) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for (task, model), rows in groups.items():
+        if task == "table1":
+            lines.append(
+                f"| {model} | {len(rows)} | {stat(rows, 'bits_per_dim')} | "
+                f"{stat(rows, 'accuracy', 100, 1)} | {stat(rows, 'clusters_used', digits=1)} | "
+                f"{stat(rows, 'seconds', digits=0)} |"
+            )
+
+    inliers = "".join(map(str, results["inliers"]))
+    lines += [
+        "",
+        f"Table 3: OOD detection by log-likelihood, trained on classes {inliers}, "
+        "the other classes out (%)",
+        "",
+        "| model | seeds | AUROC | AUPR | bits/dim (test inliers) | train time (s) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for (task, model), rows in groups.items():
+        if task == "ood":
+            lines.append(
+                f"| {model} | {len(rows)} | {stat(rows, 'auroc', 100, 1)} | "
+                f"{stat(rows, 'aupr', 100, 1)} | {stat(rows, 'bits_per_dim_inliers')} | "
+                f"{stat(rows, 'seconds', digits=0)} |"
+            )
+
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", choices=["digits", "mnist", "fashion-mnist"], default="digits")
+    parser.add_argument("--root", default=None, help="the folder of the idx files (MNIST)")
+    parser.add_argument("--limit", type=int, default=None, help="at most N train/test samples")
+    parser.add_argument("--quick", action="store_true", help="1 seed, small models, few epochs")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="Table 1 seeds")
+    parser.add_argument("--ood-seeds", type=int, nargs="*", default=None, help="Table 3 seeds")
+    parser.add_argument("--inliers", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--teacher-epochs", type=int, default=None)
+    parser.add_argument("--finetune", type=int, default=None, help="epochs on the data")
+    parser.add_argument("--cpmm-hidden", type=int, nargs="+", default=None)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cache", default=None, help="a folder for the teachers' spaces")
+    parser.add_argument("--out", default=None, help="a JSON file for the results")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    results = run(args)
+    results["total_seconds"] = time.perf_counter() - start
+    results["command"] = " ".join(sys.argv)
+
+    if args.out is not None:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+
+    print()
+    print(tables(results))
+    print(f"\ntotal: {results['total_seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
