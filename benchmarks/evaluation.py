@@ -25,12 +25,12 @@ Bits per dimension are those of the discrete pixels (17 levels for the digits, 2
 MNIST), the logit transform's log-determinant and the dequantization included, as in
 ``benchmarks/cpmm_digits.py``. The teachers' spaces are cached with ``--cache``.
 
-On a machine shared with other jobs, ``--threads 1`` is much faster than the default 2
-(see docs/benchmarks/evaluation.md).
+One PyTorch thread by default: on a machine shared with other jobs, two threads on two
+cores were much slower (see docs/benchmarks/evaluation.md).
 
 Usage:
     python benchmarks/evaluation.py --out evaluation.json --cache spaces/
-    python benchmarks/evaluation.py --quick --threads 1
+    python benchmarks/evaluation.py --quick
     python benchmarks/evaluation.py --data mnist --root ~/data/mnist --limit 5000
 """
 
@@ -235,8 +235,16 @@ def curriculum_gmm(x, settings, k, curriculum, spaces):
 
 
 def curriculum_cpmm(x, settings, k, curriculum, spaces):
+    r"""A HierarchicalCPMM through the spaces, with the entropy term across trajectories
+    of the k-means reference."""
+
     cpmm = HierarchicalCPMM(x.shape[-1], trajectories=k, **settings["cpmm"])
-    train_curriculum(cpmm, curriculum, spaces, settings, settings["cpmm_lr"])
+    weight = settings["kmeans_cpmm"]["entropy"]
+
+    def entropy(model, d, xb):
+        return -weight * model.entropy(xb, d=d)
+
+    train_curriculum(cpmm, curriculum, spaces, settings, settings["cpmm_lr"], entropy)
     cpmm.eval()
     model = cpmm.extract()  # the same log_prob and predict, without the ODE
     return model, model.predict
@@ -251,7 +259,7 @@ def kmeans_cpmm(x, settings, k):
     return model, model.predict
 
 
-def train_curriculum(model, curriculum, spaces, settings, lr):
+def train_curriculum(model, curriculum, spaces, settings, lr, regularizer=None):
     r"""Random start on the Gaussian space, one epoch per space, then fine-tuning."""
 
     curriculum.train(
@@ -261,6 +269,7 @@ def train_curriculum(model, curriculum, spaces, settings, lr):
         lr=lr,
         batch_size=settings["batch_size"],
         strategy="random",
+        regularizer=regularizer,
     )
     model.eval()
 
@@ -473,7 +482,7 @@ def main():
     parser.add_argument("--teacher-epochs", type=int, default=None)
     parser.add_argument("--finetune", type=int, default=None, help="epochs on the data")
     parser.add_argument("--cpmm-hidden", type=int, nargs="+", default=None)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", default=None, help="a folder for the teachers' spaces")
     parser.add_argument("--out", default=None, help="a JSON file for the results")
     args = parser.parse_args()
