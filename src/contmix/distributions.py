@@ -380,19 +380,19 @@ class _Quadratic(torch.autograd.Function):
         flat = weight.flatten(0, 1)
         step = _Quadratic.step(x, K * R + K)
 
-        moment_z, moment_q, square, grad_x = 0, 0, 0, []
+        moments, square, grad_x = 0, 0, []
         chunks = zip(x.split(step), grad_q.split(step), grad_z.split(step), strict=True)
         for rows, gq, gz in chunks:
             y = rows - center
-            moment_z = moment_z + gz.flatten(1).mT @ y
-            moment_q = moment_q + gq.mT @ y
-            square = square + gq.mT @ y.square()
+            moments = moments + torch.cat((gz.flatten(1), gq), dim=1).mT @ y  # one product
             if ctx.needs_input_grad[0]:
                 linear = gz.flatten(1) @ flat - 2 * gq @ (m * precision)
                 grad_x.append(linear + 2 * y * (gq @ precision))
+            # in place, unless this backward is itself differentiated
+            square = square + gq.mT @ (y.square() if torch.is_grad_enabled() else y.square_())
 
         sum_q, sum_z = grad_q.sum(dim=0).unsqueeze(-1), grad_z.sum(dim=0)
-        moment_z = moment_z.unflatten(0, (K, R))
+        moment_z, moment_q = moments[: K * R].unflatten(0, (K, R)), moments[K * R :]
 
         grad_precision = square - 2 * m * moment_q + m * m * sum_q
         grad_loc = (sum_z.unsqueeze(-2) @ weight).squeeze(-2)
