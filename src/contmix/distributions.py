@@ -26,7 +26,7 @@ __all__ = [
 
 import math
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import zuko.distributions
@@ -358,16 +358,18 @@ class _Quadratic(torch.autograd.Function):
 
         center, K, R = loc.mean(dim=0), *weight.shape[:2]
         m = loc - center
-        flat, scaled = weight.flatten(0, 1), m * precision
+        scaled = m * precision
+        offset = (weight @ m.unsqueeze(-1)).squeeze(-1).flatten()
         constant = (m * scaled).sum(dim=-1)
-        offset = (weight @ m.unsqueeze(-1)).squeeze(-1)
+        # one product gives [W y - W m, -2 (lambda m) . y + lambda m . m]
+        both = torch.cat((weight.flatten(0, 1), -2 * scaled)).mT
+        bias = torch.cat((offset, -constant))
 
         q, z = [], []
-        for rows in x.split(_Quadratic.step(x, K * R + K)):
-            y = rows - center
-            z.append((y @ flat.mT).unflatten(-1, (K, R)) - offset)
-            linear = torch.addmm(constant, y, scaled.mT, alpha=-2)
-            q.append(linear.addmm_(y.square_(), precision.mT))
+        for y in _Quadratic.centered(x, center, K * R + K):
+            out = torch.addmm(bias, y, both, beta=-1)
+            z.append(out[:, : K * R].unflatten(-1, (K, R)))
+            q.append(torch.addmm(out[:, K * R :], y.square_(), precision.mT))
 
         return torch.cat(q), torch.cat(z)
 
@@ -381,9 +383,8 @@ class _Quadratic(torch.autograd.Function):
         step = _Quadratic.step(x, K * R + K)
 
         moments, square, grad_x = 0, 0, []
-        chunks = zip(x.split(step), grad_q.split(step), grad_z.split(step), strict=True)
-        for rows, gq, gz in chunks:
-            y = rows - center
+        rows = _Quadratic.centered(x, center, K * R + K)
+        for y, gq, gz in zip(rows, grad_q.split(step), grad_z.split(step), strict=True):
             moments = moments + torch.cat((gz.flatten(1), gq), dim=1).mT @ y  # one product
             if ctx.needs_input_grad[0]:
                 linear = gz.flatten(1) @ flat - 2 * gq @ (m * precision)
@@ -400,6 +401,21 @@ class _Quadratic(torch.autograd.Function):
         grad_weight = moment_z - sum_z.unsqueeze(-1) * m.unsqueeze(-2)
 
         return torch.cat(grad_x) if grad_x else None, grad_loc, grad_precision, grad_weight
+
+    @staticmethod
+    def centered(x: Tensor, center: Tensor, outputs: int) -> Iterator[Tensor]:
+        r"""Yields the chunks of rows of :math:`x - c`, written into one buffer reused
+        from chunk to chunk (fresh tensors when differentiated)."""
+
+        step = _Quadratic.step(x, outputs)
+
+        if torch.is_grad_enabled():
+            yield from (rows - center for rows in x.split(step))
+            return
+
+        buffer = center.new_empty(min(step, len(x)), x.shape[-1])
+        for rows in x.split(step):
+            yield torch.sub(rows, center, out=buffer[: len(rows)])
 
     @staticmethod
     def step(x: Tensor, outputs: int) -> int:
