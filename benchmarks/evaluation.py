@@ -50,6 +50,7 @@ import zuko
 from cpmm_digits import fit_cpmm
 from cpmm_digits import metrics as digits_metrics
 from curriculum_quality import TEACHERS
+from machine import add_device_argument, describe
 from tqdm.auto import tqdm
 
 from contmix import GMM, Curriculum, HierarchicalCPMM
@@ -343,6 +344,9 @@ def run(args) -> dict:
     models = {key: MODELS[key] for key in args.models}
 
     x, x_test, y, y_test, levels = load(args)
+    # the data is made on the CPU (seeded), then every tensor and module on the device
+    x, x_test, y, y_test = (t.to(args.device) for t in (x, x_test, y, y_test))
+    torch.set_default_device(args.device)
     k = int(y.max()) + 1
     inside = torch.isin(y, torch.tensor(args.inliers))
     inside_test = torch.isin(y_test, torch.tensor(args.inliers))
@@ -364,6 +368,7 @@ def run(args) -> dict:
         "settings": settings,
         "inliers": args.inliers,
         "threads": args.threads,
+        "device": describe(args.device),
         "samples": {"train": len(x), "test": len(x_test), "train_inliers": int(inside.sum())},
         "rows": [],
     }
@@ -485,9 +490,11 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", default=None, help="a folder for the teachers' spaces")
     parser.add_argument("--out", default=None, help="a JSON file for the results")
+    add_device_argument(parser)
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
+    print("device:", describe(args.device))
     start = time.perf_counter()
     results = run(args)
     results["total_seconds"] = time.perf_counter() - start
