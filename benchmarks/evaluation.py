@@ -73,6 +73,7 @@ SETTINGS = {
         "many": 100,
         "gmm_lr": 1e-2,
         "cpmm": {"components": 10, "rank": 2, "hidden_features": (128,)},
+        "cnn_channels": (32, 32),
         "cpmm_lr": 1e-3,
         "kmeans_cpmm": {  # as in docs/benchmarks/cpmm.md
             "components": 10,
@@ -108,6 +109,7 @@ SETTINGS = {
         "many": 50,
         "gmm_lr": 1e-2,
         "cpmm": {"components": 5, "rank": 2, "hidden_features": (64,)},
+        "cnn_channels": (16, 16),
         "cpmm_lr": 1e-3,
         "kmeans_cpmm": {
             "components": 5,
@@ -251,6 +253,23 @@ def curriculum_cpmm(x, settings, k, curriculum, spaces):
     return model, model.predict
 
 
+def curriculum_image_cpmm(x, settings, k, curriculum, spaces):
+    r"""The same through the spaces, with the state in image shape and CNN dynamics."""
+
+    side = math.isqrt(x.shape[-1])
+    options = settings["cpmm"] | {"hidden_features": settings["cnn_channels"]}
+    cpmm = HierarchicalCPMM((1, side, side), trajectories=k, **options)
+    weight = settings["kmeans_cpmm"]["entropy"]
+
+    def entropy(model, d, xb):
+        return -weight * model.entropy(xb, d=d)
+
+    train_curriculum(cpmm, curriculum, spaces, settings, settings["cpmm_lr"], entropy)
+    cpmm.eval()
+    model = cpmm.extract()
+    return model, model.predict
+
+
 def kmeans_cpmm(x, settings, k):
     r"""The reference without the curriculum: benchmarks/cpmm_digits.py's hierarchical
     CPMM (10 trajectories, k-means start, Adam with an entropy term across trajectories)."""
@@ -310,6 +329,11 @@ MODELS = {  # --models key: row name, fit, whether it trains through the spaces
     "gmm-many": ("GMM many diagonal (EM) + spectral clustering", many_gmm, False),
     "gmm-curriculum": ("GMM with curriculum", curriculum_gmm, True),
     "cpmm-curriculum": ("HierarchicalCPMM with curriculum", curriculum_cpmm, True),
+    "cpmm-image-curriculum": (
+        "HierarchicalCPMM with curriculum, image-shaped (CNN dynamics)",
+        curriculum_image_cpmm,
+        True,
+    ),
     "cpmm-kmeans": ("HierarchicalCPMM, k-means start (no curriculum)", kmeans_cpmm, False),
     "maf": ("MAF (zuko, max. likelihood)", flow, False),
 }
