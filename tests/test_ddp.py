@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 
 from torch.nn.parallel import DistributedDataParallel
 
-from contmix import CPMM, CWM, GMM, MFA, HierarchicalCPMM
+from contmix import CPMM, CWM, GMM, MFA, HierarchicalCPMM, HierarchicalMFA
 from contmix.distributed import LogProb
 
 pytestmark = pytest.mark.skipif(
@@ -34,6 +34,8 @@ MODELS = {
     "hierarchical cpmm": lambda: HierarchicalCPMM(
         D, trajectories=2, components=3, rank=1, hidden_features=(8,)
     ),
+    "hierarchical mfa": lambda: HierarchicalMFA(D, groups=2, components=2, rank=1),
+    "cpmm image": lambda: CPMM((2, 1, 1), components=3, rank=1, hidden_features=(4,)),
     "cwm": lambda: CWM(D, components=3, hidden_features=(8,)),
     "cwm context": lambda: CWM(D, context=1, components=3, hidden_features=(8,)),
 }
