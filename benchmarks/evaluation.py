@@ -459,41 +459,56 @@ def stat(rows, key, scale=1.0, digits=3):
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+COLUMNS = {  # task: the header and the figures of a row
+    "table1": (
+        "bits/dim | accuracy (%) | clusters used",
+        lambda rows: [
+            stat(rows, "bits_per_dim"),
+            stat(rows, "accuracy", 100, 1),
+            stat(rows, "clusters_used", digits=1),
+        ],
+    ),
+    "ood": (
+        "AUROC | AUPR | bits/dim (test inliers)",
+        lambda rows: [
+            stat(rows, "auroc", 100, 1),
+            stat(rows, "aupr", 100, 1),
+            stat(rows, "bits_per_dim_inliers"),
+        ],
+    ),
+}
+
+
+def table(groups: dict, task: str) -> list[str]:
+    r"""The markdown lines of one table: a row per model, mean ± std over seeds."""
+
+    header, figures = COLUMNS[task]
+    lines = [f"| model | seeds | {header} | train time (s) |", "| --- " * 6 + "|"]
+
+    for (kind, model), rows in groups.items():
+        if kind == task:
+            cells = [model, str(len(rows)), *figures(rows), stat(rows, "seconds", digits=0)]
+            lines.append("| " + " | ".join(cells) + " |")
+
+    return lines
+
+
 def tables(results: dict) -> str:
     groups = {}
     for row in results["rows"]:
         groups.setdefault((row["task"], row["model"]), []).append(row)
 
+    inliers = "".join(map(str, results["inliers"]))
     lines = [
         "Table 1: test bits/dim and clustering accuracy (%), mean ± std over seeds",
         "",
-        "| model | seeds | bits/dim | accuracy (%) | clusters used | train time (s) |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for (task, model), rows in groups.items():
-        if task == "table1":
-            lines.append(
-                f"| {model} | {len(rows)} | {stat(rows, 'bits_per_dim')} | "
-                f"{stat(rows, 'accuracy', 100, 1)} | {stat(rows, 'clusters_used', digits=1)} | "
-                f"{stat(rows, 'seconds', digits=0)} |"
-            )
-
-    inliers = "".join(map(str, results["inliers"]))
-    lines += [
+        *table(groups, "table1"),
         "",
         f"Table 3: OOD detection by log-likelihood, trained on classes {inliers}, "
         "the other classes out (%)",
         "",
-        "| model | seeds | AUROC | AUPR | bits/dim (test inliers) | train time (s) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        *table(groups, "ood"),
     ]
-    for (task, model), rows in groups.items():
-        if task == "ood":
-            lines.append(
-                f"| {model} | {len(rows)} | {stat(rows, 'auroc', 100, 1)} | "
-                f"{stat(rows, 'aupr', 100, 1)} | {stat(rows, 'bits_per_dim_inliers')} | "
-                f"{stat(rows, 'seconds', digits=0)} |"
-            )
 
     return "\n".join(lines)
 
