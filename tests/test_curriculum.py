@@ -152,7 +152,7 @@ def test_noise_on_inputs(noise):
         assert torch.allclose(batch.std(), torch.tensor(noise), atol=0.005)
 
 
-def run(spaces, path=None, callbacks=(), model_seed=1):
+def run(spaces, path=None, callbacks=(), model_seed=1, scheduler=None):
     torch.manual_seed(model_seed)
     gmm = GMM(features=2, components=3)
     torch.manual_seed(0)
@@ -166,8 +166,13 @@ def run(spaces, path=None, callbacks=(), model_seed=1):
         callbacks=callbacks,
         checkpoint=path,
         progress=False,
+        scheduler=scheduler,
     )
     return gmm, history
+
+
+def cosine(optimizer, epochs):
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs, eta_min=1e-4)
 
 
 def test_regularizer_is_added_to_the_loss():
@@ -200,10 +205,27 @@ def test_regularizer_is_added_to_the_loss():
     assert history[-1] > free[-1] + 3  # the likelihood of data around 0, means at 5
 
 
-def test_resume_gives_the_same_model(tmp_path):
+def test_learning_rate_schedule():
+    spaces = Curriculum(make_cnf()).spaces(torch.randn(40, 2), steps=4)
+    state = {}
+
+    def spy(optimizer, epochs):
+        state["optimizer"], state["epochs"] = optimizer, epochs
+        return cosine(optimizer, epochs)
+
+    constant, _ = run(spaces)
+    scheduled, _ = run(spaces, scheduler=spy)
+
+    assert state["epochs"] == 4 + 3  # the whole schedule
+    assert state["optimizer"].param_groups[0]["lr"] == pytest.approx(1e-4)  # at its floor
+    assert not torch.equal(constant.phi[1], scheduled.phi[1])
+
+
+@pytest.mark.parametrize("scheduler", [None, cosine])
+def test_resume_gives_the_same_model(tmp_path, scheduler):
     cnf = make_cnf()
     spaces = Curriculum(cnf).spaces(torch.randn(40, 2), steps=4)
-    reference, history = run(spaces)
+    reference, history = run(spaces, scheduler=scheduler)
 
     def interrupt(model, info):
         if info["step"] == 10:  # in the fourth epoch (three batches per epoch)
@@ -211,12 +233,13 @@ def test_resume_gives_the_same_model(tmp_path):
 
     path = tmp_path / "checkpoint.pt"
     with pytest.raises(KeyboardInterrupt):
-        run(spaces, path, callbacks=[interrupt])
+        run(spaces, path, callbacks=[interrupt], scheduler=scheduler)
 
     state = torch.load(path, weights_only=True)
     assert state["epoch"] == 3
 
-    resumed, resumed_history = run(spaces, path, model_seed=2)  # another start, overwritten
+    # another start, overwritten by the checkpoint
+    resumed, resumed_history = run(spaces, path, model_seed=2, scheduler=scheduler)
 
     assert resumed_history == history
     for a, b in zip(reference.parameters(), resumed.parameters(), strict=True):

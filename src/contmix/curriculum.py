@@ -30,6 +30,7 @@ import torch.nn as nn
 from torch import Tensor
 from torch.distributions import Distribution
 from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
 from torchdiffeq import odeint as odeint_dense
 from zuko.flows.continuous import FFJTransform
 from zuko.lazy import Flow, LazyDistribution
@@ -40,6 +41,7 @@ from .utils import check_context, check_samples
 
 Callback = Callable[[nn.Module, dict], None]
 Regularizer = Callable[[nn.Module, Distribution, Tensor], Tensor]
+Scheduler = Callable[[Optimizer, int], LRScheduler]
 
 
 def max_norm(error: Tensor) -> Tensor:
@@ -457,6 +459,7 @@ class Curriculum:
         checkpoint: str | os.PathLike | None = None,
         progress: bool = True,
         regularizer: Regularizer | None = None,
+        scheduler: Scheduler | None = None,
     ) -> list[float]:
         r"""Trains a model through the curriculum, by maximum likelihood.
 
@@ -521,6 +524,11 @@ class Curriculum:
             regularizer: A term added to the loss of every batch, or :py:`None`.
                 Inside :func:`~contmix.distributed.sharded`, it is computed by each
                 process on its part of the batch and its gradients are summed.
+            scheduler: A learning-rate schedule, called as
+                :py:`scheduler(optimizer, epochs)` with the number of epochs of the
+                whole schedule and stepped after every epoch (saved in the
+                checkpoint), e.g. :py:`lambda o, n: CosineAnnealingLR(o, n)`; or
+                :py:`None` for a constant learning rate.
 
         Returns:
             The mean loss of each epoch of the schedule (regularizer included).
@@ -548,7 +556,9 @@ class Curriculum:
         schedule = [t for t in range(len(spaces)) for _ in range(epochs_per_space)]
         schedule += [len(spaces) - 1] * finetune_epochs
 
-        state = Schedule(model, spaces, schedule, optimizer, lr, checkpoint, regularizer)
+        state = Schedule(
+            model, spaces, schedule, optimizer, lr, checkpoint, regularizer, scheduler
+        )
         state.start(strategy)
         bar = progress_bar(len(schedule), state.epoch, progress and distributed.rank() == 0)
 
@@ -578,9 +588,11 @@ class Schedule:
         lr: float,
         checkpoint: str | os.PathLike | None,
         regularizer: Regularizer | None = None,
+        scheduler: Scheduler | None = None,
     ) -> None:
         self.model = model
         self.regularizer = regularizer
+        self.scheduler, self.lr_schedule = scheduler, None
         self.spaces = spaces
         self.schedule = schedule
         self.optimizer = optimizer
@@ -601,7 +613,7 @@ class Schedule:
         exists = distributed.all_reduce(self.spaces.u.new_tensor(float(exists))) > 0
 
         if exists:
-            self.optim = self.optimizer(self.model.parameters(), lr=self.lr)
+            self.make_optimizer()
             self.load()
             return
 
@@ -610,8 +622,15 @@ class Schedule:
 
         distributed.broadcast(*self.model.state_dict().values())
 
-        self.optim = self.optimizer(self.model.parameters(), lr=self.lr)
+        self.make_optimizer()
         self.save()
+
+    def make_optimizer(self) -> None:
+        r"""Creates the optimizer and, if any, its learning-rate schedule."""
+
+        self.optim = self.optimizer(self.model.parameters(), lr=self.lr)
+        if self.scheduler is not None:
+            self.lr_schedule = self.scheduler(self.optim, len(self.schedule))
 
     def run_epoch(self, batch_size: int, noise: float, callbacks: Iterable[Callback]) -> float:
         r"""Runs one epoch on the space of the current position, then saves."""
@@ -669,6 +688,8 @@ class Schedule:
 
         self.history.append(mean)
         self.epoch += 1
+        if self.lr_schedule is not None:
+            self.lr_schedule.step()
         self.save()
 
         return mean
@@ -683,6 +704,7 @@ class Schedule:
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optim.state_dict(),
+            "scheduler": None if self.lr_schedule is None else self.lr_schedule.state_dict(),
             "epoch": self.epoch,
             "step": self.step,
             "history": self.history,
@@ -710,6 +732,8 @@ class Schedule:
 
         self.model.load_state_dict(state["model"])
         self.optim.load_state_dict(state["optimizer"])
+        if self.lr_schedule is not None and state.get("scheduler") is not None:
+            self.lr_schedule.load_state_dict(state["scheduler"])
         self.epoch, self.step, self.history = state["epoch"], state["step"], state["history"]
 
         torch.set_rng_state(state["rng"].cpu())
