@@ -80,6 +80,10 @@ def students(name: str, features: int) -> dict:
     return {
         "gmm": (lambda: GMM(features, components=16), 1e-2),
         "cpmm": (lambda: CPMM(features, components=25, rank=1, hidden_features=(32,)), 1e-3),
+        "cpmm64": (
+            lambda: CPMM(features, components=25, rank=1, hidden_features=(64, 64)),
+            1e-2,
+        ),
     }
 
 
@@ -110,8 +114,15 @@ def run(
     teacher_epochs: int | None = None,
     cache_dir: str | None = None,
     device: torch.device | str = "cpu",
+    cosine: bool = False,
 ):
     device = torch.device(device)
+    scheduler = None
+    if cosine:  # a learning rate decaying over the whole schedule, in both regimes
+
+        def scheduler(optimizer, epochs):
+            return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
+
     x, x_test, y_test = load(dataset, device)
     features = x.shape[-1]
     settings = dict(TEACHERS[dataset])
@@ -184,6 +195,7 @@ def run(
                         batch_size=batch_size,
                         strategy="random",
                         progress=False,
+                        scheduler=scheduler,
                     )
                 else:
                     curriculum.train(
@@ -195,6 +207,7 @@ def run(
                         batch_size=batch_size,
                         strategy="kmeans",
                         progress=False,
+                        scheduler=scheduler,
                     )
 
                 row = {"model": name, "regime": regime, "seed": seed}
@@ -246,6 +259,7 @@ def main():
     parser.add_argument("--teacher-epochs", type=int, default=None)
     parser.add_argument("--cache", default=None, help="a folder to save the spaces to, or load")
     parser.add_argument("--out", default=None, help="a JSON file for the results")
+    parser.add_argument("--cosine", action="store_true", help="cosine learning-rate decay")
     add_device_argument(parser)
     args = parser.parse_args()
 
@@ -267,6 +281,7 @@ def main():
                 args.teacher_epochs,
                 args.cache,
                 args.device,
+                args.cosine,
             )
         )
 
