@@ -494,6 +494,9 @@ def test_hierarchical_posterior_is_bayes():
     assert torch.allclose(
         model.joint_log_prob(x, y), joint.gather(-1, y[:, None])[:, 0], atol=1e-4
     )
+    for bad in (y + 3, y - 1, y.double()):
+        with pytest.raises(ValueError, match=r"labels in \[0, 3\)"):
+            model.joint_log_prob(x, bad)
 
 
 def test_entropy_by_hand():

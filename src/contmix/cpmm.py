@@ -963,6 +963,11 @@ class HierarchicalCPMM(_ContinuousMixture):
             c: The context, if any.
         """
 
+        if y.is_floating_point() or y.is_complex() or ((y < 0) | (y >= self.trajectories)).any():
+            raise ValueError(
+                f"y must hold integer labels in [0, {self.trajectories}), one per sample."
+            )
+
         joint = self(c).joint(x)
         return joint.gather(-1, y.unsqueeze(-1).expand(*joint.shape[:-1], 1)).squeeze(-1)
 
