@@ -115,6 +115,7 @@ def run(
     cache_dir: str | None = None,
     device: torch.device | str = "cpu",
     cosine: bool = False,
+    init: str = "random",
 ):
     device = torch.device(device)
     scheduler = None
@@ -193,7 +194,7 @@ def run(
                         finetune_epochs=finetune,
                         lr=lr,
                         batch_size=batch_size,
-                        strategy="random",
+                        strategy=init,
                         progress=False,
                         scheduler=scheduler,
                     )
@@ -260,6 +261,9 @@ def main():
     parser.add_argument("--cache", default=None, help="a folder to save the spaces to, or load")
     parser.add_argument("--out", default=None, help="a JSON file for the results")
     parser.add_argument("--cosine", action="store_true", help="cosine learning-rate decay")
+    parser.add_argument(
+        "--start", default="random", help="the initialization on the Gaussian space"
+    )
     add_device_argument(parser)
     args = parser.parse_args()
 
@@ -282,6 +286,7 @@ def main():
                 args.cache,
                 args.device,
                 args.cosine,
+                args.start,
             )
         )
 
