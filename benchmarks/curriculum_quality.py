@@ -84,6 +84,12 @@ def students(name: str, features: int) -> dict:
             lambda: CPMM(features, components=25, rank=1, hidden_features=(64, 64)),
             1e-2,
         ),
+        "hcpmm": (  # one trajectory per circle (or a few arms)
+            lambda: HierarchicalCPMM(
+                features, trajectories=2, components=12, rank=1, hidden_features=(64, 64)
+            ),
+            1e-2,
+        ),
     }
 
 
