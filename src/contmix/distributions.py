@@ -643,6 +643,13 @@ class GaussianMixture(MixtureSameFamily):
         if self._validate_args:
             self._validate_sample(x)
 
+        if isinstance(self.base, GaussianMixture):  # of mixtures: one log-sum-exp over both
+            _check_event(x, self.features, like=self.logits)
+            inner = self.base
+            joint = inner.base.log_prob(x[..., None, None, :]) + inner.logits
+            joint = joint + self.logits.unsqueeze(-1)
+            return torch.logsumexp(joint.flatten(-2), dim=-1)
+
         return torch.logsumexp(self.joint(x), dim=-1)
 
     def posterior(self, x: Tensor) -> Tensor:
