@@ -122,6 +122,7 @@ def run(
     device: torch.device | str = "cpu",
     cosine: bool = False,
     init: str = "random",
+    every: int = 1,
 ):
     device = torch.device(device)
     scheduler = None
@@ -172,8 +173,12 @@ def run(
             cache.parent.mkdir(parents=True, exist_ok=True)
             spaces.save(cache)
 
+    if every > 1:  # every k-th space (the data included), k epochs on each
+        keep = torch.arange(len(spaces) - 1, -1, -every).flip(0)
+        spaces = Spaces(spaces.v[keep], spaces.u[keep], spaces.c, spaces.meta)
+
     data = Spaces(torch.zeros(1, device=device), x[None])
-    total = len(spaces) + finetune
+    total = len(spaces) * every + finetune
 
     print(dataset, "teacher:", teacher, flush=True)
 
@@ -197,6 +202,7 @@ def run(
                     curriculum.train(
                         model,
                         spaces,
+                        epochs_per_space=every,
                         finetune_epochs=finetune,
                         lr=lr,
                         batch_size=batch_size,
@@ -270,6 +276,7 @@ def main():
     parser.add_argument(
         "--start", default="random", help="the initialization on the Gaussian space"
     )
+    parser.add_argument("--every", type=int, default=1, help="every k-th space, k epochs each")
     add_device_argument(parser)
     args = parser.parse_args()
 
@@ -293,6 +300,7 @@ def main():
                 args.device,
                 args.cosine,
                 args.start,
+                args.every,
             )
         )
 
