@@ -41,8 +41,7 @@ from zuko.transforms import ComposedTransform
 from zuko.utils import unpack
 
 from .distributions import DiagNormal, _check_event
-from .em import fit_gmm, gmm_m_step
-from .gmm import STRATEGIES, hard_responsibilities, initial_centers
+from .gmm import STRATEGIES, fit_mixture
 from .utils import check_context, check_samples, check_scale, check_sizes, cholesky, set_parameters
 
 MapType = Literal["diagonal", "affine"]
@@ -549,23 +548,9 @@ class CWM(LazyDistribution):
         check_scale(x, max(self.epsilon**2, reg), "epsilon and reg")
 
         covariance_type = "full" if self.maps == "affine" else "diagonal"
-        centers = initial_centers(x, self.components, strategy)
-        resp = hard_responsibilities(x, centers)
-        logits, *params = gmm_m_step(x, resp, covariance_type, tied=False, reg=reg)
-
-        if strategy == "em":
-            fit = fit_gmm(
-                x,
-                logits,
-                *params,
-                covariance_type,
-                tied=False,
-                tol=tol,
-                max_iter=max_iter,
-                reg=reg,
-            )
-            logits, *params = fit.logits, fit.means, fit.covariances
-
+        logits, *params = fit_mixture(
+            x, self.components, strategy, covariance_type, False, tol, max_iter, reg
+        )
         params = self._layout(logits, *params)
 
         if not torch.isfinite(logits).all():

@@ -47,6 +47,29 @@ def hard_responsibilities(x: Tensor, centers: Tensor) -> Tensor:
     return nn.functional.one_hot(distances.argmin(dim=-1), len(centers)).to(x.dtype)
 
 
+def fit_mixture(
+    x: Tensor,
+    components: int,
+    strategy: str,
+    covariance_type: CovarianceType,
+    tied: bool,
+    tol: float,
+    max_iter: int,
+    reg: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Returns the log-weights, means and covariances of a Gaussian mixture fitted to
+    :math:`x`: the clusters of :func:`initial_centers` (hard assignments, one M-step),
+    then, for ``"em"``, expectation-maximization to convergence (:func:`~contmix.em.fit_gmm`)."""
+
+    resp = hard_responsibilities(x, initial_centers(x, components, strategy))
+    params = gmm_m_step(x, resp, covariance_type, tied, reg)
+
+    if strategy == "em":
+        params = fit_gmm(x, *params, covariance_type, tied, tol, max_iter, reg)[:3]
+
+    return params
+
+
 def gmm_shapes(
     components: int, features: int, covariance_type: CovarianceType, tied: bool
 ) -> list[Size]:
@@ -213,13 +236,9 @@ class GMM(LazyDistribution):
         check_samples(x, self.features, self.components + 1, reference)
         check_scale(x, max(self.epsilon**2, reg), "epsilon and reg")
 
-        centers = initial_centers(x, self.components, strategy)
-        resp = hard_responsibilities(x, centers)
-        params = gmm_m_step(x, resp, self.covariance_type, self.tied, reg)
-
-        if strategy == "em":
-            params = fit_gmm(x, *params, self.covariance_type, self.tied, tol, max_iter, reg)[:3]
-
+        params = fit_mixture(
+            x, self.components, strategy, self.covariance_type, self.tied, tol, max_iter, reg
+        )
         params = self._layout(*params)
 
         set_parameters(self, params)
