@@ -237,17 +237,19 @@ def curriculum_gmm(x, settings, k, curriculum, spaces):
     return gmm, lambda x: gmm().predict(x)
 
 
+def entropy(settings):
+    r"""The k-means reference's entropy term across trajectories, as a regularizer."""
+
+    weight = settings["kmeans_cpmm"]["entropy"]
+    return lambda model, d, xb: -weight * model.entropy(xb, d=d)
+
+
 def curriculum_cpmm(x, settings, k, curriculum, spaces):
     r"""A HierarchicalCPMM through the spaces, with the entropy term across trajectories
     of the k-means reference."""
 
     cpmm = HierarchicalCPMM(x.shape[-1], trajectories=k, **settings["cpmm"])
-    weight = settings["kmeans_cpmm"]["entropy"]
-
-    def entropy(model, d, xb):
-        return -weight * model.entropy(xb, d=d)
-
-    train_curriculum(cpmm, curriculum, spaces, settings, settings["cpmm_lr"], entropy)
+    train_curriculum(cpmm, curriculum, spaces, settings, settings["cpmm_lr"], entropy(settings))
     cpmm.eval()
     model = cpmm.extract()  # the same log_prob and predict, without the ODE
     return model, model.predict
@@ -259,12 +261,7 @@ def curriculum_image_cpmm(x, settings, k, curriculum, spaces):
     side = math.isqrt(x.shape[-1])
     options = settings["cpmm"] | {"hidden_features": settings["cnn_channels"]}
     cpmm = HierarchicalCPMM((1, side, side), trajectories=k, **options)
-    weight = settings["kmeans_cpmm"]["entropy"]
-
-    def entropy(model, d, xb):
-        return -weight * model.entropy(xb, d=d)
-
-    train_curriculum(cpmm, curriculum, spaces, settings, settings["cpmm_lr"], entropy)
+    train_curriculum(cpmm, curriculum, spaces, settings, settings["cpmm_lr"], entropy(settings))
     cpmm.eval()
     model = cpmm.extract()
     return model, model.predict

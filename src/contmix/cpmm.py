@@ -183,6 +183,15 @@ class Sine(nn.Module):
 ACTIVATIONS = {"sin": Sine, "tanh": nn.Tanh}
 
 
+def make_activation(name: str) -> nn.Module:
+    r"""Returns the activation ``"sin"`` or ``"tanh"`` of the dynamics."""
+
+    if name not in ACTIVATIONS:
+        raise ValueError(f"Unknown activation '{name}': choose one of {list(ACTIVATIONS)}.")
+
+    return ACTIVATIONS[name]()
+
+
 class Dynamics(nn.Module):
     r"""Creates the dynamics :math:`f(h, t, c)` of a CPMM: an MLP of the state, the
     pseudotime and the context.
@@ -218,13 +227,8 @@ class Dynamics(nn.Module):
     ) -> None:
         super().__init__()
 
-        if activation not in ACTIVATIONS:
-            raise ValueError(
-                f"Unknown activation '{activation}': choose one of {list(ACTIVATIONS)}."
-            )
-
         self.state, self.context, self.copies = state, context, copies
-        self.activation = ACTIVATIONS[activation]()
+        self.activation = make_activation(activation)
 
         sizes = (state + 1 + context, *hidden_features, state)
         self.weights = nn.ParameterList()
@@ -300,16 +304,12 @@ class ConvDynamics(nn.Module):
     ) -> None:
         super().__init__()
 
-        if activation not in ACTIVATIONS:
-            raise ValueError(
-                f"Unknown activation '{activation}': choose one of {list(ACTIVATIONS)}."
-            )
         if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd, got {kernel_size}.")
 
         self.shape, self.context, self.copies = tuple(shape), context, copies
         self.state = math.prod(self.shape)
-        self.activation = ACTIVATIONS[activation]()
+        self.activation = make_activation(activation)
 
         sizes = (self.shape[0] + 1 + context, *hidden_channels, self.shape[0])
         self.weights = nn.ParameterList()
