@@ -8,7 +8,9 @@ initialized by k-means on the data, then trained on the data for the same total 
 of epochs. Both use the same loop (:meth:`contmix.Curriculum.train`), optimizer,
 learning rate, batch size and input noise (0.01). Reported: test log-likelihood (mean,
 standard deviation and per-seed values) and, on the digits, clustering accuracy of the
-models with one component (or trajectory) per class.
+models with one component (or trajectory) per class and of k-means on every fifth space.
+With ``--em-finish``, the GMMs are also evaluated after EM to convergence from where
+their training ended (the basin each regime reached, apart from what Adam had left).
 
 Usage:
     python benchmarks/curriculum_quality.py --datasets circles spiral digits \
@@ -21,8 +23,10 @@ when available); the times are read after synchronizing it.
 
 import argparse
 import json
+import math
 import statistics
 
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -31,9 +35,12 @@ import zuko
 from machine import add_device_argument, clock, describe
 
 from contmix import CPMM, GMM, MFA, Curriculum, HierarchicalCPMM
+from contmix.cluster import kmeans
 from contmix.curriculum import Spaces
 from contmix.datasets import digits, spiral, two_circles
+from contmix.em import fit_gmm
 from contmix.metrics import clustering_accuracy
+from contmix.utils import set_parameters
 
 
 def load(name: str, device: torch.device):
@@ -111,34 +118,77 @@ def evaluate(name, model, x_test, y_test):
     return result
 
 
-def run(
-    dataset: str,
-    models: list[str],
-    seeds: list[int],
-    finetune: int,
-    batch_size: int,
-    teacher_epochs: int | None = None,
-    cache_dir: str | None = None,
-    device: torch.device | str = "cpu",
-    cosine: bool = False,
-    init: str = "random",
-    every: int = 1,
-):
-    device = torch.device(device)
-    scheduler = None
-    if cosine:  # a learning rate decaying over the whole schedule, in both regimes
+def em_finish(model: GMM, x: torch.Tensor) -> None:
+    r"""Runs EM on the data from the model's current parameters until the mean
+    log-likelihood changes by less than 1e-7: the local optimum (basin) the training
+    ended in, whatever its optimizer had left to do."""
 
-        def scheduler(optimizer, epochs):
-            return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
+    with torch.no_grad():
+        d = model()
+        start = (d.logits.log_softmax(-1), d.base.loc, d.base.covariance_matrix)
+        fit = fit_gmm(x.double(), *(p.double() for p in start), tol=1e-7, max_iter=5000)
+        set_parameters(model, model._layout(*(p.to(x.dtype) for p in fit[:3])))
+
+
+def space_kmeans(spaces: Spaces, y: torch.Tensor, seeds: list[int], every: int = 5) -> list[dict]:
+    r"""The clustering accuracy of k-means (as many clusters as classes) on every
+    ``every``-th space: how much of the class structure each space keeps."""
+
+    rows = []
+    k = int(y.max()) + 1
+
+    for i in range(0, len(spaces), every):
+        accuracy = []
+        for seed in seeds:
+            torch.manual_seed(seed)
+            _, labels = kmeans(spaces.u[i], k)
+            accuracy.append(clustering_accuracy(y, labels))
+        rows.append({"v": spaces.v[i].item(), "accuracy": accuracy})
+        print(rows[-1], flush=True)
+
+    return rows
+
+
+def schedule(args, finetune: int):
+    r"""The learning-rate schedule of both regimes, by epoch: constant; cosine decay over
+    the whole schedule (``--cosine``); or constant, then cosine decay over the last
+    ``finetune`` epochs (``--decay-finetune``)."""
+
+    if args.cosine:
+        return lambda optimizer, epochs: torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, epochs
+        )
+
+    if args.decay_finetune:
+
+        def factor(epochs: int, epoch: int) -> float:
+            t = max(epoch - (epochs - finetune), 0) / finetune
+            return 0.5 * (1 + math.cos(math.pi * t))
+
+        return lambda optimizer, epochs: torch.optim.lr_scheduler.LambdaLR(
+            optimizer, partial(factor, epochs)
+        )
+
+    return None
+
+
+def run(dataset: str, models: list[str], args: argparse.Namespace) -> dict:
+    r"""Trains the teacher of a data set (or loads its spaces) and every student."""
+
+    device = torch.device(args.device)
+    seeds, finetune, every = args.seeds, args.finetune, args.every
+    per_space = args.epochs_per_space or every
+    scheduler = schedule(args, finetune)
 
     x, x_test, y_test = load(dataset, device)
+    y = digits()[2].to(device) if dataset == "digits" else None
     features = x.shape[-1]
     settings = dict(TEACHERS[dataset])
 
-    if teacher_epochs is not None:
-        settings["epochs"] = teacher_epochs
+    if args.teacher_epochs is not None:
+        settings["epochs"] = args.teacher_epochs
 
-    cache = None if cache_dir is None else Path(cache_dir) / f"{dataset}_spaces.pt"
+    cache = None if args.cache is None else Path(args.cache) / f"{dataset}_spaces.pt"
 
     torch.manual_seed(0)
     cnf = zuko.flows.CNF(
@@ -173,12 +223,14 @@ def run(
             cache.parent.mkdir(parents=True, exist_ok=True)
             spaces.save(cache)
 
+    kept = None if y is None else space_kmeans(spaces, y, seeds)  # class structure
+
     if every > 1:  # every k-th space (the data included), k epochs on each
         keep = torch.arange(len(spaces) - 1, -1, -every).flip(0)
         spaces = Spaces(spaces.v[keep], spaces.u[keep], spaces.c, spaces.meta)
 
     data = Spaces(torch.zeros(1, device=device), x[None])
-    total = len(spaces) * every + finetune
+    total = len(spaces) * per_space + finetune
 
     print(dataset, "teacher:", teacher, flush=True)
 
@@ -188,6 +240,9 @@ def run(
         "epochs": total,
         "rows": [],
     }
+
+    if kept is not None:
+        results["space_kmeans"] = kept
 
     for name in models:
         make, lr = students(dataset, features)[name]
@@ -202,11 +257,11 @@ def run(
                     curriculum.train(
                         model,
                         spaces,
-                        epochs_per_space=every,
+                        epochs_per_space=per_space,
                         finetune_epochs=finetune,
                         lr=lr,
-                        batch_size=batch_size,
-                        strategy=init,
+                        batch_size=args.batch_size,
+                        strategy=args.start,
                         progress=False,
                         scheduler=scheduler,
                     )
@@ -217,7 +272,7 @@ def run(
                         epochs_per_space=total,
                         finetune_epochs=0,
                         lr=lr,
-                        batch_size=batch_size,
+                        batch_size=args.batch_size,
                         strategy="kmeans",
                         progress=False,
                         scheduler=scheduler,
@@ -226,6 +281,12 @@ def run(
                 row = {"model": name, "regime": regime, "seed": seed}
                 row.update(evaluate(name, model, x_test, y_test))
                 row["time"] = clock(device) - start
+
+                if args.em_finish and name == "gmm":
+                    em_finish(model, x)
+                    after = evaluate(name, model, x_test, y_test)
+                    row.update({f"{key}_em": value for key, value in after.items()})
+
                 results["rows"].append(row)
                 print(row, flush=True)
 
@@ -234,8 +295,9 @@ def run(
 
 def summary(results: list[dict]) -> str:
     lines = [
-        "| data | model | regime | test LL (mean ± std) | per seed | accuracy | time/run (s) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| data | model | regime | test LL (mean ± std) | per seed | accuracy | time/run (s) "
+        "| test LL after EM (per seed) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
 
     for result in results:
@@ -252,10 +314,21 @@ def summary(results: list[dict]) -> str:
                 acc = [row["accuracy"] for row in rows]
                 accuracy = f"{statistics.mean(acc):.3f} ± {statistics.pstdev(acc):.3f}"
             run_time = statistics.mean(row["time"] for row in rows)
+            finished = ""
+            if "test_ll_em" in rows[0]:
+                em = [row["test_ll_em"] for row in rows]
+                finished = f"{statistics.mean(em):.3f} ({', '.join(f'{v:.3f}' for v in em)})"
             lines.append(
                 f"| {result['dataset']} | {model} | {regime} | "
                 f"{statistics.mean(ll):.3f} ± {spread:.3f} | {seeds} | {accuracy} | "
-                f"{run_time:.0f} |"
+                f"{run_time:.0f} | {finished} |"
+            )
+
+        for row in result.get("space_kmeans", []):
+            accuracy = statistics.mean(row["accuracy"])
+            lines.append(
+                f"| {result['dataset']} | k-means on u_v, v = {row['v']:.1f} | | | | "
+                f"{accuracy:.3f} | | |"
             )
 
     return "\n".join(lines)
@@ -277,6 +350,22 @@ def main():
         "--start", default="random", help="the initialization on the Gaussian space"
     )
     parser.add_argument("--every", type=int, default=1, help="every k-th space, k epochs each")
+    parser.add_argument(
+        "--epochs-per-space",
+        type=int,
+        default=None,
+        help="epochs on each space (default: --every)",
+    )
+    parser.add_argument(
+        "--decay-finetune",
+        action="store_true",
+        help="cosine learning-rate decay over the last --finetune epochs only",
+    )
+    parser.add_argument(
+        "--em-finish",
+        action="store_true",
+        help="also report the GMMs after EM to convergence from where training ended",
+    )
     add_device_argument(parser)
     args = parser.parse_args()
 
@@ -288,21 +377,7 @@ def main():
         models = [
             m for m in args.models if m in students(dataset, 2 if dataset != "digits" else 64)
         ]
-        results.append(
-            run(
-                dataset,
-                models,
-                args.seeds,
-                args.finetune,
-                args.batch_size,
-                args.teacher_epochs,
-                args.cache,
-                args.device,
-                args.cosine,
-                args.start,
-                args.every,
-            )
-        )
+        results.append(run(dataset, models, args))
 
     if args.out is not None:
         with open(args.out, "w") as f:
