@@ -38,9 +38,7 @@ from contmix import CPMM, GMM, MFA, Curriculum, HierarchicalCPMM
 from contmix.cluster import kmeans
 from contmix.curriculum import Spaces
 from contmix.datasets import digits, spiral, two_circles
-from contmix.em import fit_gmm
 from contmix.metrics import clustering_accuracy
-from contmix.utils import set_parameters
 
 
 def load(name: str, device: torch.device):
@@ -116,18 +114,6 @@ def evaluate(name, model, x_test, y_test):
             result["accuracy"] = clustering_accuracy(y_test, dist.predict(x_test))
 
     return result
-
-
-def em_finish(model: GMM, x: torch.Tensor) -> None:
-    r"""Runs EM on the data from the model's current parameters until the mean
-    log-likelihood changes by less than 1e-7: the local optimum (basin) the training
-    ended in, whatever its optimizer had left to do."""
-
-    with torch.no_grad():
-        d = model()
-        start = (d.logits.log_softmax(-1), d.base.loc, d.base.covariance_matrix)
-        fit = fit_gmm(x.double(), *(p.double() for p in start), tol=1e-7, max_iter=5000)
-        set_parameters(model, model._layout(*(p.to(x.dtype) for p in fit[:3])))
 
 
 def space_kmeans(spaces: Spaces, y: torch.Tensor, seeds: list[int], every: int = 5) -> list[dict]:
@@ -283,7 +269,7 @@ def run(dataset: str, models: list[str], args: argparse.Namespace) -> dict:
                 row["time"] = clock(device) - start
 
                 if args.em_finish and name == "gmm":
-                    em_finish(model, x)
+                    model.em(x, tol=1e-7, max_iter=5000)  # the basin it ended in
                     after = evaluate(name, model, x_test, y_test)
                     row.update({f"{key}_em": value for key, value in after.items()})
 

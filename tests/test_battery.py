@@ -12,6 +12,7 @@ import pytest
 import torch
 import zuko
 
+from helpers import unchanged
 from torch import Tensor
 
 from contmix import CPMM, CWM, GMM, MFA, HierarchicalCPMM, HierarchicalMFA
@@ -78,17 +79,6 @@ def data(dtype: torch.dtype = torch.float32, n: int = 30) -> Tensor:
     x[:n] -= 3
     x[n:] += 3
     return x.to(dtype)
-
-
-def snapshot(model: torch.nn.Module) -> dict[str, Tensor]:
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def assert_unchanged(model: torch.nn.Module, before: dict[str, Tensor]) -> None:
-    after = model.state_dict()
-    assert after.keys() == before.keys()
-    for k, v in after.items():
-        assert torch.equal(v, before[k]), f"{k} changed"
 
 
 def assert_finite(model: torch.nn.Module) -> None:
@@ -191,39 +181,31 @@ def test_initialize_bad_samples(name, strategy, bad):
     model = make(name)
     transform, error, pattern = BAD_SAMPLES[bad]
     x = transform(data(), MODELS[name][1])
-    before = snapshot(model)
 
-    with pytest.raises(error, match=pattern):
+    with unchanged(model), pytest.raises(error, match=pattern):
         model.initialize(x, strategy=strategy, **init_kwargs(name))
-
-    assert_unchanged(model, before)
 
 
 @pytest.mark.parametrize("name", CONTEXTUAL)
 def test_initialize_bad_samples_conditional(name):
     model = make(name, context=2)
-    before = snapshot(model)
 
-    for bad in ("nan", "too-few", "float16", "tiny"):
-        transform, error, pattern = BAD_SAMPLES[bad]
-        with pytest.raises(error, match=pattern):
-            model.initialize(transform(data(), MODELS[name][1]), **init_kwargs(name))
+    with unchanged(model):
+        for bad in ("nan", "too-few", "float16", "tiny"):
+            transform, error, pattern = BAD_SAMPLES[bad]
+            with pytest.raises(error, match=pattern):
+                model.initialize(transform(data(), MODELS[name][1]), **init_kwargs(name))
 
-    with pytest.raises(ValueError, match=r"Unknown strategy 'spectral'"):
-        model.initialize(data(), strategy="spectral")
-
-    assert_unchanged(model, before)
+        with pytest.raises(ValueError, match=r"Unknown strategy 'spectral'"):
+            model.initialize(data(), strategy="spectral")
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_initialize_unknown_strategy(name):
     model = make(name)
-    before = snapshot(model)
 
-    with pytest.raises(ValueError, match=r"Unknown strategy 'spectral': choose one of"):
+    with unchanged(model), pytest.raises(ValueError, match=r"Unknown strategy 'spectral': c"):
         model.initialize(data(), strategy="spectral")
-
-    assert_unchanged(model, before)
 
 
 @pytest.mark.parametrize("name", ["gmm-full", "mfa", "cwm-affine", "hmfa", "cpmm"])
@@ -235,10 +217,8 @@ def test_initialize_dtype_mismatch(name):
     x = data(torch.float64)
 
     if "cpmm" in name:
-        before = snapshot(model)
-        with pytest.raises(TypeError, match=r"x is torch.float64 but the model is torch.float32"):
+        with unchanged(model), pytest.raises(TypeError, match=r"x is torch.float64 but the"):
             model.initialize(x, **init_kwargs(name))
-        assert_unchanged(model, before)
         return
 
     torch.manual_seed(2)
@@ -265,12 +245,9 @@ def test_initialize_dtype_mismatch(name):
 def test_initialize_bad_labels(name, labels, error, pattern):
     model = make(name)
     x = data()
-    before = snapshot(model)
 
-    with pytest.raises(error, match=pattern):
+    with unchanged(model), pytest.raises(error, match=pattern):
         model.initialize(x, y=labels(len(x)), **init_kwargs(name))
-
-    assert_unchanged(model, before)
 
 
 # initialize: degenerate data gives a correct result
@@ -393,10 +370,8 @@ def test_initialize_extreme_scales(name, strategy, scale):
             # the dynamics move the states by O(1e-2) in absolute units: at this scale a
             # CPMM is not equivariant, only the error of the default floor is checked
             model = make(name, torch.float64)
-            before = snapshot(model)
-            with pytest.raises(ValueError, match=r"below .* or lower log_diag_min"):
+            with unchanged(model), pytest.raises(ValueError, match=r"below .* or lower log_diag"):
                 model.initialize(scale * x, strategy=strategy, **init_kwargs(name))
-            assert_unchanged(model, before)
             return
         kwargs = unit_kwargs = {"steps": 0}  # Adam's steps are not scale-equivariant
 
@@ -412,10 +387,8 @@ def test_initialize_extreme_scales(name, strategy, scale):
 
     if scale < 1:
         model = make(name, torch.float64)
-        before = snapshot(model)
-        with pytest.raises(ValueError, match=r"below .* the smallest variance the model can"):
+        with unchanged(model), pytest.raises(ValueError, match=r"below .* the smallest variance"):
             model.initialize(scale * x, strategy=strategy, **init_kwargs(name))
-        assert_unchanged(model, before)
 
 
 # forward, log_prob, sample, posterior, marginal, condition
@@ -558,37 +531,38 @@ def test_marginal_and_condition(name, context):
     assert torch.isfinite(d.marginal([1]).log_prob(x[:, 1:])).all()
 
 
+BAD_CONTEXTS = [  # for a model with context=2: (context, error, message)
+    (None, ValueError, r"needs a context c with shape \(\*, 2\)"),
+    (torch.randn(3, 3), ValueError, r"context c must have shape \(\*, 2\), got \(3, 3\)"),
+    (torch.tensor(1.0), ValueError, r"context c must have shape \(\*, 2\), got \(\)"),
+    (torch.ones(3, 2, dtype=torch.long), TypeError, r"floating point tensor, got torch.int64"),
+    (torch.ones(3, 2).half(), TypeError, r"c is torch.float16 but the model is torch.float32"),
+    (torch.ones(3, 2).double(), TypeError, r"c is torch.float64 but the model is"),
+    (torch.ones(3, 2, device="meta"), ValueError, r"c is on meta but the model is on cpu"),
+    ([[1.0, 2.0]], TypeError, r"context c must be a torch.Tensor, got list"),
+]
+
+
 @pytest.mark.parametrize("name, context", ALL)
 def test_context(name, context):
     model = fitted(name, context=context)
-    before = snapshot(model)
 
-    if not context:
-        with pytest.raises(ValueError, match=r"has no context \(context=0\) but a context c"):
-            model(torch.randn(3, 2))
-        return
+    with unchanged(model):
+        if not context:
+            with pytest.raises(ValueError, match=r"has no context \(context=0\) but a context c"):
+                model(torch.randn(3, 2))
+            return
 
-    for c, error, pattern in [
-        (None, ValueError, r"needs a context c with shape \(\*, 2\)"),
-        (torch.randn(3, 3), ValueError, r"context c must have shape \(\*, 2\), got \(3, 3\)"),
-        (torch.tensor(1.0), ValueError, r"context c must have shape \(\*, 2\), got \(\)"),
-        (torch.ones(3, 2, dtype=torch.long), TypeError, r"floating point tensor, got torch.int64"),
-        (torch.ones(3, 2).half(), TypeError, r"c is torch.float16 but the model is torch.float32"),
-        (torch.ones(3, 2).double(), TypeError, r"c is torch.float64 but the model is"),
-        (torch.ones(3, 2, device="meta"), ValueError, r"c is on meta but the model is on cpu"),
-        ([[1.0, 2.0]], TypeError, r"context c must be a torch.Tensor, got list"),
-    ]:
-        with pytest.raises(error, match=pattern):
-            model(c)
+        for c, error, pattern in BAD_CONTEXTS:
+            with pytest.raises(error, match=pattern):
+                model(c)
 
-    # NaN or Inf in a context would spread to the whole batch: a clear error
-    for value in (float("nan"), float("inf")):
-        c = torch.randn(4, 2)
-        c[1, 0] = value
-        with pytest.raises(ValueError, match=r"context c contains NaN or Inf"):
-            model(c)
-
-    assert_unchanged(model, before)
+        # NaN or Inf in a context would spread to the whole batch: a clear error
+        for value in (float("nan"), float("inf")):
+            c = torch.randn(4, 2)
+            c[1, 0] = value
+            with pytest.raises(ValueError, match=r"context c contains NaN or Inf"):
+                model(c)
 
 
 @pytest.mark.parametrize("name", ["cpmm", "hcpmm"])
@@ -624,11 +598,9 @@ def test_extract(name, context):
 @pytest.mark.parametrize("name", ["gmm-full", "mfa", "cwm-affine", "hmfa", "cpmm"])
 def test_cuda_device_mismatch(name):
     model = make(name).cuda()
-    before = snapshot(model)
 
-    with pytest.raises(ValueError, match=r"x is on cpu but the model is on cuda"):
+    with unchanged(model), pytest.raises(ValueError, match=r"x is on cpu but the model is on"):
         model.initialize(data(), **init_kwargs(name))
-    assert_unchanged(model, before)
 
     with pytest.raises(ValueError, match=r"x is on cpu but the distribution is on cuda"):
         model().log_prob(data())
@@ -656,7 +628,6 @@ def test_curriculum_bad_samples(entry, bad):
     model = make("gmm-full")
     transform, error, pattern = CURRICULUM_BAD[bad]
     x = transform(data(), 0)
-    cnf_before, model_before = snapshot(cur.cnf), snapshot(model)
 
     call = {
         "spaces": lambda: cur.spaces(x, steps=3),
@@ -665,11 +636,8 @@ def test_curriculum_bad_samples(entry, bad):
         "transform": lambda: cur.transform(x, 0.5),
     }[entry]
 
-    with pytest.raises(error, match=pattern):
+    with unchanged(cur.cnf, model), pytest.raises(error, match=pattern):
         call()
-
-    assert_unchanged(cur.cnf, cnf_before)
-    assert_unchanged(model, model_before)
 
 
 @pytest.mark.parametrize("entry", ["spaces", "fit_teacher", "train"])
@@ -684,13 +652,10 @@ def test_curriculum_context(entry):
     }
 
     cur = curriculum()
-    before = snapshot(cur.cnf)
-    with pytest.raises(ValueError, match=r"has no context \(context=0\) but a context c"):
+    with unchanged(cur.cnf), pytest.raises(ValueError, match=r"has no context \(context=0\)"):
         calls[entry](cur, torch.randn(len(x), 2))
-    assert_unchanged(cur.cnf, before)
 
     cur = curriculum(context=2)
-    before = snapshot(cur.cnf)
     for c, error, pattern in [
         (None, ValueError, r"needs a context c with shape \(\*, 2\)"),
         (torch.randn(len(x), 3), ValueError, r"context c must have shape \(\*, 2\)"),
@@ -698,35 +663,32 @@ def test_curriculum_context(entry):
         (torch.ones(len(x), 2, dtype=torch.long), TypeError, r"floating point tensor"),
         (torch.full((len(x), 2), float("nan")), ValueError, r"c contains NaN or Inf"),
     ]:
-        with pytest.raises(error, match=pattern):
+        with unchanged(cur.cnf), pytest.raises(error, match=pattern):
             calls[entry](cur, c)
-    assert_unchanged(cur.cnf, before)
 
 
 def test_curriculum_arguments():
     cur = curriculum()
     x = data()
     model = make("gmm-full")
-    before = snapshot(model)
 
-    with pytest.raises(TypeError, match=r"cnf must be a zuko.flows.CNF"):
-        Curriculum(make("gmm-full"))
-    with pytest.raises(ValueError, match=r"steps must be at least 2"):
-        cur.spaces(x, steps=1)
-    with pytest.raises(ValueError, match=r"augment must be non-negative"):
-        cur.spaces(x, steps=3, augment=-0.1)
-    with pytest.raises(ValueError, match=r"v must be in \[0, 1\], got 1.5"):
-        cur.transform(x, 1.5)
-    with pytest.raises(TypeError, match=r"model must be a zuko LazyDistribution"):
-        cur.train(torch.nn.Linear(2, 2), x, steps=3, progress=False)
-    with pytest.raises(ValueError, match=r"epochs_per_space must be at least 1"):
-        cur.train(model, x, steps=3, epochs_per_space=0, progress=False)
-    with pytest.raises(ValueError, match=r"Pass the contexts with the spaces"):
-        cur.train(model, Spaces(torch.linspace(1, 0, 3), x.expand(3, -1, -1)), c=x)
-    with pytest.raises(ValueError, match=r"v must decrease, from the Gaussian"):
-        Spaces(torch.linspace(0, 1, 3), x.expand(3, -1, -1))
-    # a model with more components than samples fails in its initialize, unchanged
-    with pytest.raises(ValueError, match=r"x has 3 samples but at least 4 are needed"):
-        cur.train(model, x[:3], steps=3, finetune_epochs=0, progress=False)
-
-    assert_unchanged(model, before)
+    with unchanged(model):
+        with pytest.raises(TypeError, match=r"cnf must be a zuko.flows.CNF"):
+            Curriculum(make("gmm-full"))
+        with pytest.raises(ValueError, match=r"steps must be at least 2"):
+            cur.spaces(x, steps=1)
+        with pytest.raises(ValueError, match=r"augment must be non-negative"):
+            cur.spaces(x, steps=3, augment=-0.1)
+        with pytest.raises(ValueError, match=r"v must be in \[0, 1\], got 1.5"):
+            cur.transform(x, 1.5)
+        with pytest.raises(TypeError, match=r"model must be a zuko LazyDistribution"):
+            cur.train(torch.nn.Linear(2, 2), x, steps=3, progress=False)
+        with pytest.raises(ValueError, match=r"epochs_per_space must be at least 1"):
+            cur.train(model, x, steps=3, epochs_per_space=0, progress=False)
+        with pytest.raises(ValueError, match=r"Pass the contexts with the spaces"):
+            cur.train(model, Spaces(torch.linspace(1, 0, 3), x.expand(3, -1, -1)), c=x)
+        with pytest.raises(ValueError, match=r"v must decrease, from the Gaussian"):
+            Spaces(torch.linspace(0, 1, 3), x.expand(3, -1, -1))
+        # a model with more components than samples fails in its initialize, unchanged
+        with pytest.raises(ValueError, match=r"x has 3 samples but at least 4 are needed"):
+            cur.train(model, x[:3], steps=3, finetune_epochs=0, progress=False)

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from helpers import unchanged
 from torch.distributions import LowRankMultivariateNormal
 
 from contmix import CPMM, MFA, HierarchicalCPMM, HierarchicalMFA, SolverError
@@ -408,44 +409,33 @@ def test_initialize_random():
 def test_initialize_bad_input_changes_nothing(bad, error):
     torch.manual_seed(0)
     model = small(HierarchicalCPMM, trajectories=3)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
 
-    with pytest.raises((ValueError, TypeError), match=error):
+    with unchanged(model), pytest.raises((ValueError, TypeError), match=error):
         model.initialize(bad)
-
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, before[k]), k
 
 
 def test_initialize_bad_labels_and_strategy():
     model = small(HierarchicalCPMM, trajectories=3)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randn(30, 2)
 
-    with pytest.raises(ValueError, match="Unknown strategy"):
-        model.initialize(x, strategy="foo")
-    with pytest.raises(ValueError, match=r"\[0, 3\)"):
-        model.initialize(x, y=torch.arange(30) % 4)
-    with pytest.raises(ValueError, match="no samples"):
-        model.initialize(x, y=torch.arange(30) % 2)
-    with pytest.raises(TypeError, match="integer"):
-        model.initialize(x, y=torch.zeros(30))
-
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, before[k]), k
+    with unchanged(model):
+        with pytest.raises(ValueError, match="Unknown strategy"):
+            model.initialize(x, strategy="foo")
+        with pytest.raises(ValueError, match=r"\[0, 3\)"):
+            model.initialize(x, y=torch.arange(30) % 4)
+        with pytest.raises(ValueError, match="no samples"):
+            model.initialize(x, y=torch.arange(30) % 2)
+        with pytest.raises(TypeError, match="integer"):
+            model.initialize(x, y=torch.zeros(30))
 
 
 def test_initialize_solver_failure_restores():
     torch.manual_seed(0)
     x = torch.randn(40, 2)
     model = small(max_steps=2, rtol=1e-10, atol=1e-10)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
 
-    with pytest.raises(SolverError):
+    with unchanged(model), pytest.raises(SolverError):
         model.initialize(x, steps=50, lr=10.0)
-
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, before[k]), k
 
 
 # hierarchical

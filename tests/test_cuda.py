@@ -147,6 +147,21 @@ def test_initialize_on_device_float32(name):
         assert log_p.mean().item() > single.log_prob(x).mean().item() + 0.5
 
 
+@pytest.mark.parametrize("name", ["gmm-full", "gmm-diagonal-tied"])
+def test_gmm_em_on_device(name):
+    torch.manual_seed(0)
+    model = MODELS[name]().double()
+    x, _ = blobs()
+    model.initialize(x, strategy="random")
+    gpu = copy.deepcopy(model).to(DEVICE)
+
+    history = model.em(x, tol=0.0, max_iter=5)
+    on_device = gpu.em(x.to(DEVICE), tol=0.0, max_iter=5)
+
+    assert_close(on_device, history)
+    assert_close(gpu().log_prob(on(x)), model().log_prob(x))
+
+
 def test_curriculum_on_device():
     x, _ = blobs(128)
     torch.manual_seed(0)

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 import zuko
 
+from helpers import changed, snapshot, unchanged
 from torch import Tensor
 
 from contmix import CWM, GMM
@@ -425,26 +426,21 @@ def test_distribution_direct():
 def test_initialize_bad_input(x, strategy, error, message):
     torch.manual_seed(0)
     cwm = CWM(2, components=4)
-    before = {k: v.clone() for k, v in cwm.state_dict().items()}
 
-    with pytest.raises(error, match=message):
+    with unchanged(cwm), pytest.raises(error, match=message):
         cwm.initialize(x, strategy=strategy)
-
-    after = cwm.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_initialize_degenerate_leaves_parameters():
     cwm = CWM(2, components=2)
-    before = {k: v.clone() for k, v in cwm.state_dict().items()}
+    before = snapshot(cwm)
     x = torch.full((20, 2), 1e38)
     x[0] = -1e38
 
     try:
         cwm.initialize(x)
     except ValueError:
-        after = cwm.state_dict()
-        assert all(torch.equal(before[k], after[k]) for k in before)
+        assert not changed(cwm, before)
     else:
         assert all(torch.isfinite(p).all() for p in cwm.parameters())
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 import zuko
 
+from helpers import unchanged
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture as SKGaussianMixture
 from torch import Tensor
@@ -88,17 +89,6 @@ def load_natural(gmm: GMM, weights, means, covariances) -> None:
 
     for p, value in zip(gmm.phi, [weights.log(), means, *scale], strict=True):
         p.copy_(value)
-
-
-def snapshot(gmm: GMM) -> dict[str, Tensor]:
-    return {k: v.clone() for k, v in gmm.state_dict().items()}
-
-
-def assert_unchanged(gmm: GMM, before: dict[str, Tensor]) -> None:
-    after = gmm.state_dict()
-    assert after.keys() == before.keys()
-    for k, v in before.items():
-        assert torch.equal(after[k], v), f"parameter {k} changed"
 
 
 def gaussians(centers: list, n: int, scale: float, seed: int) -> Tensor:
@@ -222,11 +212,9 @@ def test_float32(cov, context):
 def test_cuda(strategy):
     x = data()
     gmm = make_gmm(cov="full").cuda()
-    before = snapshot(gmm)
 
-    with pytest.raises(ValueError, match="x is on cpu"):
+    with unchanged(gmm), pytest.raises(ValueError, match="x is on cpu"):
         gmm.initialize(x, strategy=strategy)
-    assert_unchanged(gmm, before)
 
     torch.manual_seed(0)
     gmm.initialize(x.cuda(), strategy=strategy)
@@ -440,6 +428,80 @@ def test_initialize_em_vs_sklearn(cov, tied):
     assert np.allclose(gmm().base.mean.detach().numpy(), sk.means_, atol=1e-3)
 
 
+@pytest.mark.parametrize("cov,tied", list(SKLEARN), ids=list(SKLEARN.values()))
+def test_em_from_current_parameters_vs_sklearn(cov, tied):
+    r"""``em()`` continues from the model's parameters, whatever they are (here a
+    random start moved by gradient steps): the same iterates as scikit-learn's EM
+    from the same start; and ``initialize("em")`` is ``initialize("kmeans++")`` then
+    ``em()``."""
+
+    x = data(seed=2)
+    gmm = make_gmm(cov=cov, tied=tied)
+    gmm.initialize(x, strategy="random")
+    optimizer = torch.optim.Adam(gmm.parameters(), lr=0.1)
+    for _ in range(5):
+        optimizer.zero_grad()
+        (-gmm().log_prob(x).mean()).backward()
+        optimizer.step()
+
+    with torch.no_grad():  # the start in scikit-learn's layout, from the distribution
+        d = gmm()
+        if cov == "full":
+            covariances = d.base.covariance_matrix.numpy()
+        else:
+            covariances = d.base.variance.numpy()
+        if cov == "spherical":
+            covariances = covariances[:, 0]
+        if tied:
+            covariances = covariances[0]
+        init = (d.logits.softmax(-1).numpy(), d.base.mean.numpy(), None, 1 / covariances)
+        if cov == "full":
+            init = (*init[:3], np.linalg.inv(covariances))
+
+    for iterations in (1, 4):
+        sk = sklearn_fit(x, init, SKLEARN[cov, tied], max_iter=iterations, tol=0.0)
+        model = copy.deepcopy(gmm)
+        history = model.em(x, tol=0.0, max_iter=iterations)
+
+        assert len(history) == iterations
+        assert abs(history[-1].item() - sk.lower_bound_) < 1e-8
+        assert abs(model().log_prob(x).mean().item() - sk.score(x.numpy())) < 1e-8
+        assert np.allclose(model().base.mean.detach().numpy(), sk.means_, atol=1e-8)
+
+    gmm, reference = make_gmm(cov=cov, tied=tied), make_gmm(cov=cov, tied=tied)
+    torch.manual_seed(4)
+    gmm.initialize(x, strategy="kmeans++")
+    torch.manual_seed(4)
+    reference.initialize(x, strategy="em")
+    history = gmm.em(x)
+
+    assert (history.diff() > -1e-12).all()  # EM never lowers the likelihood
+    assert torch.allclose(gmm().log_prob(x), reference().log_prob(x), atol=1e-8)
+
+
+def test_em_bad_input():
+    x = data()
+    gmm = make_gmm()
+    gmm.initialize(x, strategy="kmeans")
+    nan = x.clone()
+    nan[3, 1] = float("nan")
+
+    with unchanged(gmm):
+        for bad, error, match in [
+            (nan, ValueError, "NaN"),
+            (x[:, :2], ValueError, r"shape \(N, 4\)"),
+            (x[:3], ValueError, "at least 4"),
+            (x.long(), TypeError, "float"),
+            (1e-9 * x, ValueError, "below"),
+        ]:
+            with pytest.raises(error, match=match):
+                gmm.em(bad)
+
+    conditional = make_gmm(context=2)
+    with unchanged(conditional), pytest.raises(ValueError, match="unconditional GMM"):
+        conditional.em(x)
+
+
 # real data
 
 
@@ -505,23 +567,17 @@ BAD_INITIALIZE = [
 def test_bad_initialize(case, context):
     _, transform, error, match = case
     gmm = make_gmm(context=context)
-    before = snapshot(gmm)
 
-    with pytest.raises(error, match=match):
+    with unchanged(gmm), pytest.raises(error, match=match):
         gmm.initialize(transform(data()), strategy="kmeans++")
-
-    assert_unchanged(gmm, before)
 
 
 @pytest.mark.parametrize("context", [0, 2])
 def test_bad_strategy(context):
     gmm = make_gmm(context=context)
-    before = snapshot(gmm)
 
-    with pytest.raises(ValueError, match="Unknown strategy 'kmedoids'"):
+    with unchanged(gmm), pytest.raises(ValueError, match="Unknown strategy 'kmedoids'"):
         gmm.initialize(data(), strategy="kmedoids")
-
-    assert_unchanged(gmm, before)
 
 
 def test_bad_covariance_type():
@@ -531,24 +587,21 @@ def test_bad_covariance_type():
 
 def test_bad_context():
     unconditional, conditional = make_gmm(), make_gmm(context=2)
-    before = snapshot(unconditional), snapshot(conditional)
     x = data()[:10]
 
-    with pytest.raises(ValueError, match="no context"):
-        unconditional(torch.randn(10, 2, dtype=torch.float64))
-    with pytest.raises(ValueError, match="no context"):
-        unconditional.bic(x, torch.randn(10, 2, dtype=torch.float64))
-    with pytest.raises(ValueError, match="needs a context"):
-        conditional()
-    with pytest.raises(ValueError, match="needs a context"):
-        conditional.aic(x)
-    with pytest.raises(ValueError, match=r"shape \(\*, 2\)"):
-        conditional(torch.randn(10, 3, dtype=torch.float64))
-    with pytest.raises(ValueError, match=r"shape \(N, 4\)"):
-        unconditional.bic(x[:, :2])
-
-    assert_unchanged(unconditional, before[0])
-    assert_unchanged(conditional, before[1])
+    with unchanged(unconditional, conditional):
+        with pytest.raises(ValueError, match="no context"):
+            unconditional(torch.randn(10, 2, dtype=torch.float64))
+        with pytest.raises(ValueError, match="no context"):
+            unconditional.bic(x, torch.randn(10, 2, dtype=torch.float64))
+        with pytest.raises(ValueError, match="needs a context"):
+            conditional()
+        with pytest.raises(ValueError, match="needs a context"):
+            conditional.aic(x)
+        with pytest.raises(ValueError, match=r"shape \(\*, 2\)"):
+            conditional(torch.randn(10, 3, dtype=torch.float64))
+        with pytest.raises(ValueError, match=r"shape \(N, 4\)"):
+            unconditional.bic(x[:, :2])
 
 
 # information criteria

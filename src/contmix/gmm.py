@@ -243,6 +243,81 @@ class GMM(LazyDistribution):
 
         set_parameters(self, params)
 
+    def em(self, x: Tensor, tol: float = 1e-3, max_iter: int = 100, reg: float = 1e-6) -> Tensor:
+        r"""Runs expectation-maximization on :math:`x` from the current parameters (as
+        scikit-learn's ``warm_start``), until the mean log-likelihood changes by less
+        than ``tol`` or for ``max_iter`` iterations: e.g. to finish a model trained by
+        gradient descent, or through a :class:`~contmix.Curriculum`, at the local
+        optimum it is in. :py:`initialize(x, "em")` is :py:`initialize(x, "kmeans++")`
+        followed by this.
+
+        Each iteration computes the responsibilities
+        :math:`r_{nk} \propto \pi_k \mathcal{N}(x_n \mid \mu_k, \Sigma_k)` and sets
+
+        .. math:: \pi_k = \frac{N_k}{N}, \quad \mu_k = \frac{1}{N_k} \sum_n r_{nk} x_n,
+            \quad \Sigma_k = \frac{1}{N_k} \sum_n r_{nk} (x_n - \mu_k)(x_n - \mu_k)^T
+            + \lambda I
+
+        with :math:`N_k = \sum_n r_{nk}` (see :func:`~contmix.em.fit_gmm`). EM never lowers
+        the likelihood. Only an unconditional model: a conditional model's parameters
+        are the outputs of its hypernetwork. Nothing changes if an error is raised.
+
+        References:
+            | Maximum Likelihood from Incomplete Data via the EM Algorithm (Dempster et al., 1977)
+            | https://doi.org/10.1111/j.2517-6161.1977.tb01600.x
+
+        Arguments:
+            x: The samples, with shape :math:`(N, D)` and :math:`N > K`.
+            tol: The tolerance on the mean log-likelihood.
+            max_iter: The maximum number of iterations.
+            reg: The variance :math:`\lambda` added to the diagonal of the covariances.
+
+        Returns:
+            The mean log-likelihood of :math:`x` at each E-step, with shape :math:`(I,)`.
+
+        Example:
+            >>> x = torch.cat((torch.randn(100, 2) - 3, torch.randn(100, 2) + 3))
+            >>> gmm = GMM(features=2, components=2)
+            >>> gmm.initialize(x, strategy="random")
+            >>> history = gmm.em(x)
+            >>> bool((history.diff() >= -1e-5).all())  # never lower
+            True
+        """
+
+        if self.context > 0:
+            raise ValueError(
+                f"em() fits an unconditional GMM, but this one has context={self.context}: "
+                "its parameters come from a hypernetwork; train it by gradient descent."
+            )
+
+        reference = next(self.parameters())
+        check_samples(x, self.features, self.components + 1, reference)
+        check_scale(x, max(self.epsilon**2, reg), "epsilon and reg")
+
+        start = self._moments()
+        fit = fit_gmm(x, *start, self.covariance_type, self.tied, tol, max_iter, reg)
+        set_parameters(self, self._layout(*(p.to(reference) for p in fit[:3])))
+
+        return fit.history
+
+    @torch.no_grad()
+    def _moments(self) -> tuple[Tensor, Tensor, Tensor]:
+        r"""The log-weights, means and covariances of an unconditional model, in the
+        layout of :func:`~contmix.em.fit_gmm` (the inverse of :meth:`_layout`)."""
+
+        logits, loc, *scale = self.phi
+        diag = scale[0].exp() + self.epsilon
+
+        if self.covariance_type == "full":
+            tril = torch.diag_embed(diag)
+            rows, cols = torch.tril_indices(self.features, self.features, offset=-1)
+            tril[..., rows, cols] = scale[1]
+            covariances = tril @ tril.mT
+        else:
+            covariances = diag.square()
+
+        return logits.log_softmax(dim=-1), loc, covariances
+
     def _criterion(self, x: Tensor, c: Tensor | None) -> tuple[Tensor, int]:
         check_samples(x, self.features)
         free = sum(p.numel() for p in self.parameters()) - (self.context == 0)
