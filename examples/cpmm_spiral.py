@@ -44,6 +44,7 @@ def main(args):
     start = model().log_prob(x).mean().item()
 
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.steps)
     model.train()
 
     for step in range(args.steps):
@@ -52,6 +53,8 @@ def main(args):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if args.cosine:
+            decay.step()
 
         if step % 500 == 0:
             print(f"step {step}: loss {loss.item():.3f}", flush=True)
@@ -101,6 +104,7 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cosine", action="store_true", help="cosine decay of the learning rate")
     parser.add_argument("--dpi", type=int, default=80)
     parser.add_argument("--out", type=str, default="cpmm_spiral.png")
     main(parser.parse_args())
