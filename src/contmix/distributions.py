@@ -26,7 +26,7 @@ __all__ = [
 
 import math
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 import zuko.distributions
@@ -40,6 +40,7 @@ from torch.distributions import (
     MultivariateNormal,
 )
 
+from .ops import diag_mahalanobis, logsumexp, project, tied_mahalanobis
 from .utils import cholesky
 
 Dims = Sequence[int] | Tensor
@@ -112,78 +113,60 @@ def _check_event(x: Tensor, features: int, name: str = "x", like: Tensor | None 
         )
 
 
+def _check_batch(x: Tensor, batch_shape: Size, name: str = "x") -> None:
+    r"""Raises a :class:`ValueError` unless the batch shape of :math:`x` broadcasts with
+    the batch shape of a mixture (for a conditional model, the shape of its context
+    :math:`c` but the last dimension)."""
+
+    try:
+        torch.broadcast_shapes(x.shape[:-1], batch_shape)
+    except RuntimeError:
+        dims = ", ".join(map(str, batch_shape))
+        raise ValueError(
+            f"{name} has shape {tuple(x.shape)}, whose batch shape {tuple(x.shape[:-1])} does "
+            f"not broadcast with the distribution's {tuple(batch_shape)}, that of the context "
+            f"c it was built from (c with shape ({dims}, C)): give one row of {name} per "
+            f"context, with shape ({dims}, {x.shape[-1]}), or build it with another c."
+        ) from None
+
+
 def _shared(x: Tensor, batch_shape: Size) -> bool:
     r"""Whether :math:`x` is shared by all components (a 1 in the component dimension)."""
 
     return len(batch_shape) > 0 and x.dim() >= 2 and x.shape[-2] == 1
 
 
-def _center(loc: Tensor) -> Tensor:
-    r"""A reference point subtracted from inputs and means to avoid cancellation: the
-    mean of the finite means, so that a NaN mean (a NaN observed value of
-    :meth:`GaussianMixture.condition`) stays in its row."""
+def _rows(x: Tensor, batch_shape: Size) -> Tensor | None:
+    r"""For an input :math:`x` with shape :math:`(*, 1, D)` shared by all components,
+    returns it as rows with shape :math:`(S, D)` when it does not vary along the batch
+    dimensions of the mixture (samples against one mixture, or against a batch of
+    mixtures as in a mixture of mixtures), so that all components of all mixtures are
+    one flat batch; returns none when each sample has mixtures of its own (a
+    conditional model), whose differences are then formed directly."""
 
-    loc = loc.detach().reshape(-1, loc.shape[-1])
+    lead, inner = x.shape[:-2], batch_shape[:-1]
+    if any(s != 1 for s in lead[max(len(lead) - len(inner), 0) :]):
+        return None
 
-    return torch.where(torch.isfinite(loc), loc, 0).mean(dim=0)
-
-
-def _shared_matmul(x: Tensor, w: Tensor) -> Tensor:
-    r"""Returns :math:`x W`, with shape :math:`(*, P)`, for inputs :math:`x` with shape
-    :math:`(*, 1, D)` and matrices :math:`W` with shape :math:`(*, D, P)`.
-
-    When :math:`x` does not vary along the batch dimensions of :math:`W` (samples
-    against a batch of mixtures, as in a mixture of mixtures), its leading dimensions
-    become the rows of one matrix product per matrix instead of one tiny product per
-    sample and matrix.
-    """
-
-    batch = w.shape[:-2]
-    lead = x.shape[:-2]
-    inner = lead[max(len(lead) - len(batch), 0) :]
-
-    if len(batch) == 0 or any(s != 1 for s in inner):
-        return (x @ w).squeeze(-2)
-
-    samples = lead[: len(lead) - len(inner)]
-    y = x.reshape(-1, x.shape[-1]) @ w
-
-    return y.movedim(-2, 0).reshape(*samples, *batch, w.shape[-1])
+    return x.reshape(-1, x.shape[-1])
 
 
-def _diag_mahalanobis(x: Tensor, loc: Tensor, precision: Tensor) -> Tensor:
-    r"""Returns :math:`\sum_i (x_i - \mu_{ki})^2 \lambda_{ki}` for every component :math:`k`.
+def _unflat(values: Tensor, x: Tensor, batch_shape: Size) -> Tensor:
+    r"""Reshapes values with shape :math:`(S, \prod B, *)` computed on :func:`_rows` to
+    the broadcast shape of :math:`x` and the mixture's batch :math:`B`."""
 
-    Arguments:
-        x: Centered inputs, with shape :math:`(*, 1, D)`.
-        loc: Centered means, with shape :math:`(*, K, D)`.
-        precision: Diagonal precisions :math:`\lambda`, with shape :math:`(*, K, D)`.
-    """
+    lead, inner = x.shape[:-2], batch_shape[:-1]
+    samples = lead[: max(len(lead) - len(inner), 0)]
 
-    quadratic = _shared_matmul(x * x, precision.mT) - 2 * _shared_matmul(x, (loc * precision).mT)
-
-    return quadratic + (loc * loc * precision).sum(dim=-1)
+    return values.reshape(*samples, *batch_shape, *values.shape[2:])
 
 
-def _project(x: Tensor, loc: Tensor, weight: Tensor) -> Tensor:
-    r"""Returns :math:`(x - \mu_k)^T W_k` for every component :math:`k` with one matrix
-    product of :math:`x` against all :math:`W_k` side by side.
+def _flatten(p: Tensor, batch_shape: Size, event_dims: int) -> Tensor:
+    r"""The parameter ``p``, expanded to the batch shape, as one flat batch."""
 
-    Arguments:
-        x: Centered inputs, with shape :math:`(*, 1, D)`.
-        loc: Centered means, with shape :math:`(*, K, D)`.
-        weight: Projections :math:`W_k`, with shape :math:`(*, K, D, R)`.
-
-    Returns:
-        The projections, with shape :math:`(*, K, R)`.
-    """
-
-    K, R = loc.shape[-2], weight.shape[-1]
-    weight = weight.expand(*loc.shape[:-1], *weight.shape[-2:])
-
-    y = _shared_matmul(x, weight.movedim(-3, -2).flatten(-2)).unflatten(-1, (K, R))
-
-    return y - (loc.unsqueeze(-2) @ weight).squeeze(-2)
+    return p.expand(*batch_shape, *p.shape[p.dim() - event_dims :]).reshape(
+        -1, *p.shape[p.dim() - event_dims :]
+    )
 
 
 def _take(p: Tensor, index: Tensor, event_dims: int) -> Tensor:
@@ -194,6 +177,33 @@ def _take(p: Tensor, index: Tensor, event_dims: int) -> Tensor:
     p = p.reshape((1,) * max(index.dim() - p.dim(), 0) + p.shape)
 
     return torch.take_along_dim(p, index, dim=dim).squeeze(dim)
+
+
+def capacitance_tril(factor: Tensor, diag: Tensor) -> Tensor:
+    r"""Returns the lower Cholesky factor :math:`L_C` of the capacitance
+    :math:`C = I + A^T D^{-1} A` of a low-rank covariance :math:`D + A A^T`, with shape
+    :math:`(*, R, R)`.
+
+    :math:`C` is positive definite with eigenvalues of at least one, but formed in
+    float32 with a diagonal :math:`D` at its floor its entries reach :math:`10^{12}`
+    and a Cholesky decomposition fails. Instead, :math:`C = M^T M` with
+    :math:`M = (D^{-1/2} A; I)`, and the triangular factor of the QR decomposition of
+    :math:`M`, which is backward stable, gives :math:`L_C` without forming :math:`C`.
+
+    Example:
+        >>> factor, diag = torch.tensor([[[1e4], [0.0]]]), torch.tensor([[1e-6, 1.0]])
+        >>> capacitance_tril(factor, diag)  # sqrt(1 + 1e8 / 1e-6)
+        tensor([[[9999999.]]])
+    """
+
+    R = factor.shape[-1]
+    eye = torch.eye(R, dtype=factor.dtype, device=factor.device)
+    scaled = factor * diag.rsqrt().unsqueeze(-1)
+    stacked = torch.cat((scaled, eye.expand(*scaled.shape[:-2], R, R)), dim=-2)
+    upper = torch.linalg.qr(stacked).R
+    sign = torch.where(upper.diagonal(dim1=-2, dim2=-1) < 0, -1.0, 1.0).to(upper)
+
+    return (sign.unsqueeze(-1) * upper).mT
 
 
 class DiagNormal(zuko.distributions.DiagNormal):
@@ -218,16 +228,18 @@ class DiagNormal(zuko.distributions.DiagNormal):
     def log_prob(self, x: Tensor) -> Tensor:
         _check_event(x, self.event_shape[-1], like=self.base_dist.loc)
 
-        if not _shared(x, self.batch_shape):
+        rows = _rows(x, self.batch_shape) if _shared(x, self.batch_shape) else None
+        if rows is None:
             # as Independent, which cannot reshape an empty batch
             return self.base_dist.log_prob(x).sum(dim=-1)
 
+        batch = self.batch_shape
         loc, scale = self.base_dist.loc, self.base_dist.scale
-        center = _center(loc)
+        loc, scale = _flatten(loc, batch, 1), _flatten(scale, batch, 1)
+        maha, _ = diag_mahalanobis(rows, loc, scale.pow(-2))
+        log_p = -0.5 * (maha + loc.shape[-1] * LOG_2PI) - scale.log().sum(dim=-1)
 
-        maha = _diag_mahalanobis(x - center, loc - center, scale.pow(-2))
-
-        return -0.5 * (maha + loc.shape[-1] * LOG_2PI) - scale.log().sum(dim=-1)
+        return _unflat(log_p, x, batch)
 
     def marginal(self, dims: Dims) -> "DiagNormal":
         r"""Returns the marginal distribution of the dimensions ``dims``."""
@@ -281,27 +293,25 @@ class FullNormal(MultivariateNormal):
     def log_prob(self, x: Tensor) -> Tensor:
         _check_event(x, self.event_shape[-1], like=self.loc)
 
-        if not _shared(x, self.batch_shape):
+        rows = _rows(x, self.batch_shape) if _shared(x, self.batch_shape) else None
+        if rows is None:
             return super().log_prob(x)
 
-        tril = self._unbroadcasted_scale_tril
+        batch, tril = self.batch_shape, self._unbroadcasted_scale_tril
         eye = torch.eye(tril.shape[-1], dtype=tril.dtype, device=tril.device)
-        weight = torch.linalg.solve_triangular(tril, eye, upper=False).mT
+        weight = torch.linalg.solve_triangular(tril, eye, upper=False)  # L^-1
+        loc = _flatten(self.loc, batch, 1)
 
-        center = _center(self.loc)
-        x, loc = x - center, self.loc - center
-
-        if tril.dim() > 2 and tril.shape[-3] > 1:
-            maha = _project(x, loc, weight).square().sum(dim=-1)
+        if tril.shape[:-2].numel() > 1:
+            weight = _flatten(weight, batch, 2)
+            maha = project(rows, loc, weight).square().sum(dim=-1)
         else:  # one factor for all components (tied): whiten x once, not K times
-            weight = weight.squeeze(-3) if tril.dim() > 2 else weight
-            y, m = x @ weight, loc @ weight
-            maha = (y.square().sum(dim=-1, keepdim=True) - 2 * y @ m.mT).squeeze(-2)
-            maha = maha + m.square().sum(dim=-1)
+            maha = tied_mahalanobis(rows, loc, weight.reshape(weight.shape[-2:]))
 
         half_log_det = tril.diagonal(dim1=-2, dim2=-1).log().sum(dim=-1)
+        log_p = -0.5 * (maha + loc.shape[-1] * LOG_2PI) - _flatten(half_log_det, batch, 0)
 
-        return -0.5 * (maha + self.loc.shape[-1] * LOG_2PI) - half_log_det
+        return _unflat(log_p, x, batch)
 
     def _sub_tril(self, index: Tensor) -> Tensor:
         tril = self._unbroadcasted_scale_tril[..., index, :]
@@ -344,86 +354,6 @@ class FullNormal(MultivariateNormal):
         return FullNormal(_take(self.loc, index, 1), scale_tril=_take(self.scale_tril, index, 2))
 
 
-class _Quadratic(torch.autograd.Function):
-    r"""Returns :math:`q_{nk} = \sum_i \lambda_{ki} (x_{ni} - \mu_{ki})^2` and
-    :math:`z_{nkr} = \sum_i W_{kri} (x_{ni} - \mu_{ki})` for inputs :math:`x` with shape
-    :math:`(N, D)` shared by :math:`K` components, as matrix products over chunks of
-    rows. Only the inputs are saved for the backward pass, which recomputes the
-    chunks: the working memory is :math:`O(N K R)`, never :math:`O(N D)` (except
-    :math:`\nabla_x` itself)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, loc: Tensor, precision: Tensor, weight: Tensor):
-        ctx.save_for_backward(x, loc, precision, weight)
-
-        center, K, R = loc.mean(dim=0), *weight.shape[:2]
-        m = loc - center
-        scaled = m * precision
-        offset = (weight @ m.unsqueeze(-1)).squeeze(-1).flatten()
-        constant = (m * scaled).sum(dim=-1)
-        # one product gives [W y - W m, -2 (lambda m) . y + lambda m . m]
-        both = torch.cat((weight.flatten(0, 1), -2 * scaled)).mT
-        bias = torch.cat((offset, -constant))
-
-        q, z = [], []
-        for y in _Quadratic.centered(x, center, K * R + K):
-            out = torch.addmm(bias, y, both, beta=-1)
-            z.append(out[:, : K * R].unflatten(-1, (K, R)))
-            q.append(torch.addmm(out[:, K * R :], y.square_(), precision.mT))
-
-        return torch.cat(q), torch.cat(z)
-
-    @staticmethod
-    def backward(ctx, grad_q: Tensor, grad_z: Tensor):
-        x, loc, precision, weight = ctx.saved_tensors
-
-        center, K, R = loc.mean(dim=0), *weight.shape[:2]
-        m = loc - center
-        flat = weight.flatten(0, 1)
-        step = _Quadratic.step(x, K * R + K)
-
-        moments, square, grad_x = 0, 0, []
-        rows = _Quadratic.centered(x, center, K * R + K)
-        for y, gq, gz in zip(rows, grad_q.split(step), grad_z.split(step), strict=True):
-            moments = moments + torch.cat((gz.flatten(1), gq), dim=1).mT @ y  # one product
-            if ctx.needs_input_grad[0]:
-                linear = gz.flatten(1) @ flat - 2 * gq @ (m * precision)
-                grad_x.append(linear + 2 * y * (gq @ precision))
-            # in place, unless this backward is itself differentiated
-            square = square + gq.mT @ (y.square() if torch.is_grad_enabled() else y.square_())
-
-        sum_q, sum_z = grad_q.sum(dim=0).unsqueeze(-1), grad_z.sum(dim=0)
-        moment_z, moment_q = moments[: K * R].unflatten(0, (K, R)), moments[K * R :]
-
-        grad_precision = square - 2 * m * moment_q + m * m * sum_q
-        grad_loc = (sum_z.unsqueeze(-2) @ weight).squeeze(-2)
-        grad_loc = -2 * precision * (moment_q - m * sum_q) - grad_loc
-        grad_weight = moment_z - sum_z.unsqueeze(-1) * m.unsqueeze(-2)
-
-        return torch.cat(grad_x) if grad_x else None, grad_loc, grad_precision, grad_weight
-
-    @staticmethod
-    def centered(x: Tensor, center: Tensor, outputs: int) -> Iterator[Tensor]:
-        r"""Yields the chunks of rows of :math:`x - c`, written into one buffer reused
-        from chunk to chunk (fresh tensors when differentiated)."""
-
-        step = _Quadratic.step(x, outputs)
-
-        if torch.is_grad_enabled():
-            yield from (rows - center for rows in x.split(step))
-            return
-
-        buffer = center.new_empty(min(step, len(x)), x.shape[-1])
-        for rows in x.split(step):
-            yield torch.sub(rows, center, out=buffer[: len(rows)])
-
-    @staticmethod
-    def step(x: Tensor, outputs: int) -> int:
-        r"""Rows per chunk, such that a chunk is no larger than the outputs."""
-
-        return max(32, len(x) * outputs // max(x.shape[-1], 1))
-
-
 class LowRankNormal(LowRankMultivariateNormal):
     r"""Creates a multivariate normal distribution with low-rank plus diagonal covariance.
 
@@ -448,34 +378,85 @@ class LowRankNormal(LowRankMultivariateNormal):
         tensor([-1.8379, -1.8379, -1.8379])
     """
 
+    def __init__(
+        self,
+        loc: Tensor,
+        cov_factor: Tensor,
+        cov_diag: Tensor,
+        validate_args: bool | None = None,
+    ):
+        # torch's constructor factors I + A^T D^-1 A by a Cholesky decomposition, which
+        # fails in float32 when D is at its floor: that matrix is formed here otherwise
+        if loc.dim() < 1:
+            raise ValueError("loc must be at least one-dimensional.")
+        if cov_factor.dim() < 2 or cov_factor.shape[-2:-1] != loc.shape[-1:]:
+            raise ValueError(
+                f"cov_factor must have shape (*, {loc.shape[-1]}, R), "
+                f"got {tuple(cov_factor.shape)}."
+            )
+        if cov_diag.shape[-1:] != loc.shape[-1:]:
+            raise ValueError(
+                f"cov_diag must have shape (*, {loc.shape[-1]}), got {tuple(cov_diag.shape)}."
+            )
+
+        try:
+            loc_, factor_, diag_ = torch.broadcast_tensors(
+                loc.unsqueeze(-1), cov_factor, cov_diag.unsqueeze(-1)
+            )
+        except RuntimeError as e:
+            raise ValueError(
+                f"Incompatible batch shapes: loc {tuple(loc.shape)}, cov_factor "
+                f"{tuple(cov_factor.shape)}, cov_diag {tuple(cov_diag.shape)}."
+            ) from e
+
+        self.loc, self.cov_factor, self.cov_diag = loc_[..., 0], factor_, diag_[..., 0]
+        self._unbroadcasted_cov_factor = cov_factor
+        self._unbroadcasted_cov_diag = cov_diag
+        self._capacitance_tril = capacitance_tril(cov_factor, cov_diag)
+
+        super(LowRankMultivariateNormal, self).__init__(
+            self.loc.shape[:-1], loc.shape[-1:], validate_args=validate_args
+        )
+
+    def expand(self, batch_shape: Size, _instance=None) -> "LowRankNormal":
+        new = self._get_checked_instance(LowRankNormal, _instance)
+        shape = Size(batch_shape) + self.event_shape
+
+        new.loc, new.cov_diag = self.loc.expand(shape), self.cov_diag.expand(shape)
+        new.cov_factor = self.cov_factor.expand(shape + self.cov_factor.shape[-1:])
+        new._unbroadcasted_cov_factor = self._unbroadcasted_cov_factor
+        new._unbroadcasted_cov_diag = self._unbroadcasted_cov_diag
+        new._capacitance_tril = self._capacitance_tril
+        super(LowRankMultivariateNormal, new).__init__(
+            Size(batch_shape), self.event_shape, validate_args=False
+        )
+        new._validate_args = self._validate_args
+
+        return new
+
     def log_prob(self, x: Tensor) -> Tensor:
         _check_event(x, self.event_shape[-1], like=self.loc)
 
-        if not _shared(x, self.batch_shape):
+        rows = _rows(x, self.batch_shape) if _shared(x, self.batch_shape) else None
+        if rows is None:
             return super().log_prob(x)
 
         batch = self.batch_shape
-        if len(batch) > 1 and all(s == 1 for s in x.shape[-1 - len(batch) : -1]):
-            # samples against a batch of mixtures: one flat batch of components
-            log_p = self._flat().log_prob(x.reshape(*x.shape[: -1 - len(batch)], 1, x.shape[-1]))
-            return log_p.unflatten(-1, batch)
-
-        diag, cap = self._unbroadcasted_cov_diag, self._capacitance_tril
+        flat = self._flat() if len(batch) > 1 else self
+        diag, cap = flat._unbroadcasted_cov_diag, flat._capacitance_tril
         precision = diag.reciprocal()
-        weight = self._whitener(precision)
+        weight = flat._whitener(precision)
 
-        if self.loc.dim() == 2 and weight.shape[:-2] == diag.shape[:-1] == self.batch_shape:
-            q, z = _Quadratic.apply(x.reshape(-1, x.shape[-1]), self.loc, precision, weight)
-            maha = (q - z.square().sum(dim=-1)).reshape(*x.shape[:-2], len(self.loc))
-        else:
-            center = _center(self.loc)
-            x, loc = x - center, self.loc - center
-            maha = _diag_mahalanobis(x, loc, precision)
-            maha = maha - _project(x, loc, weight.mT).square().sum(dim=-1)
+        loc = _flatten(flat.loc, flat.batch_shape, 1)
+        precision = _flatten(precision, flat.batch_shape, 1)
+        weight = _flatten(weight, flat.batch_shape, 2)
 
+        q, z = diag_mahalanobis(rows, loc, precision, weight)
+        maha = q - z.square().sum(dim=-1)
         log_det = diag.log().sum(dim=-1) + 2 * cap.diagonal(dim1=-2, dim2=-1).log().sum(dim=-1)
+        log_p = -0.5 * (maha + _flatten(log_det, flat.batch_shape, 0) + loc.shape[-1] * LOG_2PI)
 
-        return -0.5 * (maha + log_det + self.loc.shape[-1] * LOG_2PI)
+        return _unflat(log_p, x, batch)
 
     def _capacitance_inverse(self) -> Tensor:
         r"""Returns :math:`L_C^{-1}`, with shape :math:`(*, K, R, R)`: a triangular solve
@@ -549,9 +530,11 @@ class LowRankNormal(LowRankMultivariateNormal):
         inverse = seen._capacitance_inverse()
         weight = seen._whitener(seen._unbroadcasted_cov_diag.reciprocal(), inverse)
 
-        if _shared(value, self.batch_shape):
-            center = _center(seen.loc)
-            y = _project(value - center, seen.loc - center, weight.mT)
+        rows = _rows(value, self.batch_shape) if _shared(value, self.batch_shape) else None
+        if rows is not None:
+            loc = _flatten(seen.loc, self.batch_shape, 1)
+            flat = _flatten(weight, self.batch_shape, 2)
+            y = _unflat(project(rows, loc, flat), value, self.batch_shape)
         else:
             y = (weight @ (value - seen.loc).unsqueeze(-1)).squeeze(-1)
 
@@ -636,6 +619,7 @@ class GaussianMixture(MixtureSameFamily):
         :math:`(*, K)`."""
 
         _check_event(x, self.features, like=self.logits)
+        _check_batch(x, self.batch_shape)
 
         return self.base.log_prob(x.unsqueeze(-2)) + self.logits
 
@@ -645,12 +629,13 @@ class GaussianMixture(MixtureSameFamily):
 
         if isinstance(self.base, GaussianMixture):  # of mixtures: one log-sum-exp over both
             _check_event(x, self.features, like=self.logits)
+            _check_batch(x, self.batch_shape)
             inner = self.base
             joint = inner.base.log_prob(x[..., None, None, :]) + inner.logits
             joint = joint + self.logits.unsqueeze(-1)
-            return torch.logsumexp(joint.flatten(-2), dim=-1)
+            return logsumexp(joint.flatten(-2))
 
-        return torch.logsumexp(self.joint(x), dim=-1)
+        return logsumexp(self.joint(x))
 
     def posterior(self, x: Tensor) -> Tensor:
         r"""Returns the log-responsibilities :math:`\log p(k \mid x)`, with shape
@@ -713,6 +698,7 @@ class GaussianMixture(MixtureSameFamily):
         """
 
         _check_event(value, len(_index(dims, self.features)), "value", self.logits)
+        _check_batch(value, self.batch_shape, "value")
 
         value = value.unsqueeze(-2)
         logits = self.logits + self.base.marginal(dims).log_prob(value)
