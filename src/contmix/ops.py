@@ -197,14 +197,18 @@ class _Groups(NamedTuple):
 def _groups(loc: Tensor, metric: Tensor | None, weight: Tensor, origin: Tensor) -> _Groups:
     r"""Groups the means by :func:`groups` on the squared distances between means in
     the diagonal metric of the second one (or, without one, after its projection),
-    expanded around the global centre: these distances only decide which means are
-    near."""
+    expanded around the global centre in float64: these distances only decide which
+    means are near, and float64 keeps identical means at a distance far below the
+    threshold even a million standard deviations from the centre."""
 
-    means = loc - origin
+    wide = torch.promote_types(loc.dtype, torch.float64)
+    means = (loc - origin).to(wide)
     if metric is None:
+        weight = weight.to(wide)
         z = (means @ weight.flatten(0, 1).mT).unflatten(-1, weight.shape[:2])
         table = (z - (weight @ means.unsqueeze(-1)).squeeze(-1)).square().sum(dim=-1)
     else:
+        metric = metric.to(wide)
         table = means.square() @ metric.mT - 2 * means @ (means * metric).mT
         table = table + (means.square() * metric).sum(dim=-1)
     label = groups(table)
