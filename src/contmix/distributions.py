@@ -12,7 +12,9 @@ distribution it extends:
 or a batch of :class:`GaussianMixture` itself, which gives a mixture of mixtures.
 
 Every component family evaluates all :math:`K` components at once as matrix products
-when the input is shared across components (the shape a mixture passes), marginalizes
+when the input is shared across components (the shape a mixture passes), each sample
+expanded around its nearest mean so that float32 densities stay as accurate as torch's
+own (:mod:`contmix.ops`), marginalizes
 over dimensions and conditions on observed dimensions in closed form. The mixture
 inherits all three operations, so mixtures nest.
 """
@@ -22,6 +24,7 @@ __all__ = [
     "FullNormal",
     "GaussianMixture",
     "LowRankNormal",
+    "capacitance_tril",
 ]
 
 import math

@@ -22,16 +22,27 @@ nearest to it, with :math:`u_n = x_n - a_n` formed exactly. With
     z_{nk} = W_k u_n + W_k \Delta_{j(n) k} .
 
 The first terms are matrix products of the small :math:`u_n` with all components at
-once; the tables :math:`T_{jk} = \| \Delta_{jk} \|^2_{\lambda_k}` and
-:math:`P_{jk} = W_k \Delta_{jk}` are computed from exact differences of the means
-(:func:`pairwise`, :math:`O(K^2 D R)`, like :math:`K` more samples). The cross term is
-expanded around a robust centre :math:`c` (the median of the means), with an error of
-:math:`\epsilon \, \| u_n \|_{\lambda_k} \| \mu - c \|_{\lambda_k}`, small because
-:math:`u_n` is; at the anchor itself it is zero and left out, so the component that
-holds a sample is evaluated exactly, as torch would with :math:`x_n - \mu_k` formed
-directly. The anchor is a constant of the expansion: :math:`q` and :math:`z` do not
-depend on it, so it carries no gradient. With fewer samples than components, the
-differences are formed directly instead.
+once, over chunks of samples (:class:`_Rows`, which recomputes the chunks in its
+backward pass). The tables :math:`T_{jk} = \| \Delta_{jk} \|^2_{\lambda_k}` and
+:math:`P_{jk} = W_k \Delta_{jk}` are computed once per call, in float64
+(:math:`O(K^2 D R)`, like :math:`K` more samples).
+
+The cross term :math:`u_n^T \Lambda_k \Delta_{j(n) k}` cannot be one product with a
+matrix that depends on the anchor, so it is expanded around centres, with an error of
+:math:`\epsilon \, \| u_n \|_{\lambda_k} \| \mu - c \|_{\lambda_k}`: small because
+:math:`u_n` is, as long as the centre :math:`c` is near the means involved. The means
+are therefore split into *groups* (:func:`groups`): the connected components of the
+graph joining two means nearer than 100 standard deviations. Within a group, the terms
+are expanded around the group's centre (a group of one mean is its own centre, so a
+sample on a narrow isolated component is evaluated exactly, as torch would with
+:math:`x_n - \mu_k` formed directly); between groups, which are far apart, around the
+median of the means, where a relative error of :math:`\epsilon` is harmless.
+
+The anchor is a constant of the expansion: :math:`q` and :math:`z` do not depend on it,
+so it carries no gradient. With fewer samples than components, the differences are
+formed directly instead (:func:`pairwise`). What it costs next to one expanded form
+around one centre: the search for the anchors (one product with :math:`K` columns),
+two gathers per sample, and the tables; see ``docs/benchmarks/mfa.md``.
 """
 
 __all__ = [
