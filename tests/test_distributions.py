@@ -628,3 +628,23 @@ def test_errors_component_features(family):
 
     with pytest.raises(ValueError, match="last dimension should hold"):
         d.base.log_prob(randn(5, 1, d.event_shape[-1] + 1))
+
+
+@pytest.mark.parametrize("family", ["diag", "full", "tied", "lowrank"])
+def test_empty_batches(family):
+    r"""No sample, or mixtures for no context: empty densities, not an error."""
+
+    import contmix
+
+    make = {
+        "diag": lambda c: contmix.GMM(2, context=c, covariance_type="diagonal"),
+        "full": lambda c: contmix.GMM(2, context=c),
+        "tied": lambda c: contmix.GMM(2, context=c, tied=True),
+        "lowrank": lambda c: contmix.MFA(2, context=c),
+    }[family]
+
+    d = make(3)(torch.empty(0, 3))
+    assert d.log_prob(torch.empty(0, 2)).shape == (0,)
+    assert d.posterior(torch.empty(0, 2)).shape == (0, 2)
+    assert make(0)().log_prob(torch.empty(0, 2)).shape == (0,)
+    assert make(0)().log_prob(torch.empty(3, 0, 2)).shape == (3, 0)

@@ -133,6 +133,17 @@ def _check_batch(x: Tensor, batch_shape: Size, name: str = "x") -> None:
         ) from None
 
 
+def _is_empty(x: Tensor, batch_shape: Size) -> bool:
+    r"""Whether :math:`x` and the batch broadcast to no sample at all (torch's
+    multivariate normals divide by the batch size then)."""
+
+    return torch.broadcast_shapes(x.shape[:-1], batch_shape).numel() == 0
+
+
+def _empty(x: Tensor, batch_shape: Size) -> Tensor:
+    return x.new_zeros(torch.broadcast_shapes(x.shape[:-1], batch_shape))
+
+
 def _shared(x: Tensor, batch_shape: Size) -> bool:
     r"""Whether :math:`x` is shared by all components (a 1 in the component dimension)."""
 
@@ -298,7 +309,11 @@ class FullNormal(MultivariateNormal):
 
         rows = _rows(x, self.batch_shape) if _shared(x, self.batch_shape) else None
         if rows is None:
-            return super().log_prob(x)
+            return (
+                _empty(x, self.batch_shape)
+                if _is_empty(x, self.batch_shape)
+                else super().log_prob(x)
+            )
 
         batch, tril = self.batch_shape, self._unbroadcasted_scale_tril
         eye = torch.eye(tril.shape[-1], dtype=tril.dtype, device=tril.device)
@@ -442,7 +457,11 @@ class LowRankNormal(LowRankMultivariateNormal):
 
         rows = _rows(x, self.batch_shape) if _shared(x, self.batch_shape) else None
         if rows is None:
-            return super().log_prob(x)
+            return (
+                _empty(x, self.batch_shape)
+                if _is_empty(x, self.batch_shape)
+                else super().log_prob(x)
+            )
 
         batch = self.batch_shape
         flat = self._flat() if len(batch) > 1 else self
