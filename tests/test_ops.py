@@ -62,6 +62,7 @@ def test_gradients_far():
 
     x, loc, precision, weight = sample(far=True)
     inputs = tuple(t.requires_grad_() for t in (x, loc, precision, weight))
+
     def grads(f):
         q, z = f(*inputs)
         g = torch.Generator().manual_seed(1)
@@ -71,6 +72,23 @@ def test_gradients_far():
 
     for ours, reference in zip(grads(ops.diag_mahalanobis), grads(direct), strict=True):
         assert torch.allclose(ours, reference, rtol=1e-8, atol=1e-6)
+
+
+@pytest.mark.parametrize("far", [False, True])
+def test_tied_gradients(far: bool):
+    x, loc, _, weight = sample(far=far)
+    W = (weight[0, :1].T @ weight[0, :1] + torch.eye(5, dtype=torch.float64)).requires_grad_()
+    inputs = (x.requires_grad_(), loc.requires_grad_(), W)
+    weights = torch.rand(len(x), len(loc), dtype=torch.float64)
+
+    def grads(f):
+        return torch.autograd.grad((weights * f(*inputs)).sum(), inputs)
+
+    def reference(x, loc, W):
+        return ((x.unsqueeze(-2) - loc) @ W.mT).square().sum(dim=-1)
+
+    for ours, expected in zip(grads(ops.tied_mahalanobis), grads(reference), strict=True):
+        assert torch.allclose(ours, expected, rtol=1e-8, atol=1e-6)
 
 
 def test_groups():

@@ -140,8 +140,12 @@ def _is_empty(x: Tensor, batch_shape: Size) -> bool:
     return torch.broadcast_shapes(x.shape[:-1], batch_shape).numel() == 0
 
 
-def _empty(x: Tensor, batch_shape: Size) -> Tensor:
-    return x.new_zeros(torch.broadcast_shapes(x.shape[:-1], batch_shape))
+def _empty(x: Tensor, batch_shape: Size, like: Tensor) -> Tensor:
+    r"""The empty densities, part of the graph of ``like``, so that the loss of an empty
+    batch backpropagates (to zero gradients)."""
+
+    shape = torch.broadcast_shapes(x.shape[:-1], batch_shape)
+    return x.new_zeros(shape) + 0 * like.sum()
 
 
 def _shared(x: Tensor, batch_shape: Size) -> bool:
@@ -309,11 +313,9 @@ class FullNormal(MultivariateNormal):
 
         rows = _rows(x, self.batch_shape) if _shared(x, self.batch_shape) else None
         if rows is None:
-            return (
-                _empty(x, self.batch_shape)
-                if _is_empty(x, self.batch_shape)
-                else super().log_prob(x)
-            )
+            if _is_empty(x, self.batch_shape):
+                return _empty(x, self.batch_shape, self.loc)
+            return super().log_prob(x)
 
         batch, tril = self.batch_shape, self._unbroadcasted_scale_tril
         eye = torch.eye(tril.shape[-1], dtype=tril.dtype, device=tril.device)
@@ -457,11 +459,9 @@ class LowRankNormal(LowRankMultivariateNormal):
 
         rows = _rows(x, self.batch_shape) if _shared(x, self.batch_shape) else None
         if rows is None:
-            return (
-                _empty(x, self.batch_shape)
-                if _is_empty(x, self.batch_shape)
-                else super().log_prob(x)
-            )
+            if _is_empty(x, self.batch_shape):
+                return _empty(x, self.batch_shape, self.loc)
+            return super().log_prob(x)
 
         batch = self.batch_shape
         flat = self._flat() if len(batch) > 1 else self

@@ -465,7 +465,8 @@ def tied_mahalanobis(x: Tensor, loc: Tensor, weight: Tensor) -> Tensor:
 
     y = f.u @ weight.mT
     local = (loc - loc.detach() + f.local) @ weight.mT  # W (mu_k - c_h(k))
-    row = (y * (y + 2 * local.detach()[f.index])).sum(dim=-1, keepdim=True)
+    anchor_local = f.local.index_select(0, f.index) @ weight.mT  # W (a_n - c_g(n))
+    row = (y * (y + 2 * anchor_local)).sum(dim=-1, keepdim=True)
     maha = row - 2 * y @ local.mT
 
     if f.apart is not None:
