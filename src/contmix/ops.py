@@ -242,36 +242,43 @@ def _groups(loc: Tensor, metric: Tensor | None, weight: Tensor, origin: Tensor) 
     return _Groups(loc - center, center - origin, label)
 
 
-def _tables(loc: Tensor, metric: Tensor, weight: Tensor, g: _Groups) -> tuple[Tensor, Tensor]:
+def _tables(
+    loc: Tensor, metric: Tensor, weight: Tensor, g: _Groups, wide: bool = True
+) -> tuple[Tensor, Tensor]:
     r"""Returns :math:`T_{jk} = \| a_j - \mu_k \|^2_{\lambda_k}` and
     :math:`P_{jk} = W_k (a_j - \mu_k)`, with shapes :math:`(K, K)` and
     :math:`(K, K, R)`, expanded around the centres of the groups, where the terms are
     small (exactly zero for a group of one), and around the global centre between
-    groups, which are far apart, in float64 (the tables are :math:`O(K^2)`, so this
-    costs little next to the samples); the anchors :math:`a_j` are constants."""
+    groups, which are far apart; the anchors :math:`a_j` are constants. :math:`T`, whose
+    error would grow with the square of a group's extent, is computed in float64 (it is
+    :math:`O(K^2 D)`, little next to the samples), and :math:`P` too unless ``wide`` is
+    false (the loadings of a low-rank covariance would double their memory in float64,
+    and the error of :math:`P` grows only with the extent, as the samples' own)."""
 
     K, R = weight.shape[:2]
-    dtype, wide = loc.dtype, torch.promote_types(loc.dtype, torch.float64)
-    loc, metric, weight = loc.to(wide), metric.to(wide), weight.to(wide)
-    g = _Groups(g.local.to(wide), g.shift.to(wide), g.label)
-    flat = weight.flatten(0, 1)
-
-    def expand(rows: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]:
-        out = rows @ torch.cat((flat, cols * metric)).mT
-        T = rows.square() @ metric.mT - 2 * out[:, K * R :] + (cols.square() * metric).sum(-1)
-        P = out[:, : K * R].unflatten(-1, (K, R)) - (weight @ cols.unsqueeze(-1)).squeeze(-1)
-        return T, P
-
+    dtype = loc.dtype
+    f64 = torch.promote_types(dtype, torch.float64)
     cols = loc - loc.detach() + g.local  # mu_k - c_h(k), with the gradient of mu_k
-    T, P = expand(g.local, cols)
+
+    def table(rows: Tensor, cols: Tensor) -> Tensor:
+        rows, cols, m = rows.to(f64), cols.to(f64), metric.to(f64)
+        T = rows.square() @ m.mT - 2 * rows @ (cols * m).mT + (cols.square() * m).sum(-1)
+        return T.to(dtype)
+
+    def project(rows: Tensor, cols: Tensor) -> Tensor:
+        t = f64 if wide else dtype
+        rows, cols, w = rows.to(t), cols.to(t), weight.to(t)
+        P = (rows @ w.flatten(0, 1).mT).unflatten(-1, (K, R))
+        return (P - (w @ cols.unsqueeze(-1)).squeeze(-1)).to(dtype)
+
+    T, P = table(g.local, cols), project(g.local, cols)
 
     if g.label is not None:
         apart = g.label.unsqueeze(-1) != g.label
-        T_far, P_far = expand(g.local + g.shift, cols + g.shift)
-        T = torch.where(apart, T_far, T)
-        P = torch.where(apart.unsqueeze(-1), P_far, P)
+        T = torch.where(apart, table(g.local + g.shift, cols + g.shift), T)
+        P = torch.where(apart.unsqueeze(-1), project(g.local + g.shift, cols + g.shift), P)
 
-    return T.to(dtype), P.to(dtype)
+    return T, P
 
 
 def _frame(x: Tensor, loc: Tensor, g: _Groups, origin: Tensor) -> _Frame:
@@ -392,7 +399,7 @@ def diag_mahalanobis(
     both = torch.cat((weight.flatten(0, 1), cols * metric))  # one product for z and q
     R = weight.shape[-2]
 
-    table, offset = _tables(loc, metric, weight, g)
+    table, offset = _tables(loc, metric, weight, g, wide=precision is None)
     means = loc.detach()
     index = anchors(x, means, origin)
 
