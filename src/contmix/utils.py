@@ -157,10 +157,10 @@ def cholesky(cov: Tensor, attempts: int = 6) -> Tensor:
     :math:`\bar{\sigma}^2`, that makes each matrix positive definite.
 
     Example:
-        >>> cov = torch.ones(2, 2)  # singular
-        >>> cholesky(cov)
+        >>> cov = torch.ones(2, 2, dtype=torch.float64)  # singular
+        >>> cholesky(cov)  # the jitter of 1e-6 makes it positive definite
         tensor([[1.0000, 0.0000],
-                [1.0000, 0.0014]])
+                [1.0000, 0.0014]], dtype=torch.float64)
     """
 
     L, info = torch.linalg.cholesky_ex(cov)
