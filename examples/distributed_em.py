@@ -1,7 +1,7 @@
 r"""Fits a GMM by EM on data sharded across processes, with torch.distributed.
 
 Each process holds one shard of the samples; within ``contmix.distributed.sharded()``,
-k-means++ and EM sum their statistics over the processes, so that every process ends
+k-means++, k-means and EM sum their statistics over the processes, so that every process ends
 with the mixture fitted to the whole data. Run from the repository root, on CPU:
 
     torchrun --nproc_per_node=2 examples/distributed_em.py
@@ -59,7 +59,8 @@ def main(args):
     )
 
     if rank == 0:  # the same EM on the whole data, in one process
-        start = gmm_m_step(x, hard_responsibilities(x, centers))
+        clusters = contmix.cluster.kmeans(x, 8, centers=centers)[0]
+        start = gmm_m_step(x, hard_responsibilities(x, clusters))
         fit = fit_gmm(x, *start, tol=1e-6)
         expected = gmm._layout(*fit[:3])
         error = max(

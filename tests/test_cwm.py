@@ -462,3 +462,37 @@ def test_bad_arguments():
         conditional()
     with pytest.raises(ValueError, match="context c must have shape"):
         conditional(torch.randn(4, 2))
+
+
+@pytest.mark.parametrize("strategy", ["kmeans++", "em"])
+def test_initialize_restarts_and_generator_equal_gmm(strategy: str):
+    r"""``n_init`` and ``generator`` reach the Gaussian mixture fit: the CWM starts out
+    as the GMM fitted with the same restarts from the same generator, the global seed
+    untouched."""
+
+    x = torch.cat(
+        (torch.randn(300, 2) * 0.5 + 2, torch.randn(300, 2) - 1, torch.randn(200, 2) + 4)
+    )
+    gmm = GMM(2, components=5, covariance_type="diagonal")
+    cwm, again = CWM(2, components=5), CWM(2, components=5)
+    state = torch.get_rng_state()
+
+    gmm.initialize(x, strategy, n_init=3, generator=torch.Generator().manual_seed(2))
+    cwm.initialize(x, strategy, n_init=3, generator=torch.Generator().manual_seed(2))
+    again.initialize(x, strategy, n_init=3, generator=torch.Generator().manual_seed(2))
+
+    assert torch.equal(torch.get_rng_state(), state)
+    with torch.no_grad():
+        assert torch.allclose(cwm().log_prob(x), gmm().log_prob(x), atol=1e-4)
+        assert torch.equal(cwm().log_prob(x), again().log_prob(x))
+    assert all(p.is_leaf and p.grad_fn is None for p in cwm.parameters())
+
+
+def test_initialize_bad_restarts():
+    cwm = CWM(2, components=2)
+    x = torch.randn(50, 2)
+
+    with unchanged(cwm), pytest.raises(ValueError, match="n_init must be an integer"):
+        cwm.initialize(x, n_init=0)
+    with unchanged(cwm), pytest.raises(TypeError, match=r"torch\.Generator"):
+        cwm.initialize(x, generator="0")

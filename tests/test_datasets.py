@@ -48,9 +48,12 @@ def test_spiral():
         assert outer.norm() > 2 * inner.norm()
 
     # outliers lie between arms: farther from their nearest arm point than arm points are
+    # (distances of neighbours, 0.016 apart: computed directly, not by cdist's matrix
+    # product formula, whose cancellation depends on the BLAS kernel)
     arms = x[y >= 0]
-    d_out = torch.cdist(x[y == -1], arms).min(dim=-1).values
-    d_arm = torch.cdist(arms[:300], arms[300:]).min(dim=-1).values
+    direct = {"compute_mode": "donot_use_mm_for_euclid_dist"}
+    d_out = torch.cdist(x[y == -1], arms, **direct).min(dim=-1).values
+    d_arm = torch.cdist(arms[:300], arms[300:], **direct).min(dim=-1).values
     assert d_out.median() > 2 * d_arm.median()
 
 

@@ -8,7 +8,7 @@ import torch
 
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
-from contmix.em import fit_gmm, gaussian_mixture, gmm_m_step
+from contmix.em import degenerate, fit_gmm, gaussian_mixture, gmm_log_likelihood, gmm_m_step
 
 COV_TYPES = ["full", "diagonal", "spherical"]
 EPS = 10 * np.finfo(np.float64).eps
@@ -194,3 +194,38 @@ def test_gaussian_mixture(cov, L):
 
     d = gaussian_mixture(logits, means, covariances, cov)
     assert torch.allclose(d.log_prob(x), reference.log_prob(x), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("cov", COV_TYPES)
+def test_log_likelihood_vs_scipy(cov):
+    x = data()
+    logits, means, covariances = gmm_m_step(x, soft(len(x), 3), cov)
+    ref, _ = np_e_step(x.numpy(), logits.numpy(), means.numpy(), covariances.numpy(), cov)
+
+    assert gmm_log_likelihood(x, logits, means, covariances, cov).item() == pytest.approx(ref)
+    # the value fit_gmm records for these parameters, at its first E-step
+    fit = fit_gmm(x, logits, means, covariances, cov, max_iter=1)
+    assert fit.history[0].item() == pytest.approx(ref, abs=1e-10)
+
+
+def test_fits_build_no_graph():
+    x = data().requires_grad_()
+    resp = soft(len(x), 3).requires_grad_()
+    params = gmm_m_step(x, resp)
+
+    assert not any(t.requires_grad for t in params)
+    assert not any(t.requires_grad for t in fit_gmm(x, *params, max_iter=2)[:4])
+    assert not gmm_log_likelihood(x, *params).requires_grad
+
+
+def test_degenerate_message():
+    finite = torch.tensor([True, False, True])
+    positive = torch.tensor([True, True, False])
+    message = str(degenerate("covariance", finite, positive, "reg"))
+
+    assert "covariance of component [1] is not finite" in message
+    assert "standardize x" in message
+    assert "component [2] is singular" in message and "raise reg" in message
+
+    with pytest.raises(ValueError, match="reg must be a finite number"):
+        fit_gmm(data(), torch.zeros(1), torch.zeros(1, 3), torch.eye(3)[None], reg=-1e-6)

@@ -127,8 +127,11 @@ def test_image_cpmm_trains_and_extracts():
     after = -model().log_prob(x).mean()
     assert after < before
 
+    # the same parameters through another code path (copies against views of the
+    # states): equal to float32 rounding, 1e-5 relative of log p ~ -85 in 60 dimensions
     mfa = model.extract()
-    assert torch.allclose(mfa().log_prob(x), model().log_prob(x), atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(mfa().log_prob(x), model().log_prob(x), rtol=1e-5, atol=1e-5)
 
 
 def test_image_hierarchical_cpmm_separate_and_context():
@@ -139,7 +142,16 @@ def test_image_hierarchical_cpmm_separate_and_context():
     model.initialize(x, steps=0)
     model.eval()
     assert model.dynamics.copies == 3
-    assert torch.equal(model.predict(x), model.extract().predict(x))
+
+    # the extracted model's labels are the argmax of the model's joint log-densities,
+    # but at float32 near-ties (another code path), where either label is right
+    with torch.no_grad():
+        joint, labels = model().joint(x), model.extract().predict(x)
+    top = joint.topk(2, dim=-1).values
+    margin = 2e-5 * (1 + top[:, 0].abs())
+    chosen = joint.gather(-1, labels[:, None]).squeeze(-1)
+    assert (chosen >= top[:, 0] - margin).all()
+    assert (top[:, 0] - top[:, 1] > margin).float().mean() > 0.9
 
     conditional = CPMM(SHAPE, context=2, components=3, hidden_features=(4,))
     c = torch.randn(64, 2)

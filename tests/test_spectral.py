@@ -65,3 +65,20 @@ def test_cluster_components_and_predict():
         clustering_accuracy(torch.arange(3).repeat_interleave(10), predict_clusters(d, labels, x))
         == 1.0
     )
+
+
+def test_frechet_far_from_origin_float32():
+    r"""40 components (above 25 rows, where torch.cdist switches to the matrix-product
+    formula) with means near 1e4, in float32: the distances of the means are those of
+    float64 within float32 rounding of their own size (the product formula expanded
+    around the origin was off by eps * |mu|^2 = 6, and the diagonal was not 0)."""
+
+    g = torch.Generator().manual_seed(1)
+    loc = 1e4 + torch.randn(40, 3, generator=g)
+    cov = torch.eye(3).expand(40, 3, 3)
+
+    d = frechet_distances(loc, cov)
+    expected = (loc.double()[:, None] - loc.double()).square().sum(dim=-1)
+
+    assert torch.allclose(d.double(), expected, rtol=1e-4, atol=1e-3)
+    assert (d.diagonal() == 0).all()

@@ -1,16 +1,39 @@
 r"""Clustering: centres for initialization (random, k-means++, k-means) and spectral
-clustering of the components of a mixture."""
+clustering of the components of a mixture.
+
+Every squared distance here is expanded as :math:`\|x - c\|^2 = \|x'\|^2 - 2 x'^T c' +
+\|c'\|^2`, one matrix product for all pairs, with :math:`x' = x - r` and :math:`c' = c -
+r` taken around a reference point :math:`r` in the middle of the data (the median of
+the samples, feature by feature, :func:`reference`). Expanded around the origin instead,
+the three terms are of the order of :math:`\|x\|^2` and cancel: in float32, the data
+:math:`x + 10^4` would lose its distances to rounding. Around :math:`r`, the rounding
+error of a distance is :math:`O(\epsilon (\|x - r\|^2 + \|c - r\|^2))`, of the order of
+the spread of the data whatever its offset, and the median is not moved by a few
+outliers (a mean is: one sample at :math:`10^6` among 200 moves it by :math:`5 \cdot
+10^3`). The results are therefore the same, up to that rounding, for the data shifted by
+any offset. Where a distance is needed for a single pair (a sample and its own centre:
+the inertia, the farthest samples), it is the sum of the squared differences, which
+does not cancel.
+
+Randomized functions draw from ``generator`` (a :class:`torch.Generator`), or from
+torch's global generator when it is :py:`None`: with a generator of their own, fits are
+reproducible without touching the global seed.
+"""
 
 __all__ = [
     "assign",
+    "check_generator",
     "cluster_components",
     "frechet_distances",
     "kmeans",
     "kmeans_plusplus",
     "predict_clusters",
     "random_centers",
+    "reference",
     "spectral_clustering",
 ]
+
+import math
 
 import torch
 
@@ -18,65 +41,168 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from .distributed import all_reduce, gather, is_sharded, rank
+from .utils import check_sizes
+
+SUBSAMPLE = 1024  # at least this many samples (of each shard) give the reference point
 
 
-def _distances(x: Tensor, centers: Tensor) -> Tensor:
-    r"""Squared Euclidean distances, with shape :math:`(N, K)`, as matrix products."""
+def reference(x: Tensor) -> Tensor:
+    r"""Returns the point :math:`r` around which the distances are expanded: the median
+    of each feature over a regular subsample of at least 1024 samples (all of them when
+    there are fewer), with shape :math:`(D,)`. It moves with the data (the reference
+    of :math:`x + s` is that of :math:`x` plus :math:`s`) and is not moved by outliers.
+    Within :func:`~contmix.distributed.sharded`, it is the median of the references of
+    the shards, the same on every process.
 
-    d = (x * x).sum(dim=-1, keepdim=True) - 2 * x @ centers.T + (centers * centers).sum(dim=-1)
+    Example:
+        >>> x = torch.tensor([[0.0, 1.0], [1.0, 2.0], [2.0, 1e6]])
+        >>> reference(x)
+        tensor([1., 2.])
+    """
+
+    local = x[:: max(1, len(x) // SUBSAMPLE)].median(dim=0).values
+
+    if is_sharded():
+        return gather(local).median(dim=0).values
+
+    return local
+
+
+def _expanded(x: Tensor, squares: Tensor, centers: Tensor) -> Tensor:
+    r"""Squared distances, with shape :math:`(N, K)`, between centred samples
+    :math:`x'`, whose squared norms are ``squares``, and centred centres :math:`c'`, as
+    one matrix product: :math:`\|x'\|^2 - 2 x'^T c' + \|c'\|^2`."""
+
+    d = squares.unsqueeze(-1) - 2 * x @ centers.T + centers.square().sum(dim=-1)
     return d.clamp(min=0)
 
 
+def _distances(x: Tensor, centers: Tensor, shift: Tensor | None = None) -> Tensor:
+    r"""Squared Euclidean distances, with shape :math:`(N, K)`, expanded around
+    ``shift`` (by default :func:`reference` of :math:`x`)."""
+
+    shift = reference(x) if shift is None else shift
+    x, centers = x - shift, centers - shift
+
+    return _expanded(x, x.square().sum(dim=-1), centers)
+
+
+def _own(x: Tensor, centers: Tensor, labels: Tensor) -> Tensor:
+    r"""The squared distance of each sample to its own centre, with shape :math:`(N,)`,
+    as the sum of the squared differences (no cancellation)."""
+
+    return (x - centers[labels]).square().sum(dim=-1)
+
+
+@torch.no_grad()
 def assign(x: Tensor, centers: Tensor) -> Tensor:
     r"""Returns the index of the nearest centre of each sample.
 
+    The squared distances are expanded around :func:`reference` of :math:`x`, so that
+    the assignments of :math:`x + s` to the centres :math:`c + s` are those of
+    :math:`x` to :math:`c`, in float32 too.
+
     Example:
         >>> assign(torch.tensor([[0.0], [0.9], [3.0]]), torch.tensor([[0.0], [2.0]]))
+        tensor([0, 0, 1])
+        >>> assign(torch.tensor([[0.0], [0.9], [3.0]]) + 1e4, torch.tensor([[0.0], [2.0]]) + 1e4)
         tensor([0, 0, 1])
     """
 
     return _distances(x, centers).argmin(dim=-1)
 
 
-def random_centers(x: Tensor, k: int) -> Tensor:
+def _device(x: Tensor, generator: torch.Generator | None) -> torch.device:
+    r"""The device on which to draw random numbers: that of ``generator``, or of
+    :math:`x` for the global generator."""
+
+    return x.device if generator is None else generator.device
+
+
+def check_generator(generator: torch.Generator | None) -> None:
+    r"""Raises a :class:`TypeError` unless ``generator`` is a :class:`torch.Generator`
+    or :py:`None`.
+
+    Example:
+        >>> check_generator(torch.Generator().manual_seed(0))
+        >>> check_generator(0)
+        Traceback (most recent call last):
+            ...
+        TypeError: generator must be a torch.Generator or None, got int: ...
+    """
+
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__}: "
+            "e.g. torch.Generator().manual_seed(0)."
+        )
+
+
+@torch.no_grad()
+def random_centers(x: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
     r"""Returns :math:`k` distinct samples of :math:`x`, drawn uniformly.
+
+    Arguments:
+        x: The samples, with shape :math:`(N, D)`.
+        k: The number of centres.
+        generator: The random generator (torch's global generator if :py:`None`).
 
     Example:
         >>> random_centers(torch.randn(100, 3), 4).shape
         torch.Size([4, 3])
+        >>> x, g = torch.arange(10.0).unsqueeze(-1), torch.Generator()
+        >>> a = random_centers(x, 3, g.manual_seed(1))
+        >>> torch.equal(a, random_centers(x, 3, g.manual_seed(1)))
+        True
     """
 
-    return x[torch.randperm(len(x), device=x.device)[:k]]
+    check_generator(generator)
+    order = torch.randperm(len(x), generator=generator, device=_device(x, generator))
+
+    return x[order[:k].to(x.device)]
 
 
-def _draw(x: Tensor, weights: Tensor) -> Tensor:
-    r"""Returns one sample, with shape :math:`(1, D)`, drawn with probability
-    proportional to its weight among the samples of all shards: the shard by its total
-    weight, then the sample within it, from one uniform number that every process draws
-    alike; its owner sends it to the others."""
+def _uniform(x: Tensor, n: int, generator: torch.Generator | None) -> Tensor:
+    r"""Returns :math:`n` uniform numbers in :math:`[0, 1)`, in float64, on the device
+    of :math:`x`."""
+
+    device = _device(x, generator)
+    u = torch.rand(n, dtype=torch.float64, device=device, generator=generator)
+
+    return u.to(x.device)
+
+
+def _draw(
+    x: Tensor, weights: Tensor, n: int = 1, generator: torch.Generator | None = None
+) -> Tensor:
+    r"""Returns :math:`n` samples, with shape :math:`(n, D)`, each drawn with probability
+    proportional to its weight among the samples of all shards (with replacement): the
+    shard by its total weight, then the sample within it, from uniform numbers that
+    every process draws alike; the owners send them to the others."""
+
+    u = _uniform(x, n, generator)
+    cumulative = weights.double().cumsum(dim=0)
 
     if not is_sharded():
-        return x[torch.multinomial(weights, 1)]
+        index = torch.searchsorted(cumulative, u * cumulative[-1], right=True)
+        return x[index.clamp(max=len(x) - 1)]
 
-    masses = gather(weights.sum())
-    cumulative = masses.cumsum(dim=0)
-    u = torch.rand((), dtype=masses.dtype, device=x.device) * cumulative[-1]
-    owner = torch.searchsorted(cumulative, u, right=True).clamp(max=len(masses) - 1)
-    point = x.new_zeros(1, x.shape[-1])
+    masses = gather(cumulative[-1])
+    total = masses.cumsum(dim=0)
+    u = u * total[-1]
+    owner = torch.searchsorted(total, u, right=True).clamp(max=len(masses) - 1)
+    local = u - total[owner] + masses[owner]
+    index = torch.searchsorted(cumulative, local, right=True).clamp(min=0, max=len(x) - 1)
+    points = torch.where((owner == rank()).unsqueeze(-1), x[index], 0)
 
-    if owner == rank():
-        local = (u - cumulative[owner] + masses[owner]).to(weights.dtype)
-        index = torch.searchsorted(weights.cumsum(dim=0), local, right=True)
-        point = x[index.clamp(max=len(x) - 1)].unsqueeze(0)
-
-    return all_reduce(point)
+    return all_reduce(points)
 
 
-def _reseed(distances: Tensor, labels: Tensor, empty: Tensor) -> Tensor:
+def _reseed(x: Tensor, centers: Tensor, labels: Tensor, empty: Tensor) -> Tensor:
     r"""Moves the samples of all shards farthest from their centres to the empty
     clusters, one each, and returns the new labels."""
 
-    own = distances.gather(-1, labels[:, None]).squeeze(-1)
+    own = _own(x, centers, labels)
     E = len(empty)
     top = own.topk(min(E, len(own)))
 
@@ -93,39 +219,79 @@ def _reseed(distances: Tensor, labels: Tensor, empty: Tensor) -> Tensor:
     return labels
 
 
-def kmeans_plusplus(x: Tensor, k: int) -> Tensor:
-    r"""Returns :math:`k` centres by k-means++ seeding: each new centre is a sample drawn
-    with probability proportional to its squared distance to the nearest centre so far.
+def _seeds(
+    x: Tensor,
+    shift: Tensor,
+    centred: Tensor,
+    squares: Tensor,
+    k: int,
+    generator: torch.Generator | None,
+) -> Tensor:
+    r"""Greedy k-means++ (see :func:`kmeans_plusplus`) with the distances of the
+    centred samples :math:`x' = x - r`, whose squared norms are ``squares``: the
+    candidates are samples of :math:`x`, and :math:`c - r` is exactly the row of
+    :math:`x'` (a subtraction is correctly rounded)."""
+
+    trials = 2 + int(math.log(k))
+    centers = _draw(x, torch.ones_like(squares), 1, generator)
+    nearest = _expanded(centred, squares, centers - shift).squeeze(-1)
+
+    for _ in range(1, k):
+        total = all_reduce(nearest.sum())
+        weights = torch.where(total > 0, nearest, torch.ones_like(nearest))
+        candidates = _draw(x, weights, trials, generator)
+        distances = _expanded(centred, squares, candidates - shift)
+        closest = torch.minimum(nearest.unsqueeze(-1), distances)
+        best = all_reduce(closest.sum(dim=0)).argmin()
+        centers = torch.cat((centers, candidates[best].unsqueeze(0)))
+        nearest = closest[:, best]
+
+    return centers
+
+
+@torch.no_grad()
+def kmeans_plusplus(x: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
+    r"""Returns :math:`k` centres by greedy k-means++ seeding.
+
+    The first centre is a sample drawn uniformly. Each next one is chosen among
+    :math:`2 + \lfloor \ln k \rfloor` candidate samples, each drawn with probability
+    proportional to its squared distance :math:`D^2(x)` to the nearest centre so far:
+    the candidate that lowers the potential :math:`\sum_n D^2(x_n)` the most is kept, as
+    Arthur and Vassilvitskii (2007) propose and scikit-learn does. Plain k-means++ (one
+    candidate) often puts two centres in one cluster and none in another, which
+    neither k-means nor EM undoes.
+
     Within :func:`~contmix.distributed.sharded`, :math:`x` is this process's shard and
     the centres are drawn among the samples of all shards, the same on every process
-    provided that the random generator is seeded alike on all of them.
+    provided that the random generator (``generator``, or the global one) is seeded
+    alike on all of them.
 
     References:
         | k-means++: The Advantages of Careful Seeding (Arthur et al., 2007)
         | https://dl.acm.org/doi/10.5555/1283383.1283494
 
+    Arguments:
+        x: The samples, with shape :math:`(N, D)`.
+        k: The number of centres.
+        generator: The random generator (torch's global generator if :py:`None`).
+
+    Returns:
+        The centres, samples of :math:`x`, with shape :math:`(k, D)`.
+
     Example:
         >>> x = torch.cat((torch.randn(50, 2) - 10, torch.randn(50, 2) + 10))
-        >>> c = kmeans_plusplus(x, 2)
+        >>> c = kmeans_plusplus(x, 2, generator=torch.Generator().manual_seed(0))
         >>> bool(c[0, 0] * c[1, 0] < 0)  # one centre per blob
         True
     """
 
-    if is_sharded():
-        centers = _draw(x, torch.ones_like(x[:, 0]))
-    else:
-        centers = x[torch.randint(len(x), (1,), device=x.device)]
+    check_sizes(k=k)
+    check_generator(generator)
 
-    nearest = _distances(x, centers).squeeze(-1)
+    shift = reference(x)
+    centred = x - shift
 
-    for _ in range(1, k):
-        total = all_reduce(nearest.sum())
-        weights = nearest if total > 0 else torch.ones_like(nearest)
-        center = _draw(x, weights)
-        centers = torch.cat((centers, center))
-        nearest = torch.minimum(nearest, _distances(x, center).squeeze(-1))
-
-    return centers
+    return _seeds(x, shift, centred, centred.square().sum(dim=-1), k, generator)
 
 
 def _unchanged(new: Tensor, labels: Tensor) -> bool:
@@ -137,16 +303,51 @@ def _unchanged(new: Tensor, labels: Tensor) -> bool:
     return torch.equal(new, labels)
 
 
+def _lloyd(
+    x: Tensor, squares: Tensor, centers: Tensor, iterations: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Lloyd's algorithm on centred samples from centred centres (see :func:`kmeans`).
+    Returns the centres, the labels and the inertia (of all shards)."""
+
+    k, labels = len(centers), None
+
+    for _ in range(iterations):
+        new = _expanded(x, squares, centers).argmin(dim=-1)
+        counts = all_reduce(torch.bincount(new, minlength=k))
+        empty = (counts == 0).nonzero().squeeze(-1)
+        if len(empty) > 0:
+            new = _reseed(x, centers, new, empty)
+            counts = all_reduce(torch.bincount(new, minlength=k))
+
+        if labels is not None and _unchanged(new, labels):
+            break
+
+        labels = new
+        sums = all_reduce(torch.zeros_like(centers).index_add_(0, labels, x))
+        centers = sums / counts.unsqueeze(-1).to(x.dtype)
+
+    return centers, labels, all_reduce(_own(x, centers, labels).sum())
+
+
+@torch.no_grad()
 def kmeans(
     x: Tensor,
     k: int,
     iterations: int = 100,
     centers: Tensor | None = None,
+    n_init: int = 1,
+    generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
     r"""Runs Lloyd's algorithm until the assignments stop changing.
 
-    Starts from k-means++ centres unless ``centers`` is given. A cluster that empties is
-    moved to the sample farthest from its centre, so every cluster keeps samples.
+    Starts from greedy k-means++ centres (:func:`kmeans_plusplus`) unless ``centers``
+    is given, ``n_init`` times, and keeps the run of the lowest inertia
+    :math:`\sum_n \|x_n - c_{\ell_n}\|^2`, as :class:`sklearn.cluster.KMeans` does. A
+    cluster that empties is moved to the sample farthest from its centre, so every
+    cluster keeps samples. The distances are expanded around :func:`reference`, and
+    the centres are the means of the samples around it: the clusters of :math:`x + s`
+    are those of :math:`x`, in float32 too.
+
     Within :func:`~contmix.distributed.sharded`, :math:`x` is this process's shard: the
     sums and counts of the clusters are over all shards, the farthest samples are those
     of all shards, and every process returns the same centres (and the labels of its
@@ -159,41 +360,46 @@ def kmeans(
         x: The samples, with shape :math:`(N, D)`.
         k: The number of clusters.
         iterations: The maximum number of iterations.
-        centers: Initial centres, with shape :math:`(k, D)`.
+        centers: Initial centres, with shape :math:`(k, D)` (then ``n_init`` must be 1).
+        n_init: The number of runs from k-means++ centres.
+        generator: The random generator (torch's global generator if :py:`None`).
 
     Returns:
         The centres, with shape :math:`(k, D)`, and the labels, with shape :math:`(N,)`.
 
     Example:
         >>> x = torch.cat((torch.randn(50, 2) - 10, torch.randn(50, 2) + 10))
-        >>> centers, labels = kmeans(x, 2)
+        >>> centers, labels = kmeans(x, 2, n_init=3, generator=torch.Generator().manual_seed(0))
         >>> torch.bincount(labels).tolist()
         [50, 50]
     """
 
-    if centers is None:
-        centers = kmeans_plusplus(x, k)
+    check_sizes(k=k, iterations=iterations, n_init=n_init)
+    check_generator(generator)
 
-    labels = None
+    if centers is not None and n_init > 1:
+        raise ValueError(
+            f"n_init={n_init} restarts from k-means++ centres, but centers are given: "
+            "pass n_init=1 with centers, or no centers."
+        )
 
-    for _ in range(iterations):
-        distances = _distances(x, centers)
-        new = distances.argmin(dim=-1)
+    shift = reference(x)
+    centred = x - shift
+    squares = centred.square().sum(dim=-1)
+    best = None
 
-        counts = all_reduce(torch.bincount(new, minlength=k))
-        empty = (counts == 0).nonzero().squeeze(-1)
-        if len(empty) > 0:
-            new = _reseed(distances, new, empty)
-            counts = all_reduce(torch.bincount(new, minlength=k))
+    for _ in range(n_init):
+        if centers is None:
+            start = _seeds(x, shift, centred, squares, k, generator) - shift
+        else:
+            start = centers.to(x) - shift
 
-        if labels is not None and _unchanged(new, labels):
-            break
+        fit = _lloyd(centred, squares, start, iterations)
 
-        labels = new
-        sums = all_reduce(torch.zeros_like(centers).index_add_(0, labels, x))
-        centers = sums / counts[:, None].to(x.dtype)
+        if best is None or fit[2] < best[2]:
+            best = fit
 
-    return centers, labels
+    return best[0] + shift, best[1]
 
 
 def frechet_distances(loc: Tensor, cov: Tensor, chunk: int = 16) -> Tensor:
@@ -232,7 +438,8 @@ def frechet_distances(loc: Tensor, cov: Tensor, chunk: int = 16) -> Tensor:
             for t in tril.split(chunk)
         ]
     )
-    means = torch.cdist(loc, loc).square()
+    means = _distances(loc, loc, loc.median(dim=0).values)  # no cancellation far from 0
+    means = means * (1 - torch.eye(len(loc), dtype=loc.dtype, device=loc.device))
 
     return (means + trace[:, None] + trace - 2 * cross).clamp(min=0)
 

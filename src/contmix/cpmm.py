@@ -32,16 +32,28 @@ import torch.nn.functional as F
 import torchdiffeq
 
 from torch import Tensor
-from torchdiffeq._impl.odeint import SOLVERS
+from torch.autograd.function import once_differentiable
 from zuko.lazy import LazyDistribution
 from zuko.nn import MLP
 
+from .cluster import check_generator
 from .distributions import GaussianMixture, LowRankNormal
-from .hierarchical import HierarchicalMFA, group_labels, group_statistics
+from .hierarchical import GroupStatistics, HierarchicalMFA, group_labels, group_statistics
 from .mfa import MFA
 from .utils import check_context, check_samples, check_scale, check_sizes
 
 ADAPTIVE = ("dopri8", "dopri5", "bosh3", "fehlberg2", "adaptive_heun")
+FIXED = (
+    "euler",
+    "midpoint",
+    "heun2",
+    "heun3",
+    "rk4",
+    "explicit_adams",
+    "implicit_adams",
+    "fixed_adams",
+)
+SOLVERS = (*ADAPTIVE, *FIXED, "scipy_solver")  # torchdiffeq's methods (its list is private)
 STRATEGIES = ("random", "kmeans")
 
 
@@ -173,6 +185,33 @@ class StateLayout:
         return h.unflatten(-1, (self.channels, *self.shape[1:]))
 
 
+def _uniform(p: Tensor, bound: float, generator: torch.Generator | None = None) -> Tensor:
+    r"""Fills ``p`` in place with values drawn uniformly in :math:`[-b, b]` from
+    ``generator`` (on its device), or from torch's global generator of ``p``'s device
+    when it is :py:`None`."""
+
+    if generator is None or generator.device == p.device:
+        return p.uniform_(-bound, bound, generator=generator)
+
+    value = torch.empty(p.shape, dtype=p.dtype, device=generator.device)
+    return p.copy_(value.uniform_(-bound, bound, generator=generator))
+
+
+def _reset_linear(mlp: nn.Module, generator: torch.Generator | None = None) -> None:
+    r"""Draws the weights and biases of the linear layers of ``mlp`` (those of
+    :class:`torch.nn.Linear` or :class:`zuko.nn.Linear`) afresh, uniformly in
+    :math:`[-1 / \sqrt{n}, 1 / \sqrt{n}]` for :math:`n` inputs, their default law, from
+    ``generator``."""
+
+    for layer in mlp.modules():
+        weight, bias = getattr(layer, "weight", None), getattr(layer, "bias", None)
+        if isinstance(weight, nn.Parameter) and weight.dim() >= 2:
+            bound = weight.shape[-1] ** -0.5
+            _uniform(weight.data, bound, generator)
+            if isinstance(bias, nn.Parameter):
+                _uniform(bias.data, bound, generator)
+
+
 class Sine(nn.Module):
     r"""The sine activation :math:`x \mapsto \sin(x)`."""
 
@@ -235,11 +274,29 @@ class Dynamics(nn.Module):
         self.biases = nn.ParameterList()
 
         for before, after in itertools.pairwise(sizes):
-            bound = before**-0.5
-            self.weights.append(
-                nn.Parameter(torch.empty(copies, before, after).uniform_(-bound, bound))
-            )
-            self.biases.append(nn.Parameter(torch.empty(copies, after).uniform_(-bound, bound)))
+            self.weights.append(nn.Parameter(torch.empty(copies, before, after)))
+            self.biases.append(nn.Parameter(torch.empty(copies, after)))
+
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        r"""Draws the weights and biases of each layer uniformly in
+        :math:`[-1 / \sqrt{n}, 1 / \sqrt{n}]`, for :math:`n` inputs, from
+        ``generator`` (torch's global generator if :py:`None`).
+
+        Example:
+            >>> f, g = Dynamics(3, hidden_features=(8,)), Dynamics(3, hidden_features=(8,))
+            >>> f.reset_parameters(torch.Generator().manual_seed(0))
+            >>> g.reset_parameters(torch.Generator().manual_seed(0))
+            >>> torch.equal(f.weights[0], g.weights[0])
+            True
+        """
+
+        with torch.no_grad():
+            for weight, bias in zip(self.weights, self.biases, strict=True):
+                bound = weight.shape[-2] ** -0.5
+                _uniform(weight, bound, generator)
+                _uniform(bias, bound, generator)
 
     def extra_repr(self) -> str:
         sizes = [w.shape[-2] for w in self.weights] + [self.state]
@@ -316,10 +373,29 @@ class ConvDynamics(nn.Module):
         self.biases = nn.ParameterList()
 
         for before, after in itertools.pairwise(sizes):
-            bound = (before * kernel_size**2) ** -0.5
             weight = torch.empty(copies * after, before, kernel_size, kernel_size)
-            self.weights.append(nn.Parameter(weight.uniform_(-bound, bound)))
-            self.biases.append(nn.Parameter(torch.empty(copies * after).uniform_(-bound, bound)))
+            self.weights.append(nn.Parameter(weight))
+            self.biases.append(nn.Parameter(torch.empty(copies * after)))
+
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        r"""Draws the weights and biases of each convolution uniformly in
+        :math:`[-1 / \sqrt{n}, 1 / \sqrt{n}]`, for :math:`n = C_{in} k^2` inputs, from
+        ``generator`` (torch's global generator if :py:`None`).
+
+        Example:
+            >>> f = ConvDynamics(shape=(2, 4, 4), hidden_channels=(8,))
+            >>> f.reset_parameters(torch.Generator().manual_seed(0))
+            >>> bool(f.weights[0].abs().max() <= (3 * 3 * 3) ** -0.5)
+            True
+        """
+
+        with torch.no_grad():
+            for weight, bias in zip(self.weights, self.biases, strict=True):
+                bound = weight[0].numel() ** -0.5
+                _uniform(weight, bound, generator)
+                _uniform(bias, bound, generator)
 
     def extra_repr(self) -> str:
         channels = [w.shape[1] for w in self.weights] + [self.shape[0]]
@@ -377,6 +453,30 @@ def inverse_soft_clip(y: Tensor, floor: float) -> Tensor:
 
     z = (y - floor).clamp(min=1e-4)
     return floor + z + torch.log(-torch.expm1(-z))
+
+
+class _Resolve(torch.autograd.Function):
+    r"""Cached states made differentiable: the forward pass returns the cached states
+    :math:`h(\theta)` and the backward pass solves again, with autograd, for
+    :math:`\partial h / \partial \theta` (as gradient checkpointing does)."""
+
+    @staticmethod
+    def forward(ctx, solve, h: Tensor, *parameters: Tensor) -> Tensor:
+        ctx.solve, ctx.parameters = solve, parameters
+        ctx.save_for_backward(*parameters)  # autograd checks that they stay unchanged
+        return h.clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        ctx.saved_tensors  # noqa: B018 (raises if a parameter changed in place)
+        needed = ctx.needs_input_grad[2:]
+        inputs = [p for p, n in zip(ctx.parameters, needed, strict=True) if n]
+
+        with torch.enable_grad():
+            grads = iter(torch.autograd.grad(ctx.solve(), inputs, grad, allow_unused=True))
+
+        return None, None, *(next(grads) if n else None for n in needed)
 
 
 class _ContinuousMixture(LazyDistribution):
@@ -469,15 +569,18 @@ class _ContinuousMixture(LazyDistribution):
 
     # state and solve
 
-    def _default_start(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
-        r"""Initial states with the means at zero (or the centres), unit diagonals, small
-        loadings, zero augmented part and equal weights."""
+    def _default_start(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        r"""Initial states with the means at zero, unit diagonals, small random loadings
+        (drawn from ``generator``), zero augmented part and equal weights, of the dtype
+        and on the device of :math:`x`."""
 
         C, M, R = self.trajectories, self.features, self.rank
         loc = torch.zeros(C, M, dtype=x.dtype, device=x.device)
+        device = x.device if generator is None else generator.device
+        noise = torch.randn(C, M, R, dtype=x.dtype, device=device, generator=generator)
         state = State(
             loc=loc,
-            factor=1e-2 * torch.randn(C, M, R, dtype=x.dtype, device=x.device),
+            factor=1e-2 * noise.to(x.device),
             log_diag=torch.zeros_like(loc),
             log_weight=torch.zeros_like(loc[..., :1]),
             alpha=torch.zeros(C, self.layout.augment, dtype=x.dtype, device=x.device),
@@ -513,6 +616,10 @@ class _ContinuousMixture(LazyDistribution):
             h0 = torch.cat((h0, context), dim=-1)
 
         times = times.to(h0)
+        if h0.numel() == 0:  # an empty batch of contexts: nothing to solve
+            h = h0[..., None, : self.layout.size]
+            return h.expand(*h0.shape[:-1], len(times), self.layout.size)
+
         prepend = bool(times[0] > 0)
         if prepend:
             times = torch.cat((times.new_zeros(1), times))
@@ -550,23 +657,64 @@ class _ContinuousMixture(LazyDistribution):
             "fixed-step solver (method='rk4') or, if the model is fine, raise max_steps."
         )
 
-    def _cache_key(self) -> tuple:
-        return tuple((id(p), p.data_ptr(), p._version, p.dtype) for p in self.parameters())
+    def _settings(self) -> tuple:
+        r"""What the grid states depend on besides the values of the parameters: the
+        grid, the solver's settings and each parameter's identity, shape, dtype and
+        device."""
+
+        solver = (self.method, self.rtol, self.atol, self.max_steps, repr(self.options))
+        layout = tuple((id(p), p.shape, p.dtype, p.device) for p in self.parameters())
+
+        return self.components, self.adjoint, solver, layout
+
+    def _cached(self) -> Tensor | None:
+        r"""The cached grid states, if the settings and the values of the parameters are
+        those they were solved with."""
+
+        if self._cache is None:
+            return None
+
+        settings, values, h = self._cache
+        if settings != self._settings():
+            return None
+
+        for p, value in zip(self.parameters(), values, strict=True):
+            if not torch.equal(p.detach(), value):
+                return None
+
+        return h
 
     def _grid_states(self, c: Tensor | None) -> Tensor:
-        r"""The states at the evaluation grid, solved once and cached (unconditional)."""
+        r"""The states at the evaluation grid; for an unconditional model, cached.
+
+        The cache holds the states with a copy of the parameters they were solved with,
+        and is used only while the parameters have exactly those values, whichever way
+        they changed (an optimizer step, an in-place or :py:`.data` edit,
+        :meth:`load_state_dict`, :meth:`to`, a change of the solver's settings):
+        checking is one pass over the parameters (about 1 ns per parameter on one CPU
+        thread), far less than a solve. When gradients are enabled and parameters
+        require them, the states are differentiable, so that a model trains in
+        evaluation mode too: solved with autograd on a miss, and on a hit solved again
+        only if the backward pass runs."""
 
         grid = torch.linspace(0, 1, self.components)
 
         if c is not None:
             return self.solve(grid, c)
 
-        key = self._cache_key()
-        if self._cache is None or self._cache[0] != key:
-            with torch.no_grad():
-                self._cache = (key, self.solve(grid))
+        parameters = tuple(self.parameters())
+        differentiable = torch.is_grad_enabled() and any(p.requires_grad for p in parameters)
+        h = self._cached()
 
-        return self._cache[1]
+        if h is None:
+            values = [p.detach().clone() for p in parameters]
+            with torch.set_grad_enabled(differentiable):
+                h = self.solve(grid)
+            self._cache = (self._settings(), values, h.detach())
+        elif differentiable:
+            h = _Resolve.apply(lambda: self.solve(grid), h, *parameters)
+
+        return h
 
     def train(self, mode: bool = True):
         if mode:
@@ -576,9 +724,9 @@ class _ContinuousMixture(LazyDistribution):
     def states(self, c: Tensor | None = None) -> Tensor:
         r"""Returns the states of the components, with shape :math:`(*, C, G, S)`: at
         sorted uniform pseudotimes in training mode, at the fixed grid
-        :math:`t_j = (j - 1) / (G - 1)` in evaluation mode (cached without gradients for
-        an unconditional model until the parameters change or the module goes back to
-        training)."""
+        :math:`t_j = (j - 1) / (G - 1)` in evaluation mode (cached for an unconditional
+        model while the parameters keep their values, and differentiable when
+        gradients are enabled)."""
 
         if self.training:
             return self.solve(pseudotimes(self.pseudotimes, self._reference()), c)
@@ -629,6 +777,8 @@ class _ContinuousMixture(LazyDistribution):
         y: Tensor | None,
         steps: int,
         lr: float,
+        n_init: int,
+        generator: torch.Generator | None,
     ) -> Tensor:
         r"""Initializes the initial states and the dynamics; returns the log-sizes of
         the groups."""
@@ -636,6 +786,11 @@ class _ContinuousMixture(LazyDistribution):
         if strategy not in STRATEGIES:
             raise ValueError(f"Unknown strategy '{strategy}': choose one of {STRATEGIES}.")
 
+        check_sizes(n_init=n_init)
+        check_sizes(0, steps=steps)
+        if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr < math.inf:
+            raise ValueError(f"lr must be a positive finite number, got {lr!r}.")
+        check_generator(generator)
         reference = self._reference()
         check_samples(x, self.features, self.trajectories + 1, reference)
         if x.dtype != reference.dtype:
@@ -644,12 +799,11 @@ class _ContinuousMixture(LazyDistribution):
             )
         check_scale(x, math.exp(self.log_diag_min) + self.epsilon, "log_diag_min")
 
-        labels = group_labels(x, self.trajectories, strategy, y)
-        stats = group_statistics(x, labels, self.trajectories, self.components, strategy)
+        stats = self._statistics(x, strategy, y, n_init, generator)
         log_var = stats.variances.clamp(min=torch.finfo(x.dtype).tiny).log()
         log_var = inverse_soft_clip(log_var.clamp(min=self.log_diag_min + 0.1), self.log_diag_min)
 
-        h0 = self._default_start(x)
+        h0 = self._default_start(x, generator)
         state = self.layout.unpack(h0)
         scale = stats.variances.mean(dim=(-1, -2)).sqrt()[:, None, None]
         h0 = self.layout.pack(
@@ -664,17 +818,14 @@ class _ContinuousMixture(LazyDistribution):
 
         try:
             with torch.no_grad():
-                self.dynamics.weights[-1].mul_(1e-2)
-                self.dynamics.biases[-1].mul_(1e-2)
-
+                self._reset(generator)
                 if self.context > 0:
-                    self.start[-1].weight.mul_(1e-2)
                     self.start[-1].bias.copy_(h0.flatten())
                 else:
                     self.start.copy_(h0)
 
             if strategy == "kmeans" and self.context == 0 and steps > 0:
-                self._fit_path(stats.means, log_var, steps, lr)
+                self._fit_path(stats.means, log_var, x.var(dim=0).mean(), steps, lr)
         except Exception:
             self.load_state_dict(backup)
             raise
@@ -683,12 +834,71 @@ class _ContinuousMixture(LazyDistribution):
 
         return stats.logits
 
-    def _fit_path(self, means: Tensor, log_diag: Tensor, steps: int, lr: float) -> None:
+    def _reset(self, generator: torch.Generator | None) -> None:
+        r"""Draws the dynamics (and the context networks) afresh from ``generator``, with
+        their last layers scaled down: the trajectories start slow (and the same
+        whatever the context), whatever the model was before."""
+
+        self.dynamics.reset_parameters(generator)
+        self.dynamics.weights[-1].mul_(1e-2)
+        self.dynamics.biases[-1].mul_(1e-2)
+
+        for mlp in (self.start, getattr(self, "logits", None)):
+            if isinstance(mlp, nn.Module):
+                _reset_linear(mlp, generator)
+                mlp[-1].weight.mul_(1e-2)
+
+    def _statistics(
+        self,
+        x: Tensor,
+        strategy: str,
+        y: Tensor | None,
+        n_init: int,
+        generator: torch.Generator | None,
+    ) -> GroupStatistics:
+        r"""The groups and their ordered sub-clusters (:func:`group_statistics`): of
+        ``n_init`` draws, each from its own centres, the one whose mixture (of the
+        sub-clusters' diagonal Gaussians, the start that the trajectories regress on)
+        has the highest mean log-likelihood on :math:`x`."""
+
+        best, score = None, None
+
+        for _ in range(n_init):
+            labels = group_labels(x, self.trajectories, strategy, y, generator)
+            stats = group_statistics(
+                x, labels, self.trajectories, self.components, strategy, generator=generator
+            )
+            if n_init == 1:
+                return stats
+
+            value = self._log_likelihood(x, stats)
+            if best is None or value > score:
+                best, score = stats, value
+
+        return best
+
+    def _log_likelihood(self, x: Tensor, stats: GroupStatistics) -> Tensor:
+        r"""The mean log-likelihood of :math:`x` under the diagonal Gaussians of the
+        sub-clusters, around the data mean."""
+
+        shift = x.mean(dim=0)
+        diag = stats.variances.clamp(min=math.exp(self.log_diag_min)) + self.epsilon
+        factor = torch.zeros_like(stats.means).unsqueeze(-1)
+        base = LowRankNormal(stats.means - shift, factor, diag)
+        inner = GaussianMixture(base, torch.zeros_like(stats.means[..., 0]))
+
+        return GaussianMixture(inner, stats.logits).log_prob(x - shift).mean()
+
+    def _fit_path(
+        self, means: Tensor, log_diag: Tensor, scale: Tensor, steps: int, lr: float
+    ) -> None:
         r"""Regresses the trajectories on the ordered sub-cluster centres and
         log-variances at the evaluation grid: the trajectories start out spread along
-        the data instead of sitting at their initial state."""
+        the data instead of sitting at their initial state. The squared errors of the
+        means and loadings are in units of ``scale``, the variance of the data (positive
+        by :func:`~contmix.utils.check_scale`, where the spread of the centres is zero or
+        undefined for one centre per trajectory)."""
 
-        scale = means.flatten(0, 1).var(dim=0).mean().clamp(min=torch.finfo(means.dtype).tiny)
         grid = torch.linspace(0, 1, self.components)
         factor0 = self.layout.unpack(self.start.detach()).factor.unsqueeze(-3)
         optimizer = torch.optim.Adam(self.parameters(), lr=lr)
@@ -738,9 +948,9 @@ class CPMM(_ContinuousMixture):
 
     In training mode, the pseudotimes are drawn uniformly (sorted) at every call; in
     evaluation mode they are the fixed grid :math:`t_j = (j - 1)/(G - 1)`, solved once
-    and cached until the parameters change or the module goes back to training. Once
-    trained, :meth:`extract` returns a plain :class:`~contmix.MFA` with the
-    components.
+    and cached until the parameters change (however they change) or the module goes
+    back to training; gradients flow in both modes. Once trained, :meth:`extract`
+    returns a plain :class:`~contmix.MFA` with the components.
 
     References:
         | Continuously Parameterized Mixture Models (Bender et al., 2023)
@@ -816,6 +1026,9 @@ class CPMM(_ContinuousMixture):
         strategy: Literal["random", "kmeans"] = "kmeans",
         steps: int = 100,
         lr: float = 1e-2,
+        *,
+        n_init: int = 1,
+        generator: torch.Generator | None = None,
     ) -> None:
         r"""Initializes the trajectory from data.
 
@@ -823,13 +1036,21 @@ class CPMM(_ContinuousMixture):
         into :math:`G` clusters whose centres are ordered along a path
         (:func:`~contmix.hierarchical.order_path`); the initial state gets the first
         centre, the log-variances of its cluster as :math:`\log d`, small random
-        loadings and a zero augmented part; the last layer of the dynamics is scaled
-        down so that the trajectory starts slow, and then, for ``steps`` Adam steps,
-        the trajectory is regressed on the ordered centres and log-variances at the
-        evaluation grid. ``"random"``: the initial state starts at a random sample with
-        the log-variances of the data, the dynamics scaled down, no regression. For a
-        conditional model, the context MLP starts out producing that initial state
-        whatever the context, and there is no regression.
+        loadings and a zero augmented part; the dynamics are drawn afresh with their
+        last layer scaled down, so that the trajectory starts slow, and then, for
+        ``steps`` Adam steps, the trajectory is regressed on the ordered centres and
+        log-variances at the evaluation grid. ``"random"``: the initial state starts at
+        a random sample with the log-variances of the data, the dynamics drawn afresh
+        and scaled down, no regression. With one component (:math:`G = 1`), it is the
+        Gaussian of the data (diagonal, with small loadings). For a conditional model,
+        the context MLP starts out producing that initial state whatever the context,
+        and there is no regression.
+
+        Of ``n_init`` sets of clusters, each from its own centres, the one whose
+        mixture of the clusters' diagonal Gaussians has the highest mean log-likelihood
+        on :math:`x` is kept. Every random draw comes from ``generator``: the same seed
+        gives the same parameters, whatever the model was before, and the global seed
+        is left alone.
 
         Nothing changes if an error is raised.
 
@@ -837,10 +1058,22 @@ class CPMM(_ContinuousMixture):
             x: The samples, with shape :math:`(N, M)`.
             strategy: ``"random"`` or ``"kmeans"``.
             steps: The number of regression steps of ``"kmeans"`` (0 to skip).
-            lr: The initial learning rate of the regression (Adam, cosine decay to a tenth of it).
+            lr: The initial learning rate of the regression (Adam, cosine decay to a
+                tenth of it).
+            n_init: The number of sets of clusters, of which the best is kept.
+            generator: The random generator (torch's global generator if :py:`None`).
+
+        Example:
+            >>> x = torch.randn(64, 2)
+            >>> a = CPMM(2, components=4, rank=1, hidden_features=(8,))
+            >>> b = CPMM(2, components=4, rank=1, hidden_features=(8,))
+            >>> a.initialize(x, steps=3, n_init=2, generator=torch.Generator().manual_seed(0))
+            >>> b.initialize(x, steps=3, n_init=2, generator=torch.Generator().manual_seed(0))
+            >>> all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+            True
         """
 
-        self._initialize(x, strategy, None, steps, lr)
+        self._initialize(x, strategy, None, steps, lr, n_init, generator)
 
     @torch.no_grad()
     def extract(self, components: int | None = None, c: Tensor | None = None) -> MFA:
@@ -1000,6 +1233,12 @@ class HierarchicalCPMM(_ContinuousMixture):
             True
         """
 
+        if x.dim() < 2 or x.shape[0] == 0:
+            raise ValueError(
+                "entropy() is that of the average posterior over a batch: x must have shape "
+                f"(N, {self.features}) with N >= 1, got {tuple(x.shape)}."
+            )
+
         log_p = (self(c) if d is None else d).posterior(x)
         log_mean = torch.logsumexp(log_p, dim=0) - math.log(log_p.shape[0])
 
@@ -1012,6 +1251,9 @@ class HierarchicalCPMM(_ContinuousMixture):
         y: Tensor | None = None,
         steps: int = 100,
         lr: float = 1e-2,
+        *,
+        n_init: int = 1,
+        generator: torch.Generator | None = None,
     ) -> None:
         r"""Initializes the trajectories from data.
 
@@ -1020,9 +1262,11 @@ class HierarchicalCPMM(_ContinuousMixture):
         (``"random"``). Each group is split into :math:`G` sub-clusters (k-means, or
         random samples) ordered along a path, and as in :meth:`CPMM.initialize` each
         initial state gets its group's first centre and log-variances, small random
-        loadings, a zero augmented part, the dynamics are scaled down and, for
-        ``"kmeans"``, regressed for ``steps`` Adam steps on the ordered centres of every
-        group at once. The outer weights are set to the group sizes.
+        loadings, a zero augmented part, the dynamics are drawn afresh and scaled down
+        and, for ``"kmeans"``, regressed for ``steps`` Adam steps on the ordered centres
+        of every group at once. The outer weights are set to the group sizes. As in
+        :meth:`CPMM.initialize`, the best of ``n_init`` sets of clusters is kept and
+        every random draw comes from ``generator``.
 
         Nothing changes if an error is raised.
 
@@ -1031,14 +1275,24 @@ class HierarchicalCPMM(_ContinuousMixture):
             strategy: ``"random"`` or ``"kmeans"``.
             y: Optional labels in :math:`[0, C)`, with shape :math:`(N,)`.
             steps: The number of regression steps (0 to skip).
-            lr: The initial learning rate of the regression (Adam, cosine decay to a tenth of it).
+            lr: The initial learning rate of the regression (Adam, cosine decay to a
+                tenth of it).
+            n_init: The number of sets of clusters, of which the best is kept.
+            generator: The random generator (torch's global generator if :py:`None`).
+
+        Example:
+            >>> x = torch.randn(64, 2)
+            >>> model = HierarchicalCPMM(2, trajectories=2, components=3, hidden_features=(8,))
+            >>> state = torch.random.get_rng_state()
+            >>> model.initialize(x, steps=3, generator=torch.Generator().manual_seed(0))
+            >>> torch.equal(torch.random.get_rng_state(), state)  # the global seed is left alone
+            True
         """
 
-        logits = self._initialize(x, strategy, y, steps, lr)
+        logits = self._initialize(x, strategy, y, steps, lr, n_init, generator)
 
         with torch.no_grad():
             if self.context > 0:  # the group sizes, whatever the context at first
-                self.logits[-1].weight.mul_(1e-2)
                 self.logits[-1].bias.copy_(logits)
             else:
                 self.logits.copy_(logits)

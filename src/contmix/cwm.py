@@ -41,8 +41,9 @@ from zuko.transforms import ComposedTransform
 from zuko.utils import unpack
 
 from .distributions import DiagNormal, _check_event
-from .gmm import STRATEGIES, fit_mixture
-from .utils import check_context, check_samples, check_scale, check_sizes, cholesky, set_parameters
+from .em import _factor
+from .gmm import STRATEGIES, check_fit, fit_mixture
+from .utils import check_context, check_samples, check_scale, check_sizes, set_parameters
 
 MapType = Literal["diagonal", "affine"]
 MAP_TYPES = ("diagonal", "affine")
@@ -496,7 +497,7 @@ class CWM(LazyDistribution):
         r"""Turns Gaussian mixture parameters into the layout of :attr:`shapes`."""
 
         if self.maps == "affine":
-            L = cholesky(covariances)
+            L = _factor(covariances)
             rows, cols = torch.tril_indices(self.features, self.features, offset=-1)
             scale, tril = L.diagonal(dim1=-2, dim2=-1), [L[..., rows, cols]]
         else:
@@ -515,6 +516,8 @@ class CWM(LazyDistribution):
         tol: float = 1e-3,
         max_iter: int = 100,
         reg: float = 1e-6,
+        n_init: int = 1,
+        generator: torch.Generator | None = None,
     ) -> None:
         r"""Initializes the mixture from data as a Gaussian mixture.
 
@@ -528,7 +531,9 @@ class CWM(LazyDistribution):
         layer weights zero, biases :math:`\log \pi_k`), so that the CWM's density
         equals the Gaussian mixture's (up to the extra ``transforms``, left as they
         are, and for a conditional model up to the hypernetwork's output weights,
-        scaled by :math:`10^{-2}`).
+        scaled by :math:`10^{-2}`). With ``n_init`` restarts, each from its own centres,
+        the Gaussian mixture of the highest mean log-likelihood is kept, as in
+        :meth:`contmix.GMM.initialize` (whose default ``n_init=1`` this follows).
 
         Nothing changes if an error is raised.
 
@@ -538,18 +543,32 @@ class CWM(LazyDistribution):
             tol: The tolerance of EM on the mean log-likelihood.
             max_iter: The maximum number of EM iterations.
             reg: The variance added to the diagonal of the covariances.
+            n_init: The number of restarts, of which the best fit is kept.
+            generator: The random generator of the centres (torch's global generator
+                if :py:`None`): the same seed gives the same fit, and the global seed
+                is left alone.
         """
 
         if strategy not in STRATEGIES:
             raise ValueError(f"Unknown strategy '{strategy}': choose one of {STRATEGIES}.")
 
+        check_fit(n_init, generator, reg)
         reference = next(self.parameters())
         check_samples(x, self.features, self.components + 1, reference)
         check_scale(x, max(self.epsilon**2, reg), "epsilon and reg")
 
         covariance_type = "full" if self.maps == "affine" else "diagonal"
         logits, *params = fit_mixture(
-            x, self.components, strategy, covariance_type, False, tol, max_iter, reg
+            x,
+            self.components,
+            strategy,
+            covariance_type,
+            False,
+            tol,
+            max_iter,
+            reg,
+            n_init,
+            generator,
         )
         params = self._layout(logits, *params)
 

@@ -10,8 +10,11 @@ otherwise.
 
 __all__ = [
     "GMMFit",
+    "check_reg",
+    "degenerate",
     "fit_gmm",
     "gaussian_mixture",
+    "gmm_log_likelihood",
     "gmm_m_step",
 ]
 
@@ -43,6 +46,97 @@ class GMMFit(NamedTuple):
     converged: bool
 
 
+def check_reg(reg: float) -> None:
+    r"""Raises a :class:`ValueError` unless the regularization ``reg`` is a finite
+    non-negative number.
+
+    Example:
+        >>> check_reg(1e-6)
+        >>> check_reg(-1.0)
+        Traceback (most recent call last):
+            ...
+        ValueError: reg must be a finite number of at least 0, got -1.0: e.g. reg=1e-6.
+    """
+
+    if isinstance(reg, bool) or not isinstance(reg, (int, float)) or not 0 <= reg < float("inf"):
+        raise ValueError(f"reg must be a finite number of at least 0, got {reg!r}: e.g. reg=1e-6.")
+
+
+def _components(bad: Tensor) -> str:
+    r"""Names the components flagged in ``bad`` (the first few of them)."""
+
+    index = bad.nonzero().squeeze(-1).tolist()
+    more = f" and {len(index) - 5} more" if len(index) > 5 else ""
+
+    return f"{'component' if len(index) == 1 else 'components'} {index[:5]}{more}"
+
+
+def degenerate(what: str, finite: Tensor, positive: Tensor, fix: str) -> ValueError:
+    r"""Returns the error of a fit that cannot continue: the components whose
+    parameters are not finite (an overflow) or not positive (a degenerate cluster),
+    named, with what to do about each.
+
+    Arguments:
+        what: What is wrong, e.g. ``"covariance"``.
+        finite: Whether the parameter of each component is finite, with shape :math:`(K,)`.
+        positive: Whether it is positive (definite), with shape :math:`(K,)`.
+        fix: What to raise against a degenerate cluster, e.g. ``"reg (the variance added
+            to the covariances, e.g. reg=1e-3)"``.
+
+    Example:
+        >>> error = degenerate("covariance", torch.tensor([True]), torch.tensor([False]), "reg")
+        >>> str(error)
+        'The covariance of component [0] is singular ... raise reg.'
+    """
+
+    messages = []
+    if not finite.all():
+        messages.append(
+            f"The {what} of {_components(~finite)} is not finite: the squares of x overflow "
+            "its dtype; standardize x, e.g. (x - x.mean(0)) / x.std(0)."
+        )
+    if not positive[finite].all():
+        messages.append(
+            f"The {what} of {_components(finite & ~positive)} is singular (a cluster of "
+            f"duplicated samples, or constant in a feature): raise {fix}."
+        )
+
+    return ValueError(" ".join(messages))
+
+
+REG = "reg (the variance added to the covariances, e.g. reg=1e-3)"
+
+
+def _factor(covariances: Tensor) -> Tensor:
+    r"""Returns the Cholesky factors of full covariances (:func:`~contmix.utils.cholesky`),
+    or raises a :class:`ValueError` that names the components that have none."""
+
+    try:
+        return cholesky(covariances)
+    except ValueError:
+        pass
+
+    finite = torch.isfinite(covariances).flatten(1).all(dim=-1)
+    scale = covariances.diagonal(dim1=-2, dim2=-1).mean(dim=-1)
+    safe = torch.where(finite[:, None, None], covariances, 0)
+    eye = torch.eye(covariances.shape[-1], dtype=covariances.dtype, device=covariances.device)
+    jittered = safe + 0.1 * torch.where(finite, scale, 1).clamp(min=0)[:, None, None] * eye
+    positive = (torch.linalg.cholesky_ex(jittered).info == 0) & (scale > 0)
+
+    raise degenerate("covariance", finite, positive, REG) from None
+
+
+def _check_variances(covariances: Tensor) -> None:
+    r"""Raises a :class:`ValueError` that names the components whose (diagonal or
+    spherical) variances are not positive and finite."""
+
+    finite = torch.isfinite(covariances).all(dim=-1)
+    positive = (covariances > 0).all(dim=-1)
+
+    if not (finite & positive).all():
+        raise degenerate("variance", finite, positive, REG)
+
+
 def gaussian_mixture(
     logits: Tensor, means: Tensor, covariances: Tensor, covariance_type: CovarianceType
 ) -> GaussianMixture:
@@ -55,8 +149,9 @@ def gaussian_mixture(
     """
 
     if covariance_type == "full":
-        base = FullNormal(means, scale_tril=cholesky(covariances))
+        base = FullNormal(means, scale_tril=_factor(covariances))
     else:
+        _check_variances(covariances)
         base = DiagNormal(means, covariances.sqrt())
 
     return GaussianMixture(base, logits)
@@ -122,7 +217,7 @@ def _natural(
     K, D = means.shape
 
     if covariance_type == "full":
-        tril = cholesky(covariances)
+        tril = _factor(covariances)
         eye = torch.eye(D, dtype=tril.dtype, device=tril.device)
         inverse = torch.linalg.solve_triangular(tril, eye, upper=False)
         precision = inverse.mT @ inverse
@@ -131,6 +226,7 @@ def _natural(
         quadratic = -precision[:, rows, cols] * torch.where(rows == cols, 0.5, 1.0).to(means)
         log_det = 2 * tril.diagonal(dim1=-2, dim2=-1).log().sum(dim=-1)
     else:
+        _check_variances(covariances)
         precision = covariances.reciprocal().expand(-1, D)
         linear = precision * means
         quadratic = -0.5 * precision
@@ -181,6 +277,7 @@ def _maximization(
     return (nk / nk.sum()).log(), centered + shift, covariances
 
 
+@torch.no_grad()
 def gmm_m_step(
     x: Tensor,
     resp: Tensor,
@@ -217,6 +314,7 @@ def gmm_m_step(
         True
     """
 
+    check_reg(reg)
     dtype, x, resp = x.dtype, x.double(), resp.double()
     shift = mean(x)
     stats = sum(resp_.T @ _features(x_, covariance_type) for x_, resp_ in _split(x - shift, resp))
@@ -225,6 +323,7 @@ def gmm_m_step(
     return tuple(p.to(dtype) for p in _maximization(stats, shift, covariance_type, tied, reg))
 
 
+@torch.no_grad()
 def fit_gmm(
     x: Tensor,
     logits: Tensor,
@@ -274,6 +373,7 @@ def fit_gmm(
         (True, [[5.0, 5.0], [5.0, 5.0]])
     """
 
+    check_reg(reg)
     dtype = x.dtype
     x, logits, means, covariances = (t.double() for t in (x, logits, means, covariances))
     shift, N = mean(x), samples(x)
@@ -304,3 +404,39 @@ def fit_gmm(
     logits, means, covariances = (t.to(dtype) for t in (logits, means, covariances))
 
     return GMMFit(logits, means, covariances, torch.stack(history).to(dtype), converged)
+
+
+@torch.no_grad()
+def gmm_log_likelihood(
+    x: Tensor,
+    logits: Tensor,
+    means: Tensor,
+    covariances: Tensor,
+    covariance_type: CovarianceType = "full",
+) -> Tensor:
+    r"""Returns the mean log-likelihood of a Gaussian mixture of natural parameters,
+
+    .. math:: rac{1}{N} \sum_n \log \sum_k \pi_k \mathcal{N}(x_n \mid \mu_k, \Sigma_k) ,
+
+    computed as the E-step of :func:`fit_gmm` computes it (in float64, around the data
+    mean, over all shards within :func:`~contmix.distributed.sharded`), in the dtype of
+    :math:`x`. It is the value :func:`fit_gmm` records for these parameters.
+
+    Example:
+        >>> x = torch.randn(100, 2, dtype=torch.float64)
+        >>> logits, means, covs = torch.zeros(1), torch.zeros(1, 2), torch.eye(2).unsqueeze(0)
+        >>> ll = gmm_log_likelihood(x, logits, means, covs)
+        >>> reference = torch.distributions.MultivariateNormal(torch.zeros(2), torch.eye(2))
+        >>> bool(torch.isclose(ll, reference.log_prob(x.float()).mean().double(), atol=1e-5))
+        True
+    """
+
+    dtype = x.dtype
+    x, logits, means, covariances = (t.double() for t in (x, logits, means, covariances))
+    shift, N = mean(x), samples(x)
+    theta = _natural(logits, means - shift, covariances, covariance_type).T
+    total = sum(
+        torch.logsumexp(phi @ theta, dim=-1).sum() for phi in _blocks(x - shift, covariance_type)()
+    )
+
+    return (all_reduce(total) / N).to(dtype)

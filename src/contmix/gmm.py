@@ -17,34 +17,67 @@ from zuko.lazy import LazyDistribution
 from zuko.nn import MLP
 from zuko.utils import unpack
 
-from .cluster import kmeans, kmeans_plusplus, random_centers
+from .cluster import assign, check_generator, kmeans, kmeans_plusplus, random_centers
 from .distributions import DiagNormal, FullNormal, GaussianMixture
-from .em import COVARIANCE_TYPES, CovarianceType, fit_gmm, gmm_m_step
-from .utils import check_context, check_samples, check_scale, check_sizes, cholesky, set_parameters
+from .em import (
+    COVARIANCE_TYPES,
+    CovarianceType,
+    _factor,
+    check_reg,
+    fit_gmm,
+    gmm_log_likelihood,
+    gmm_m_step,
+)
+from .utils import check_context, check_samples, check_scale, check_sizes, set_parameters
 
 STRATEGIES = ("random", "kmeans", "kmeans++", "em")
 
 
-def initial_centers(x: Tensor, k: int, strategy: str) -> Tensor:
+def initial_clusters(
+    x: Tensor, k: int, strategy: str, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
     r"""Returns :math:`k` centres by ``"random"``, ``"kmeans"`` or ``"kmeans++"``
-    (``"em"`` starts from k-means++)."""
+    (``"em"`` starts from k-means, as scikit-learn's ``init_params="kmeans"``), drawn
+    from ``generator`` (torch's global generator if :py:`None`), and the cluster of
+    each sample: its nearest centre, or for k-means its label (the centres are rounded
+    to the dtype, which far from the origin would move samples near the boundaries)."""
 
-    if strategy == "random":
-        return random_centers(x, k)
-    elif strategy == "kmeans":
-        return kmeans(x, k)[0]
-    elif strategy in ("kmeans++", "em"):
-        return kmeans_plusplus(x, k)
+    if strategy in ("kmeans", "em"):
+        return kmeans(x, k, generator=generator)
+    elif strategy == "random":
+        centers = random_centers(x, k, generator)
+    elif strategy == "kmeans++":
+        centers = kmeans_plusplus(x, k, generator)
     else:
         raise ValueError(f"Unknown strategy '{strategy}': choose one of {STRATEGIES}.")
 
+    return centers, assign(x, centers)
+
 
 def hard_responsibilities(x: Tensor, centers: Tensor) -> Tensor:
-    r"""Returns the one-hot assignment of each sample to its nearest centre, with shape
+    r"""Returns the one-hot assignment of each sample to its nearest centre
+    (:func:`~contmix.cluster.assign`, exact far from the origin too), with shape
     :math:`(N, K)`."""
 
-    distances = torch.cdist(x, centers)
-    return nn.functional.one_hot(distances.argmin(dim=-1), len(centers)).to(x.dtype)
+    return nn.functional.one_hot(assign(x, centers), len(centers)).to(x.dtype)
+
+
+def check_fit(n_init: int, generator: torch.Generator | None, reg: float) -> None:
+    r"""Raises an error unless the arguments shared by the ``initialize`` methods are
+    valid: ``n_init`` a positive integer, ``generator`` a :class:`torch.Generator` or
+    :py:`None`, ``reg`` a finite non-negative number.
+
+    Example:
+        >>> check_fit(1, None, 1e-6)
+        >>> check_fit(0, None, 1e-6)
+        Traceback (most recent call last):
+            ...
+        ValueError: n_init must be an integer of at least 1, got 0.
+    """
+
+    check_sizes(n_init=n_init)
+    check_generator(generator)
+    check_reg(reg)
 
 
 def fit_mixture(
@@ -56,18 +89,35 @@ def fit_mixture(
     tol: float,
     max_iter: int,
     reg: float,
+    n_init: int = 1,
+    generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     r"""Returns the log-weights, means and covariances of a Gaussian mixture fitted to
-    :math:`x`: the clusters of :func:`initial_centers` (hard assignments, one M-step),
-    then, for ``"em"``, expectation-maximization to convergence (:func:`~contmix.em.fit_gmm`)."""
+    :math:`x`: the clusters of :func:`initial_clusters` (hard assignments, one M-step),
+    then, for ``"em"``, expectation-maximization to convergence (:func:`~contmix.em.fit_gmm`).
+    Of ``n_init`` such fits, each from its own centres, the one of the highest mean
+    log-likelihood is kept (for ``"em"``, that of its last E-step, as scikit-learn's
+    lower bound)."""
 
-    resp = hard_responsibilities(x, initial_centers(x, components, strategy))
-    params = gmm_m_step(x, resp, covariance_type, tied, reg)
+    best, score = None, None
 
-    if strategy == "em":
-        params = fit_gmm(x, *params, covariance_type, tied, tol, max_iter, reg)[:3]
+    for _ in range(n_init):
+        labels = initial_clusters(x, components, strategy, generator)[1]
+        resp = nn.functional.one_hot(labels, components).to(x.dtype)
+        params = gmm_m_step(x, resp, covariance_type, tied, reg)
 
-    return params
+        if strategy == "em":
+            fit = fit_gmm(x, *params, covariance_type, tied, tol, max_iter, reg)
+            params, value = fit[:3], fit.history[-1]
+        elif n_init > 1:
+            value = gmm_log_likelihood(x, *params, covariance_type)
+        else:
+            value = None
+
+        if best is None or value > score:
+            best, score = params, value
+
+    return best
 
 
 def gmm_shapes(
@@ -187,7 +237,7 @@ class GMM(LazyDistribution):
         r"""Turns natural parameters into the layout of :attr:`shapes`."""
 
         if self.covariance_type == "full":
-            tril = cholesky(covariances)
+            tril = _factor(covariances)
             diag = tril.diagonal(dim1=-2, dim2=-1)
             rows, cols = torch.tril_indices(self.features, self.features, offset=-1)
             scale = [diag, tril[..., rows, cols]]
@@ -207,17 +257,32 @@ class GMM(LazyDistribution):
         tol: float = 1e-3,
         max_iter: int = 100,
         reg: float = 1e-6,
+        n_init: int = 1,
+        generator: torch.Generator | None = None,
     ) -> None:
         r"""Initializes the mixture from data.
 
         ``"random"``, ``"kmeans"`` and ``"kmeans++"`` pick centres (random samples, the
-        k-means solution or k-means++ seeds), assign each sample to its nearest centre
-        and set the weights, means and covariances of the clusters, regularized by
-        ``reg`` so that small or degenerate clusters stay positive definite. ``"em"``
-        then runs expectation-maximization from the k-means++ clusters until the mean
+        k-means solution or greedy k-means++ seeds,
+        :func:`~contmix.cluster.kmeans_plusplus`), assign each sample to its nearest
+        centre and set the weights, means and covariances of the clusters, regularized
+        by ``reg`` so that small or degenerate clusters stay positive definite. ``"em"``
+        then runs expectation-maximization from the k-means clusters until the mean
         log-likelihood changes by less than ``tol``, as
-        :class:`sklearn.mixture.GaussianMixture` does. For a conditional model, the
-        hypernetwork starts out producing the fitted mixture whatever the context.
+        :class:`sklearn.mixture.GaussianMixture` does (from the k-means++ seeds, EM
+        misses the best optimum more often: 42 of 60 seeds against 36 on 16
+        overlapping clusters in 8 dimensions). With ``n_init`` restarts, each
+        from its own centres, the fit of the highest mean log-likelihood on :math:`x`
+        is kept (for ``"em"``, that of its last E-step, as scikit-learn keeps the best
+        lower bound). For a conditional model, the hypernetwork starts out producing the
+        fitted mixture whatever the context.
+
+        The default ``n_init=1`` is scikit-learn's: one run of greedy k-means++,
+        k-means and EM reaches the best optimum about as often as scikit-learn's
+        :class:`~sklearn.mixture.GaussianMixture` (``benchmarks/init_quality.py``, 16
+        well-separated clusters in 16 dimensions: 4 of 5 seeds for both, 16 and 15 of
+        20); each restart costs one more fit and makes a bad local optimum less likely
+        (5 of 5 with ``n_init=2``).
 
         Nothing changes if an error is raised.
 
@@ -227,28 +292,51 @@ class GMM(LazyDistribution):
             tol: The tolerance of EM on the mean log-likelihood.
             max_iter: The maximum number of EM iterations.
             reg: The variance added to the diagonal of the covariances.
+            n_init: The number of restarts, of which the best fit is kept.
+            generator: The random generator of the centres (torch's global generator
+                if :py:`None`): the same seed gives the same fit, and the global seed
+                is left alone.
+
+        Example:
+            >>> x = torch.cat((torch.randn(100, 2) - 3, torch.randn(100, 2) + 3))
+            >>> a, b = GMM(features=2, components=2), GMM(features=2, components=2)
+            >>> a.initialize(x, "em", n_init=2, generator=torch.Generator().manual_seed(0))
+            >>> b.initialize(x, "em", n_init=2, generator=torch.Generator().manual_seed(0))
+            >>> torch.equal(a().log_prob(x), b().log_prob(x))
+            True
         """
 
         if strategy not in STRATEGIES:
             raise ValueError(f"Unknown strategy '{strategy}': choose one of {STRATEGIES}.")
 
+        check_fit(n_init, generator, reg)
         reference = next(self.parameters())
         check_samples(x, self.features, self.components + 1, reference)
         check_scale(x, max(self.epsilon**2, reg), "epsilon and reg")
 
         params = fit_mixture(
-            x, self.components, strategy, self.covariance_type, self.tied, tol, max_iter, reg
+            x,
+            self.components,
+            strategy,
+            self.covariance_type,
+            self.tied,
+            tol,
+            max_iter,
+            reg,
+            n_init,
+            generator,
         )
         params = self._layout(*params)
 
         set_parameters(self, params)
 
+    @torch.no_grad()
     def em(self, x: Tensor, tol: float = 1e-3, max_iter: int = 100, reg: float = 1e-6) -> Tensor:
         r"""Runs expectation-maximization on :math:`x` from the current parameters (as
         scikit-learn's ``warm_start``), until the mean log-likelihood changes by less
         than ``tol`` or for ``max_iter`` iterations: e.g. to finish a model trained by
         gradient descent, or through a :class:`~contmix.Curriculum`, at the local
-        optimum it is in. :py:`initialize(x, "em")` is :py:`initialize(x, "kmeans++")`
+        optimum it is in. :py:`initialize(x, "em")` is :py:`initialize(x, "kmeans")`
         followed by this.
 
         Each iteration computes the responsibilities
@@ -290,6 +378,7 @@ class GMM(LazyDistribution):
                 "its parameters come from a hypernetwork; train it by gradient descent."
             )
 
+        check_reg(reg)
         reference = next(self.parameters())
         check_samples(x, self.features, self.components + 1, reference)
         check_scale(x, max(self.epsilon**2, reg), "epsilon and reg")

@@ -17,8 +17,9 @@ from zuko.lazy import LazyDistribution
 from zuko.nn import MLP
 from zuko.utils import unpack
 
-from .cluster import kmeans, random_centers
+from .cluster import _distances, assign, kmeans, random_centers
 from .distributions import GaussianMixture, LowRankNormal
+from .gmm import check_fit
 from .utils import check_context, check_samples, check_scale, check_sizes, set_parameters
 
 STRATEGIES = ("random", "kmeans")
@@ -35,16 +36,21 @@ class GroupStatistics(NamedTuple):
 
 def order_path(centers: Tensor) -> Tensor:
     r"""Returns an order of the centres along a path: it starts at the centre farthest
-    from their mean and goes to the nearest centre not visited yet.
+    from their mean and goes to the nearest centre not visited yet. Centres within 0.1%
+    of the farthest distance tie (two centres are always equally far from their mean),
+    and the tie goes to the smallest first coordinate: the order does not depend on
+    rounding, in float32 as in float64.
 
     Example:
         >>> order_path(torch.tensor([[1.0], [3.0], [0.0], [2.0]])).tolist()
-        [1, 3, 0, 2]
+        [2, 0, 3, 1]
     """
 
-    distances = torch.cdist(centers, centers)
+    distances = _distances(centers, centers, centers.median(dim=0).values)  # squared
     visited = torch.zeros(len(centers), dtype=torch.bool, device=centers.device)
-    current = (centers - centers.mean(dim=0)).norm(dim=-1).argmax()
+    spread = (centers - centers.mean(dim=0)).square().sum(dim=-1)
+    far = spread >= (1 - 2e-3) * spread.max()
+    current = centers[:, 0].masked_fill(~far, float("inf")).argmin()
     order = [current]
 
     for _ in range(1, len(centers)):
@@ -55,7 +61,9 @@ def order_path(centers: Tensor) -> Tensor:
     return torch.stack(order)
 
 
-def _sub_clusters(x: Tensor, components: int, strategy: str) -> tuple[Tensor, Tensor]:
+def _sub_clusters(
+    x: Tensor, components: int, strategy: str, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
     r"""Splits a group into at most ``components`` sub-clusters ordered along a path;
     a group with fewer samples repeats its last centre. Returns the centres, with shape
     :math:`(G, M)`, and the sub-cluster of each sample."""
@@ -63,18 +71,19 @@ def _sub_clusters(x: Tensor, components: int, strategy: str) -> tuple[Tensor, Te
     k = min(components, len(x))
 
     if strategy == "kmeans":
-        centers, _ = kmeans(x, k)
+        centers, _ = kmeans(x, k, generator=generator)
     else:
-        centers = random_centers(x, k)
+        centers = random_centers(x, k, generator)
 
     order = order_path(centers)
     centers = centers[order]
-    labels = torch.cdist(x, centers).argmin(dim=-1)
+    labels = assign(x, centers)
     pad = torch.arange(components, device=x.device).clamp(max=k - 1)
 
     return centers[pad], labels
 
 
+@torch.no_grad()
 def group_statistics(
     x: Tensor,
     labels: Tensor,
@@ -82,6 +91,7 @@ def group_statistics(
     components: int,
     strategy: Literal["random", "kmeans"] = "kmeans",
     prior: float = 4.0,
+    generator: torch.Generator | None = None,
 ) -> GroupStatistics:
     r"""Returns the statistics of :math:`G` sub-clusters in each of :math:`C` groups.
 
@@ -102,6 +112,8 @@ def group_statistics(
         components: The number of sub-clusters :math:`G` per group.
         strategy: ``"kmeans"`` or ``"random"`` sub-cluster centres.
         prior: The shrinkage weight :math:`\kappa`.
+        generator: The random generator of the centres (torch's global generator if
+            :py:`None`).
 
     Returns:
         The log-weights of the groups, with shape :math:`(C,)`, the sub-cluster centres,
@@ -120,7 +132,7 @@ def group_statistics(
 
     for c in range(groups):
         xc = x[labels == c]
-        centers, sub = _sub_clusters(xc, components, strategy)
+        centers, sub = _sub_clusters(xc, components, strategy, generator)
         counts = torch.bincount(sub, minlength=components).to(x.dtype)
         one_hot = nn.functional.one_hot(sub, components).to(x.dtype)
 
@@ -144,6 +156,7 @@ def group_statistics(
     )
 
 
+@torch.no_grad()
 def factor_analyzers(covariances: Tensor, rank: int, floor: float = 1e-6) -> tuple[Tensor, Tensor]:
     r"""Returns loadings :math:`A` and diagonals :math:`d` with
     :math:`D + A A^T \approx \Sigma` from the top :math:`R` eigenpairs of each
@@ -281,33 +294,66 @@ class HierarchicalMFA(LazyDistribution):
         x: Tensor,
         strategy: Literal["random", "kmeans"] = "kmeans",
         y: Tensor | None = None,
+        n_init: int = 1,
+        generator: torch.Generator | None = None,
     ) -> None:
         r"""Initializes the mixture from data.
 
         The samples are split into :math:`C` groups (by ``y`` when labels are given,
         otherwise by k-means or around random samples), each group into :math:`G`
         sub-clusters, and each component is the factor analyzer (probabilistic PCA) of
-        its sub-cluster (:func:`group_statistics`). For a conditional model, the
-        hypernetwork starts out producing this mixture whatever the context. Nothing
-        changes if an error is raised.
+        its sub-cluster (:func:`group_statistics`). With ``n_init`` restarts, each from
+        its own centres, the mixture of the highest mean log-likelihood on :math:`x` is
+        kept (the default, 1, is that of :meth:`contmix.GMM.initialize`). For a
+        conditional model, the hypernetwork starts out producing this mixture whatever
+        the context. Nothing changes if an error is raised.
 
         Arguments:
             x: The samples, with shape :math:`(N, M)`.
             strategy: ``"random"`` or ``"kmeans"``.
             y: Optional labels in :math:`[0, C)`, with shape :math:`(N,)`.
+            n_init: The number of restarts, of which the best mixture is kept.
+            generator: The random generator of the centres (torch's global generator
+                if :py:`None`): the same seed gives the same mixture, and the global
+                seed is left alone.
+
+        Example:
+            >>> x = torch.cat((torch.randn(100, 3) - 4, torch.randn(100, 3) + 4))
+            >>> model = HierarchicalMFA(features=3, groups=2, components=2, rank=1)
+            >>> model.initialize(x, n_init=2, generator=torch.Generator().manual_seed(0))
+            >>> model.predict(x).bincount().tolist()
+            [100, 100]
         """
 
         if strategy not in STRATEGIES:
             raise ValueError(f"Unknown strategy '{strategy}': choose one of {STRATEGIES}.")
 
+        check_fit(n_init, generator, 0.0)
         reference = next(self.parameters())
         check_samples(x, self.features, self.groups + 1, reference)
         check_scale(x, 2 * self.epsilon, "epsilon")
-        labels = group_labels(x, self.groups, strategy, y)
+        best, score = None, None
 
-        stats = group_statistics(x, labels, self.groups, self.components, strategy)
+        for _ in range(n_init):
+            params = self._fit(x, strategy, y, generator)
+            value = self._log_likelihood(x, params) if n_init > 1 else None
+            if best is None or value > score:
+                best, score = params, value
+
+        set_parameters(self, best)
+
+    def _fit(
+        self, x: Tensor, strategy: str, y: Tensor | None, generator: torch.Generator | None
+    ) -> list[Tensor]:
+        r"""Returns the parameters of one initialization, in the layout of :attr:`shapes`."""
+
+        labels = group_labels(x, self.groups, strategy, y, generator)
+        stats = group_statistics(
+            x, labels, self.groups, self.components, strategy, generator=generator
+        )
         factor, diag = factor_analyzers(stats.covariances, self.rank)
-        params = [
+
+        return [
             stats.logits,
             torch.zeros_like(stats.means[..., 0]),
             stats.means,
@@ -315,7 +361,16 @@ class HierarchicalMFA(LazyDistribution):
             (diag - self.epsilon).clamp(min=self.epsilon).log(),
         ]
 
-        set_parameters(self, params)
+    def _log_likelihood(self, x: Tensor, params: list[Tensor]) -> Tensor:
+        r"""The mean log-likelihood of :math:`x` under parameters in the layout of
+        :attr:`shapes`, around the data mean."""
+
+        eta, logits, loc, factor, log_diag = params
+        shift = x.mean(dim=0)
+        base = LowRankNormal(loc - shift, factor, log_diag.exp() + self.epsilon)
+        mixture = GaussianMixture(GaussianMixture(base, logits), eta)
+
+        return mixture.log_prob(x - shift).mean()
 
 
 def check_labels(y: Tensor, samples: int, groups: int) -> None:
@@ -340,22 +395,32 @@ def check_labels(y: Tensor, samples: int, groups: int) -> None:
         raise ValueError(f"The labels {missing} have no samples: every group needs samples.")
 
 
-def group_labels(x: Tensor, groups: int, strategy: str, y: Tensor | None = None) -> Tensor:
+@torch.no_grad()
+def group_labels(
+    x: Tensor,
+    groups: int,
+    strategy: str,
+    y: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     r"""Returns the group of each sample: the labels ``y`` when given (checked), else the
-    k-means clusters (``"kmeans"``) or the nearest of random samples (``"random"``)."""
+    k-means clusters (``"kmeans"``) or the nearest of random samples (``"random"``),
+    drawn from ``generator`` (torch's global generator if :py:`None`)."""
 
     if y is not None:
         check_labels(y, len(x), groups)
         return y.to(x.device)
 
     if strategy == "kmeans":
-        return kmeans(x, groups)[1]
+        return kmeans(x, groups, generator=generator)[1]
 
-    labels = torch.cdist(x, random_centers(x, groups)).argmin(dim=-1)
+    labels = assign(x, random_centers(x, groups, generator))
     counts = torch.bincount(labels, minlength=groups)
 
     # a random centre duplicated in x leaves a group empty: give it its own sample
     empty = (counts == 0).nonzero().squeeze(-1)
-    labels[torch.randperm(len(x), device=x.device)[: len(empty)]] = empty
+    device = x.device if generator is None else generator.device
+    order = torch.randperm(len(x), generator=generator, device=device).to(x.device)
+    labels[order[: len(empty)]] = empty
 
     return labels
