@@ -416,7 +416,7 @@ def gmm_log_likelihood(
 ) -> Tensor:
     r"""Returns the mean log-likelihood of a Gaussian mixture of natural parameters,
 
-    .. math:: rac{1}{N} \sum_n \log \sum_k \pi_k \mathcal{N}(x_n \mid \mu_k, \Sigma_k) ,
+    .. math:: \frac{1}{N} \sum_n \log \sum_k \pi_k \mathcal{N}(x_n \mid \mu_k, \Sigma_k) ,
 
     computed as the E-step of :func:`fit_gmm` computes it (in float64, around the data
     mean, over all shards within :func:`~contmix.distributed.sharded`), in the dtype of
