@@ -403,6 +403,11 @@ def diag_mahalanobis(
     means = loc.detach()
     index = anchors(x, means, origin)
 
+    if precision is None:  # the projections alone
+        u = x - means.index_select(0, index)
+        z = (u @ weight.flatten(0, 1).mT).unflatten(-1, (K, R))
+        return None, z + offset.index_select(0, index)
+
     # (u + 2 (a - c_g)) u and, between groups, s_g u against the diagonal metric
     shift = None if g.single else g.shift
     if not g.single:
