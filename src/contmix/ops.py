@@ -178,20 +178,6 @@ def groups(table: Tensor) -> Tensor:
     return labels
 
 
-class _Frame(NamedTuple):
-    r"""Samples expanded around their anchors: the index :math:`j(n)` of each anchor,
-    the offsets :math:`u_n = x_n - a_n`, the offset :math:`a_j - c_{g(j)}` of each mean
-    from the centre of its group, the offset :math:`c_{g(j)} - c` of that centre from the
-    global centre, and whether sample :math:`n` and component :math:`k` are in groups
-    apart (none when all the means form one group)."""
-
-    index: Tensor
-    u: Tensor
-    local: Tensor
-    shift: Tensor
-    apart: Tensor | None
-
-
 class _Groups(NamedTuple):
     r"""The groups of the means: the offset :math:`\mu_k - c_{h(k)}` of each mean from
     its group's centre, the offset :math:`c_{h(k)} - c` of that centre from the global
@@ -279,16 +265,6 @@ def _tables(
         P = torch.where(apart.unsqueeze(-1), project(g.local + g.shift, cols + g.shift), P)
 
     return T, P
-
-
-def _frame(x: Tensor, loc: Tensor, g: _Groups, origin: Tensor) -> _Frame:
-    index = anchors(x, loc, origin)
-    means = loc.detach()
-    label = g.label
-
-    apart = None if label is None else label[index].unsqueeze(-1) != label
-
-    return _Frame(index, x - means[index], g.local, g.shift, apart)
 
 
 class _Rows(torch.autograd.Function):
@@ -395,10 +371,7 @@ def diag_mahalanobis(
     g = _groups(
         loc.detach(), None if precision is None else metric.detach(), weight.detach(), origin
     )
-    cols = loc - loc.detach() + g.local  # mu_k - c_h(k), with the gradient of mu_k
-    both = torch.cat((weight.flatten(0, 1), cols * metric))  # one product for z and q
     R = weight.shape[-2]
-
     table, offset = _tables(loc, metric, weight, g, wide=precision is None)
     means = loc.detach()
     index = anchors(x, means, origin)
@@ -408,16 +381,14 @@ def diag_mahalanobis(
         z = (u @ weight.flatten(0, 1).mT).unflatten(-1, (K, R))
         return None, z + offset.index_select(0, index)
 
-    # (u + 2 (a - c_g)) u and, between groups, s_g u against the diagonal metric
+    # one product for z and the cross terms: (u + 2 (a - c_g)) u and, between groups,
+    # s_g u against the diagonal metric
+    cols = loc - means + g.local  # mu_k - c_h(k), with the gradient of mu_k
+    both = [weight.flatten(0, 1), cols * metric] + ([] if g.single else [g.shift * metric])
     shift = None if g.single else g.shift
-    if not g.single:
-        both = torch.cat((both, g.shift * metric))
-    out, products = _Rows.apply(x, both, metric, index, means, 2 * g.local, shift)
+    out, products = _Rows.apply(x, torch.cat(both), metric, index, means, 2 * g.local, shift)
 
     z = out[:, : K * R].unflatten(-1, (K, R)) + offset.index_select(0, index)
-    if precision is None:
-        return None, z
-
     q = products[0] - 2 * out[:, K * R : K * R + K] + table.index_select(0, index)
     if not g.single:  # between groups far apart, around the global centre
         between = products[1] - out[:, K * R + K :]
@@ -473,20 +444,22 @@ def tied_mahalanobis(x: Tensor, loc: Tensor, weight: Tensor) -> Tensor:
     g = _groups(loc.detach(), None, stack.detach(), origin)
     offset = _tables(loc, zero, stack, g)[1]
     table = offset.square().sum(dim=-1)
-    f = _frame(x, loc, g, origin)
+    means = loc.detach()
+    index = anchors(x, means, origin)
 
-    y = f.u @ weight.mT
-    local = (loc - loc.detach() + f.local) @ weight.mT  # W (mu_k - c_h(k))
-    anchor_local = f.local.index_select(0, f.index) @ weight.mT  # W (a_n - c_g(n))
+    y = (x - means.index_select(0, index)) @ weight.mT
+    local = (loc - means + g.local) @ weight.mT  # W (mu_k - c_h(k))
+    anchor_local = g.local.index_select(0, index) @ weight.mT  # W (a_n - c_g(n))
     row = (y * (y + 2 * anchor_local)).sum(dim=-1, keepdim=True)
     maha = row - 2 * y @ local.mT
 
-    if f.apart is not None:
-        shift = f.shift @ weight.mT
-        between = (y * shift[f.index]).sum(dim=-1, keepdim=True) - y @ shift.mT
-        maha = torch.where(f.apart, maha + 2 * between, maha)
+    if not g.single:  # between groups far apart, around the global centre
+        shift = g.shift @ weight.mT
+        between = (y * shift.index_select(0, index)).sum(dim=-1, keepdim=True) - y @ shift.mT
+        apart = g.label.index_select(0, index).unsqueeze(-1) != g.label
+        maha = torch.where(apart, maha + 2 * between, maha)
 
-    return maha + table[f.index]
+    return maha + table.index_select(0, index)
 
 
 class _LogSumExp(torch.autograd.Function):
