@@ -1,14 +1,28 @@
-r"""Tests for contmix.datasets (the synthetic sets and the idx loader)."""
+r"""Tests for contmix.datasets (the synthetic sets, the idx loader, Fashion-MNIST and the
+digits in MNIST's layout)."""
 
 import gzip
 import math
+import re
 
 import numpy as np
 import pytest
 import torch
 
-from contmix.datasets import mnist, spiral, two_circles
+from contmix import datasets
+from contmix.datasets import (
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_ROOT,
+    digits_28x28,
+    fashion_mnist,
+    fashion_mnist_images,
+    mnist,
+    spiral,
+    two_circles,
+)
 from contmix.transforms import LogitTransform
+
+APT = "apt-get update && sudo apt-get install dataset-fashion-mnist"
 
 
 def test_two_circles():
@@ -139,3 +153,134 @@ def test_mnist_errors(idx_root):
     (root / "train-images-idx3-ubyte").write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 5, 1, 2]))
     with pytest.raises(ValueError, match="header says"):
         mnist(root)
+
+
+# Fashion-MNIST
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    r"""The real Fashion-MNIST, read once: skips where the Debian package is absent."""
+
+    try:
+        return fashion_mnist_images(train=True), fashion_mnist_images(train=False)
+    except FileNotFoundError:
+        pytest.skip(f"Fashion-MNIST is not in {FASHION_MNIST_ROOT}: sudo {APT}")
+
+
+def test_fashion_mnist_images(fashion):
+    for (images, labels), n in zip(fashion, (60000, 10000), strict=True):
+        assert images.shape == (n, 28, 28) and images.dtype == torch.uint8
+        assert labels.shape == (n,) and labels.dtype == torch.int64
+        assert labels.bincount().tolist() == [n // 10] * 10  # balanced classes 0 to 9
+        assert images.min() == 0 and images.max() == 255  # the whole range of 256 levels
+
+    assert len(FASHION_MNIST_CLASSES) == 10
+
+
+def test_fashion_mnist_preprocessed(fashion):
+    (images, labels), (images_test, labels_test) = fashion
+    x, x_test, y, y_test = fashion_mnist(limit=100, seed=1, dtype=torch.float64)
+
+    assert x.shape == (100, 784) and x_test.shape == (100, 784)
+    assert x.isfinite().all() and x_test.isfinite().all()
+
+    # each sample is the dequantized logit of one of the images, with its label (float64:
+    # in float32, some of these 78,400 pixels would round across the edge of their bin)
+    for z, label, v, v_labels in (
+        (x, y, images, labels),
+        (x_test, y_test, images_test, labels_test),
+    ):
+        rows = {bytes(row): i for i, row in enumerate(v.flatten(1).numpy())}
+        pixels = (LogitTransform(0.05).inv(z.double()) * 256).floor().to(torch.uint8)
+        index = [rows[bytes(row)] for row in pixels.numpy()]
+        assert torch.equal(v_labels[index], label)
+
+
+def test_fashion_mnist_absent(tmp_path, monkeypatch):
+    def message(root):  # what the error must say: where it looked, and the apt command
+        return f"is not in {re.escape(str(root))} .*{re.escape(APT)}"
+
+    for load in (fashion_mnist, fashion_mnist_images):
+        with pytest.raises(FileNotFoundError, match=message(tmp_path)):
+            load(tmp_path)
+
+    # by default, the Debian folder
+    monkeypatch.setattr(datasets, "FASHION_MNIST_ROOT", tmp_path / "usr")
+    with pytest.raises(FileNotFoundError, match=message(tmp_path / "usr")):
+        fashion_mnist()
+
+
+def test_fashion_mnist_folder(tmp_path):
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, size=(7, 28, 28))
+    labels = rng.integers(0, 10, size=7)
+    images_test = rng.integers(0, 256, size=(3, 28, 28))
+    labels_test = rng.integers(0, 10, size=3)
+
+    for name, array in zip(
+        datasets.IDX_FILES, (images, labels, images_test, labels_test), strict=True
+    ):
+        write_idx(tmp_path / name, array)  # uncompressed
+
+    v, y = fashion_mnist_images(tmp_path, train=False)
+    assert v.dtype == torch.uint8 and torch.equal(v, torch.as_tensor(images_test).byte())
+    assert y.tolist() == labels_test.tolist()
+
+    assert fashion_mnist(tmp_path)[0].dtype == torch.float32
+
+    x, x_test, y, y_test = fashion_mnist(tmp_path, alpha=1e-6, dtype=torch.float64)
+    assert x.shape == (7, 784) and x_test.shape == (3, 784) and x.dtype == torch.float64
+    assert y.tolist() == labels.tolist() and y_test.tolist() == labels_test.tolist()
+
+    pixels = (LogitTransform(1e-6).inv(x) * 256).floor().long()
+    assert torch.equal(pixels, torch.as_tensor(images.reshape(7, -1)))
+
+
+# digits in MNIST's layout
+
+
+def bilinear(image: np.ndarray, size: int) -> np.ndarray:
+    r"""Resizes a square image by bilinear interpolation with aligned pixel centres,
+    written out with numpy (the reference of the resize)."""
+
+    n = len(image)
+    weights = np.zeros((size, n))
+    for i in range(size):
+        source = max((i + 0.5) * n / size - 0.5, 0.0)
+        low = int(source)
+        weights[i, low] += 1 - (source - low)
+        weights[i, min(low + 1, n - 1)] += source - low
+
+    return weights @ image @ weights.T
+
+
+def test_digits_28x28():
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images, labels = digits_28x28()
+
+    assert images.shape == (1797, 28, 28) and images.dtype == torch.uint8
+    assert labels.tolist() == data.target.tolist()
+    assert images.max() == 255
+
+    # the centre of mass of each digit lies within half a pixel of the frame's centre
+    v = images.double()
+    grid = torch.arange(28, dtype=torch.float64)
+    rows = (v.sum(dim=2) @ grid) / v.sum(dim=(1, 2))
+    cols = (v.sum(dim=1) @ grid) / v.sum(dim=(1, 2))
+    assert ((rows - 13.5).abs() <= 0.5).all() and ((cols - 13.5).abs() <= 0.5).all()
+
+    # the 20x20 box is the bilinear resize of the 8x8 digit scaled to 256 levels
+    # (within one level: rounding 255 v / 16 at a half may differ between the two ways)
+    for k in range(0, 1797, 97):
+        box = np.round(bilinear(data.images[k], 20) * 255 / 16)
+        mass = box.sum()
+        i = int(np.clip(np.round(13.5 - box.sum(1) @ np.arange(20) / mass), 0, 8))
+        j = int(np.clip(np.round(13.5 - box.sum(0) @ np.arange(20) / mass), 0, 8))
+        reference = np.zeros((28, 28))
+        reference[i : i + 20, j : j + 20] = box
+        assert np.abs(images[k].numpy() - reference).max() <= 1
+
+    assert torch.equal(digits_28x28()[0], images)  # no randomness
