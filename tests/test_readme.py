@@ -1,5 +1,5 @@
-r"""Tests of the package's face: the README's commands and tour, the guide's snippets and
-the first example."""
+r"""Tests of the package's face: the README's commands and tour, and the first example
+(tests/test_docs.py runs the pages of the documentation)."""
 
 import re
 import subprocess
@@ -10,36 +10,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import fenced_blocks, run_python_blocks
+
 import contmix
 
 ROOT = Path(__file__).parents[1]
-FENCE = re.compile(r"^```([^\n]*)\n(.*?)^```$", re.DOTALL | re.MULTILINE)
 
 # The pattern by which .ci/run finds the README's test command
 CI_PATTERN = re.compile(r"^pip install torch==.*pytest", re.MULTILINE)
 
 
-def blocks(path: Path, language: str) -> list[str]:
-    r"""Returns the fenced code blocks of a markdown file written in ``language``."""
-
-    return [code for info, code in FENCE.findall(path.read_text()) if info.strip() == language]
-
-
-def run_blocks(path: Path) -> dict:
-    r"""Runs the ``python`` blocks of a markdown file one after the other, in one
-    namespace, and returns it."""
-
-    torch.manual_seed(0)
-    namespace = {}
-
-    for code in blocks(path, "python"):
-        exec(compile(code, str(path), "exec"), namespace)
-
-    return namespace
-
-
 def test_readme_commands():
-    commands = blocks(ROOT / "README.md", "bash")
+    commands = [b.code for b in fenced_blocks(ROOT / "README.md") if b.info == "bash"]
     demo, test = (c.strip() for c in commands[:2])
 
     # The README opens with them, torch pinned first
@@ -57,7 +39,8 @@ def test_readme_commands():
 
 
 def test_readme_tour():
-    ns = run_blocks(ROOT / "README.md")
+    ns, skipped = run_python_blocks(ROOT / "README.md")
+    assert not skipped
     x, d = ns["x"], ns["d"]
 
     # Posteriors are distributions over the 4 components
@@ -95,33 +78,6 @@ def test_readme_tour():
     assert torch.allclose(ns["cwm"]().log_prob(spiral), gmm().log_prob(spiral), atol=1e-3)
     assert ns["samples"].shape == (64, 2)
     assert torch.isfinite(ns["bic"]) and torch.isfinite(ns["loss"])
-
-
-# the distributed guide needs several processes: tests/test_distributed.py runs its example
-PAGES = [
-    "index.md",
-    *sorted(
-        f"guide/{p.name}"
-        for p in (ROOT / "docs" / "guide").glob("*.md")
-        if p.name != "distributed.md"
-    ),
-]
-
-
-@pytest.mark.parametrize("page", PAGES)
-def test_docs_page(page):
-    ns = run_blocks(ROOT / "docs" / page)  # their assertions hold
-
-    if page == "index.md":
-        # Fitted and trained: the posteriors are distributions over the 8 components
-        assert ns["log_r"].shape == (1024, 8)
-        assert torch.allclose(ns["log_r"].exp().sum(dim=-1), torch.ones(1024), atol=1e-5)
-        assert ns["samples"].shape == (64, 2)
-
-    if page == "guide/getting_started.md":
-        # EM with regularization generalizes: test log-likelihood within 15 nats of train
-        assert ns["train"] - ns["test"] < 15
-        assert ns["clusters"].shape == (360,)
 
 
 def test_example(tmp_path):
