@@ -20,6 +20,8 @@ import torch
 
 import contmix
 
+from contmix.figures import plot_density
+
 
 def image_density(pool: int = 8) -> torch.Tensor:
     from sklearn.datasets import load_sample_image
@@ -72,19 +74,14 @@ def main(args):
 
     if args.out is not None:
         H, W = density.shape
-        rows, cols = torch.meshgrid(
-            torch.arange(2 * H) + 0.5, torch.arange(2 * W) + 0.5, indexing="ij"
-        )
-        grid = to_plane(rows.flatten() / 2, cols.flatten() / 2, H, W)
+        extent = (-2 * W / H, 2 * W / H, -2, 2)  # the plane of to_plane
         fig, axes = plt.subplots(1, 3, figsize=(12, 3))
-        panels = [("image density", density)]
-        with torch.no_grad():
-            for name, m in [("GMM", gmm), ("CWM", cwm)]:
-                p = m().log_prob(grid).exp().reshape(2 * H, 2 * W)
-                panels.append((f"{name}, test LL {scores[name]:.3f}", p))
-        for ax, (title, image) in zip(axes, panels, strict=True):
-            ax.imshow(image, cmap="gray_r")
-            ax.set_title(title)
+        axes[0].imshow(density, cmap="gray_r", extent=extent)  # the target: pixels
+        axes[0].set_title("image density")
+        for ax, (name, m) in zip(axes[1:], [("GMM", gmm), ("CWM", cwm)], strict=True):
+            plot_density(m, ax, extent=extent, bins=(2 * W, 2 * H), scale=None, cmap="gray_r")
+            ax.set_title(f"{name}, test LL {scores[name]:.3f}")
+        for ax in axes:
             ax.set_axis_off()
         fig.tight_layout()
         fig.savefig(args.out, dpi=80)

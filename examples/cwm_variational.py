@@ -20,6 +20,8 @@ import torch
 
 import contmix
 
+from contmix.figures import plot_density
+
 
 def log_target(x):
     return -0.5 * ((x.norm(dim=-1) - 2) / 0.2).square()
@@ -82,11 +84,9 @@ def main(args):
 
     if args.out is not None:
         fig, axes = plt.subplots(1, 3, figsize=(10, 3.4))
-        panels = [("target", log_target(grid).exp())]
-        with torch.no_grad():
-            panels += [(name, q().log_prob(grid).exp()) for name, q in models.items()]
-        for ax, (title, image) in zip(axes, panels, strict=True):
-            ax.imshow(image, origin="lower", extent=(-4, 4, -4, 4), cmap="viridis")
+        panels = [("target", log_target), *models.items()]
+        for ax, (title, density) in zip(axes, panels, strict=True):
+            plot_density(density, ax, extent=(-4, 4, -4, 4), scale=None, cmap="viridis")
             ax.set_title(title)
             ax.set_axis_off()
         fig.tight_layout()

@@ -3,7 +3,7 @@ r"""Fits a Gaussian mixture to the two moons and draws its density.
 The mixture is initialized by expectation-maximization (EM), then trained a little
 further by gradient descent in a zuko-style loop, exactly as a `zuko.flows.GMM` would
 be. The script prints the train and test log-likelihoods after each stage and writes a
-density plot.
+density plot, with the components' ellipses.
 
     python examples/gmm_2d.py --out gmm_2d.png
 """
@@ -22,6 +22,8 @@ from sklearn.datasets import make_moons
 
 import contmix
 
+from contmix.figures import plot_density
+
 
 def moons(n: int, seed: int) -> torch.Tensor:
     r"""Returns :math:`n` samples of the two moons, standardized."""
@@ -35,23 +37,6 @@ def moons(n: int, seed: int) -> torch.Tensor:
 def log_likelihood(gmm: contmix.GMM, x: torch.Tensor) -> float:
     with torch.no_grad():
         return gmm().log_prob(x).mean().item()
-
-
-def density(gmm: contmix.GMM, ax, title: str, lim: float = 2.5, n: int = 256) -> None:
-    r"""Draws :math:`p(x)` on a grid, with the component means on top."""
-
-    t = torch.linspace(-lim, lim, n)
-    grid = torch.stack(torch.meshgrid(t, t, indexing="xy"), dim=-1)
-
-    with torch.no_grad():
-        d = gmm()
-        p = d.log_prob(grid).exp()
-
-    ax.imshow(p, extent=(-lim, lim, -lim, lim), origin="lower", cmap="magma")
-    ax.scatter(*d.base.mean.detach().T, s=12, c="cyan", marker="x", linewidths=1)
-    ax.set_title(title)
-    ax.set_xticks([])
-    ax.set_yticks([])
 
 
 def main() -> None:
@@ -88,7 +73,9 @@ def main() -> None:
     axes[0].set_xticks([])
     axes[0].set_yticks([])
 
-    density(gmm, axes[1], "After EM")
+    # p(x) on a grid, each component's 2-sigma ellipse on top (opacity: its weight)
+    plot_density(gmm, axes[1], extent=(-2.5, 2.5, -2.5, 2.5))
+    axes[1].set_title("After EM")
 
     # A zuko-style training loop: -log p(x) by Adam on mini-batches
     optimizer = torch.optim.Adam(gmm.parameters(), lr=1e-3)
@@ -110,7 +97,8 @@ def main() -> None:
     print(f"  train log-likelihood: {log_likelihood(gmm, x):.4f}")
     print(f"  test log-likelihood:  {log_likelihood(gmm, x_test):.4f}")
 
-    density(gmm, axes[2], f"After EM + {args.epochs} epochs of Adam")
+    plot_density(gmm, axes[2], extent=(-2.5, 2.5, -2.5, 2.5))
+    axes[2].set_title(f"After EM + {args.epochs} epochs of Adam")
 
     fig.tight_layout()
     fig.savefig(args.out, dpi=100, bbox_inches="tight")

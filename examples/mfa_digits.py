@@ -7,11 +7,16 @@ loadings, and in-paints the bottom half of test digits.
 import argparse
 import os
 
+import matplotlib
+
+matplotlib.use("Agg")
+
 import matplotlib.pyplot as plt
 import torch
 
 from contmix import MFA
 from contmix.datasets import digits
+from contmix.figures import image_grid
 
 ALPHA = 0.05  # the logit transform of contmix.datasets.digits
 
@@ -22,23 +27,13 @@ def to_pixels(x: torch.Tensor) -> torch.Tensor:
     return ((torch.sigmoid(x) - ALPHA) / (1 - 2 * ALPHA)).clamp(0, 1).reshape(*x.shape[:-1], 8, 8)
 
 
-def show(images: torch.Tensor, titles: list[str], path: str, cmap: str = "gray_r") -> None:
-    rows, cols = images.shape[:2]
-    fig, axes = plt.subplots(rows, cols, figsize=(1.1 * cols, 1.2 * rows), squeeze=False)
-    for i in range(rows):
-        for j in range(cols):
-            image = images[i, j]
-            if cmap == "gray_r":
-                axes[i, j].imshow(image, cmap=cmap, vmin=0, vmax=1)
-            else:
-                bound = image.abs().max()
-                axes[i, j].imshow(image, cmap=cmap, vmin=-bound, vmax=bound)
-            axes[i, j].set_xticks([])
-            axes[i, j].set_yticks([])
-        axes[i, 0].set_ylabel(titles[i], fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+def show(images: torch.Tensor, titles: list[str], path: str, **kwargs) -> None:
+    r"""Writes a grid of images :math:`(R, C, 8, 8)`, one titled row per :math:`r`."""
+
+    ax = image_grid(images.flatten(0, 1), nrow=images.shape[1], labels=titles, size=1.1, **kwargs)
+    ax.tick_params(labelsize=8)
+    ax.figure.savefig(path, dpi=80, bbox_inches="tight")
+    plt.close(ax.figure)
 
 
 def main(output: str) -> None:
@@ -56,17 +51,20 @@ def main(output: str) -> None:
         # means, then the first three loadings of each component (red +, blue -)
         order = d.logits.argsort(descending=True)
         means = to_pixels(d.base.loc[order])
-        show(means.unsqueeze(0), ["means"], os.path.join(output, "mfa_means.png"))
+        show(means.unsqueeze(0), ["means"], os.path.join(output, "mfa_means.png"), vmin=0, vmax=1)
 
         # A and A Q give the same covariance for any rotation Q: show the principal
         # directions A V = U S of each component, by decreasing variance
         u, s, _ = torch.linalg.svd(d.base.cov_factor[order], full_matrices=False)
         loadings = (u * s.unsqueeze(-2))[..., :3].movedim(-1, 0).reshape(3, 10, 8, 8)
+        loadings = loadings / loadings.abs().amax(dim=(-2, -1), keepdim=True)  # each in [-1, 1]
         show(
             loadings,
             ["loading 1", "loading 2", "loading 3"],
             os.path.join(output, "mfa_loadings.png"),
             cmap="RdBu_r",
+            vmin=-1,
+            vmax=1,
         )
 
         # in-painting: observe the top half (rows 0-3), infer the bottom half
@@ -95,6 +93,8 @@ def main(output: str) -> None:
             rows,
             ["truth", "observed", "cond. mean", "sample", "sample"],
             os.path.join(output, "mfa_inpainting.png"),
+            vmin=0,
+            vmax=1,
         )
 
         error = (mean - truth[:, 32:]).square().mean()

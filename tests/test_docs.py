@@ -5,6 +5,10 @@ here, page by page."""
 
 import socket
 
+import matplotlib
+
+matplotlib.use("Agg")  # the pages that draw figures write them to files
+
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
