@@ -1,5 +1,7 @@
 r"""Tests for contmix.cluster against scikit-learn and brute force."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,7 @@ from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 
 from contmix.cluster import assign, kmeans, kmeans_plusplus, random_centers
+from contmix.report import ConvergenceWarning
 
 
 def inertia(x, centers, labels) -> float:
@@ -78,7 +81,9 @@ def test_kmeans_duplicates(distinct, k):
 
     for seed in range(5):
         torch.manual_seed(seed)
-        centers, labels = kmeans(x, k)
+        with warnings.catch_warnings():  # more clusters than points: they keep emptying
+            warnings.simplefilter("ignore" if k > distinct else "error", ConvergenceWarning)
+            centers, labels = kmeans(x, k)
 
         assert torch.isfinite(centers).all()
         assert (torch.bincount(labels, minlength=k) > 0).all()
@@ -310,3 +315,35 @@ def test_fits_build_no_graph():
     assert not kmeans_plusplus(x, 3).requires_grad
     assert not random_centers(x, 3).requires_grad
     assert not any(t.requires_grad for t in kmeans(x, 3))
+
+
+def test_kmeans_not_converged_warns(overlapping):
+    r"""Assignments still changing at ``iterations`` warn and say what to raise; a run
+    that converges does not warn."""
+
+    x = torch.as_tensor(overlapping)
+    with pytest.warns(ConvergenceWarning, match=r"k-means .* \(iterations=1\): raise iterations"):
+        kmeans(x, 8, iterations=1, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        kmeans(x, 8, iterations=300, generator=torch.Generator().manual_seed(0))
+
+
+def test_kmeans_more_clusters_than_points_says_so():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 2, generator=generator, dtype=torch.float64).repeat(10, 1)
+    with pytest.warns(ConvergenceWarning, match=r"lower k \(now 5\) .* fewer distinct samples"):
+        kmeans(x, 5, generator=torch.Generator().manual_seed(0))
+
+
+def test_kmeans_progress(capsys):
+    x = torch.randn(200, 2, generator=torch.Generator().manual_seed(0))
+    kmeans(x, 3, n_init=2, progress=True)
+    err = capsys.readouterr().err
+    assert "k-means restarts" in err and "k-means:" in err
+
+    kmeans(x, 3, n_init=2, progress=False)
+    kmeans(x, 3, n_init=2)  # None: not a terminal here
+    assert capsys.readouterr().err == ""
+    with pytest.raises(TypeError, match="progress must be"):
+        kmeans(x, 3, progress="no")

@@ -1,5 +1,7 @@
 r"""Tests for contmix.em against numpy/scipy computations."""
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.special
@@ -9,6 +11,7 @@ import torch
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
 from contmix.em import degenerate, fit_gmm, gaussian_mixture, gmm_log_likelihood, gmm_m_step
+from contmix.report import ConvergenceWarning
 
 COV_TYPES = ["full", "diagonal", "spherical"]
 EPS = 10 * np.finfo(np.float64).eps
@@ -169,10 +172,35 @@ def test_fit_monotone(cov, tied):
 
 def test_fit_not_converged():
     x = data()
-    fit = fit_gmm(x, *start(x, "full", False), "full", tol=1e-12, max_iter=3)
+    with pytest.warns(ConvergenceWarning, match=r"EM did not converge in 3 iterations"):
+        fit = fit_gmm(x, *start(x, "full", False), "full", tol=1e-12, max_iter=3)
 
     assert not fit.converged
     assert len(fit.history) == 3
+
+
+def test_fit_converged_does_not_warn():
+    x = data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        fit = fit_gmm(x, *start(x, "full", False), "full", tol=1e-3, max_iter=1000)
+    assert fit.converged
+    assert fit.history.dtype == x.dtype and fit.history.device == x.device
+
+
+def test_bad_tol_and_max_iter():
+    x = data()
+    for kwargs, match in [
+        ({"tol": -1e-3}, "tol must be"),
+        ({"tol": float("inf")}, "tol must be"),
+        ({"tol": True}, "tol must be"),
+        ({"max_iter": 0}, "max_iter must be an integer"),
+        ({"max_iter": 2.0}, "max_iter must be an integer"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            fit_gmm(x, *start(x, "full", False), "full", **kwargs)
+    with pytest.raises(TypeError, match="progress must be"):
+        fit_gmm(x, *start(x, "full", False), "full", progress=1)
 
 
 @pytest.mark.parametrize("cov", COV_TYPES)

@@ -10,6 +10,7 @@ from . import (
     em,
     figures,
     metrics,
+    report,
     transforms,
     utils,
 )
@@ -20,3 +21,4 @@ from .distributions import GaussianMixture
 from .gmm import GMM
 from .hierarchical import HierarchicalMFA
 from .mfa import MFA
+from .report import ConvergenceWarning, FitReport

@@ -41,6 +41,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from .distributed import all_reduce, gather, is_sharded, rank
+from .report import check_progress, progress_bar, warn_convergence
 from .utils import check_sizes
 
 SUBSAMPLE = 1024  # at least this many samples (of each shard) give the reference point
@@ -304,29 +305,37 @@ def _unchanged(new: Tensor, labels: Tensor) -> bool:
 
 
 def _lloyd(
-    x: Tensor, squares: Tensor, centers: Tensor, iterations: int
-) -> tuple[Tensor, Tensor, Tensor]:
+    x: Tensor, squares: Tensor, centers: Tensor, iterations: int, progress: bool | None = None
+) -> tuple[Tensor, Tensor, Tensor, bool]:
     r"""Lloyd's algorithm on centred samples from centred centres (see :func:`kmeans`).
-    Returns the centres, the labels and the inertia (of all shards)."""
+    Returns the centres, the labels, the inertia (of all shards) and whether the labels
+    stopped changing within ``iterations``."""
 
-    k, labels = len(centers), None
+    k, labels, converged, empty = len(centers), None, False, []
 
-    for _ in range(iterations):
-        new = _expanded(x, squares, centers).argmin(dim=-1)
-        counts = all_reduce(torch.bincount(new, minlength=k))
-        empty = (counts == 0).nonzero().squeeze(-1)
-        if len(empty) > 0:
-            new = _reseed(x, centers, new, empty)
+    with progress_bar(iterations, "k-means", progress) as bar:
+        for _ in range(iterations):
+            new = _expanded(x, squares, centers).argmin(dim=-1)
             counts = all_reduce(torch.bincount(new, minlength=k))
+            empty = (counts == 0).nonzero().squeeze(-1)
+            if len(empty) > 0:
+                new = _reseed(x, centers, new, empty)
+                counts = all_reduce(torch.bincount(new, minlength=k))
 
-        if labels is not None and _unchanged(new, labels):
-            break
+            if labels is not None and _unchanged(new, labels):
+                converged = True
+                break
 
-        labels = new
-        sums = all_reduce(torch.zeros_like(centers).index_add_(0, labels, x))
-        centers = sums / counts.unsqueeze(-1).to(x.dtype)
+            labels = new
+            sums = all_reduce(torch.zeros_like(centers).index_add_(0, labels, x))
+            centers = sums / counts.unsqueeze(-1).to(x.dtype)
+            bar.update()
 
-    return centers, labels, all_reduce(_own(x, centers, labels).sum())
+    if not converged:
+        fix = f"lower k (now {k}) if x has fewer distinct samples: clusters kept emptying"
+        warn_convergence("k-means", "iterations", iterations, fix if len(empty) > 0 else "")
+
+    return centers, labels, all_reduce(_own(x, centers, labels).sum()), converged
 
 
 @torch.no_grad()
@@ -337,6 +346,7 @@ def kmeans(
     centers: Tensor | None = None,
     n_init: int = 1,
     generator: torch.Generator | None = None,
+    progress: bool | None = None,
 ) -> tuple[Tensor, Tensor]:
     r"""Runs Lloyd's algorithm until the assignments stop changing.
 
@@ -353,6 +363,11 @@ def kmeans(
     of all shards, and every process returns the same centres (and the labels of its
     own shard).
 
+    A run whose assignments still change after ``iterations`` iterations warns with a
+    :class:`~contmix.report.ConvergenceWarning`. Progress bars count the iterations and
+    the restarts (:func:`~contmix.report.progress_bar`), without host transfers beyond
+    the test of the assignments.
+
     Wikipedia:
         https://wikipedia.org/wiki/K-means_clustering
 
@@ -363,6 +378,7 @@ def kmeans(
         centers: Initial centres, with shape :math:`(k, D)` (then ``n_init`` must be 1).
         n_init: The number of runs from k-means++ centres.
         generator: The random generator (torch's global generator if :py:`None`).
+        progress: Whether to show progress bars (:py:`None`: only in a terminal).
 
     Returns:
         The centres, with shape :math:`(k, D)`, and the labels, with shape :math:`(N,)`.
@@ -376,6 +392,7 @@ def kmeans(
 
     check_sizes(k=k, iterations=iterations, n_init=n_init)
     check_generator(generator)
+    check_progress(progress)
 
     if centers is not None and n_init > 1:
         raise ValueError(
@@ -388,16 +405,18 @@ def kmeans(
     squares = centred.square().sum(dim=-1)
     best = None
 
-    for _ in range(n_init):
-        if centers is None:
-            start = _seeds(x, shift, centred, squares, k, generator) - shift
-        else:
-            start = centers.to(x) - shift
+    with progress_bar(n_init, "k-means restarts", progress if n_init > 1 else False) as bar:
+        for _ in range(n_init):
+            if centers is None:
+                start = _seeds(x, shift, centred, squares, k, generator) - shift
+            else:
+                start = centers.to(x) - shift
 
-        fit = _lloyd(centred, squares, start, iterations)
+            fit = _lloyd(centred, squares, start, iterations, progress)
 
-        if best is None or fit[2] < best[2]:
-            best = fit
+            if best is None or fit[2] < best[2]:
+                best = fit
+            bar.update()
 
     return best[0] + shift, best[1]
 

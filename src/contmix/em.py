@@ -10,6 +10,7 @@ otherwise.
 
 __all__ = [
     "GMMFit",
+    "check_em",
     "check_reg",
     "degenerate",
     "fit_gmm",
@@ -27,7 +28,8 @@ from torch import Tensor
 
 from .distributed import all_reduce, is_sharded, mean, samples
 from .distributions import LOG_2PI, DiagNormal, FullNormal, GaussianMixture
-from .utils import cholesky
+from .report import check_progress, progress_bar, warn_convergence
+from .utils import check_sizes, cholesky
 
 CovarianceType = Literal["full", "diagonal", "spherical"]
 COVARIANCE_TYPES = ("full", "diagonal", "spherical")
@@ -60,6 +62,55 @@ def check_reg(reg: float) -> None:
 
     if isinstance(reg, bool) or not isinstance(reg, (int, float)) or not 0 <= reg < float("inf"):
         raise ValueError(f"reg must be a finite number of at least 0, got {reg!r}: e.g. reg=1e-6.")
+
+
+def check_em(tol: float, max_iter: int) -> None:
+    r"""Raises a :class:`ValueError` unless the tolerance ``tol`` of EM is a finite
+    non-negative number and ``max_iter`` a positive integer.
+
+    Example:
+        >>> check_em(1e-3, 100)
+        >>> check_em(1e-3, 0)
+        Traceback (most recent call last):
+            ...
+        ValueError: max_iter must be an integer of at least 1, got 0.
+    """
+
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < float("inf"):
+        raise ValueError(f"tol must be a finite number of at least 0, got {tol!r}: e.g. tol=1e-3.")
+
+    check_sizes(max_iter=max_iter)
+
+
+def iterate(
+    step: Callable[[], float], tol: float, max_iter: int, what: str, progress: bool | None
+) -> tuple[list[float], bool]:
+    r"""Runs ``step`` (one EM iteration, which returns the lower bound of its E-step)
+    until the bound changes by less than ``tol`` or ``max_iter`` times, with a progress
+    bar whose postfix is the bound (:func:`~contmix.report.progress_bar`), and warns with
+    a :class:`~contmix.report.ConvergenceWarning` when it does not converge. Returns
+    the bounds and whether it converged.
+
+    Example:
+        >>> bounds = iter([-3.0, -2.0, -1.9995])
+        >>> iterate(lambda: next(bounds), tol=1e-3, max_iter=10, what="EM", progress=False)
+        ([-3.0, -2.0, -1.9995], True)
+    """
+
+    history = []
+
+    with progress_bar(max_iter, what, progress) as bar:
+        for _ in range(max_iter):
+            history.append(step())
+            bar.set_postfix(lower_bound=f"{history[-1]:.6g}", refresh=False)
+            bar.update()
+
+            if len(history) > 1 and abs(history[-1] - history[-2]) < tol:
+                return history, True
+
+    warn_convergence(what, "max_iter", max_iter, f"tol (now {tol:g})")
+
+    return history, False
 
 
 def _components(bad: Tensor) -> str:
@@ -334,6 +385,7 @@ def fit_gmm(
     tol: float = 1e-3,
     max_iter: int = 100,
     reg: float = 1e-6,
+    progress: bool | None = None,
 ) -> GMMFit:
     r"""Fits a Gaussian mixture by expectation-maximization from the given parameters.
 
@@ -358,9 +410,27 @@ def fit_gmm(
     :func:`torch.distributed.all_reduce` per iteration, and every process returns the
     fit of the whole data.
 
+    A fit that stops at ``max_iter`` iterations without converging warns with a
+    :class:`~contmix.report.ConvergenceWarning` (and is returned all the same). A
+    progress bar counts the iterations, the mean log-likelihood in its postfix
+    (:func:`~contmix.report.progress_bar`); its one host transfer per iteration is the
+    one the convergence test needs.
+
     References:
         | Maximum Likelihood from Incomplete Data via the EM Algorithm (Dempster et al., 1977)
         | https://doi.org/10.1111/j.2517-6161.1977.tb01600.x
+
+    Arguments:
+        x: The samples, with shape :math:`(N, D)`.
+        logits: The initial log-weights, with shape :math:`(K,)`.
+        means: The initial means, with shape :math:`(K, D)`.
+        covariances: The initial covariances (see :mod:`contmix.em`).
+        covariance_type: ``"full"``, ``"diagonal"`` or ``"spherical"``.
+        tied: Whether the components share one covariance.
+        tol: The tolerance on the mean log-likelihood.
+        max_iter: The maximum number of iterations.
+        reg: The regularization :math:`\lambda` added to the variances.
+        progress: Whether to show a progress bar (:py:`None`: only in a terminal).
 
     Returns:
         A :class:`GMMFit` with the fitted parameters, the mean log-likelihood at each
@@ -374,36 +444,44 @@ def fit_gmm(
     """
 
     check_reg(reg)
+    check_em(tol, max_iter)
+    check_progress(progress)
     dtype = x.dtype
-    x, logits, means, covariances = (t.double() for t in (x, logits, means, covariances))
+    params = tuple(t.double() for t in (logits, means, covariances))
+    x = x.double()
     shift, N = mean(x), samples(x)
     blocks = _blocks(x - shift, covariance_type)
-    history = []
-    converged = False
 
-    for _ in range(max_iter):
+    def step() -> float:
+        nonlocal params
+        logits, means, covariances = params
         theta = _natural(logits, means - shift, covariances, covariance_type).T
-        stats, log_lik = 0, 0
+        stats, log_lik = _expectation(blocks(), theta)
+        params = _maximization(stats, shift, covariance_type, tied, reg)
+        return float(log_lik / N)  # the one host transfer of the iteration
 
-        for phi in blocks():
-            joint = phi @ theta
-            log_p = torch.logsumexp(joint, dim=-1, keepdim=True)
-            stats = stats + (joint - log_p).exp().T @ phi
-            log_lik = log_lik + log_p.sum()
+    history, converged = iterate(step, tol, max_iter, "EM", progress)
+    history = torch.tensor(history, dtype=torch.float64, device=x.device)
 
-        if is_sharded():
-            stats, log_lik = all_reduce(stats, log_lik)
+    return GMMFit(*(t.to(dtype) for t in params), history.to(dtype), converged)
 
-        history.append(log_lik / N)
-        logits, means, covariances = _maximization(stats, shift, covariance_type, tied, reg)
 
-        if len(history) > 1 and abs(history[-1] - history[-2]) < tol:
-            converged = True
-            break
+def _expectation(blocks: Iterable[Tensor], theta: Tensor) -> tuple[Tensor, Tensor]:
+    r"""The E-step of :func:`fit_gmm`: the sums :math:`\sum_n r_{nk} \phi(x_n)` and the
+    log-likelihood :math:`\sum_n \log p(x_n)`, over all shards."""
 
-    logits, means, covariances = (t.to(dtype) for t in (logits, means, covariances))
+    stats, log_lik = 0, 0
 
-    return GMMFit(logits, means, covariances, torch.stack(history).to(dtype), converged)
+    for phi in blocks:
+        joint = phi @ theta
+        log_p = torch.logsumexp(joint, dim=-1, keepdim=True)
+        stats = stats + (joint - log_p).exp().T @ phi
+        log_lik = log_lik + log_p.sum()
+
+    if is_sharded():
+        stats, log_lik = all_reduce(stats, log_lik)
+
+    return stats, log_lik
 
 
 @torch.no_grad()
