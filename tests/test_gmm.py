@@ -15,7 +15,10 @@ from sklearn.mixture import GaussianMixture as SKGaussianMixture
 from torch import Tensor
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
-from contmix import GMM
+import contmix
+
+from contmix import GMM, FitReport
+from contmix import ConvergenceWarning as ContmixConvergenceWarning
 from contmix.cluster import kmeans, kmeans_plusplus
 from contmix.datasets import digits
 from contmix.distributions import GaussianMixture
@@ -461,10 +464,14 @@ def test_em_from_current_parameters_vs_sklearn(cov, tied):
     for iterations in (1, 4):
         sk = sklearn_fit(x, init, SKLEARN[cov, tied], max_iter=iterations, tol=0.0)
         model = copy.deepcopy(gmm)
-        history = model.em(x, tol=0.0, max_iter=iterations)
+        with pytest.warns(ContmixConvergenceWarning, match="raise max_iter"):
+            report = model.em(x, tol=0.0, max_iter=iterations)
 
-        assert len(history) == iterations
-        assert abs(history[-1].item() - sk.lower_bound_) < 1e-8
+        assert report.iterations == len(report.lower_bounds) == sk.n_iter_ == iterations
+        assert report.converged is sk.converged_ is False
+        assert abs(report.lower_bounds[-1] - sk.lower_bound_) < 1e-8
+        assert report.lower_bound == report.lower_bounds[-1]
+        assert model.fit_report is report
         assert abs(model().log_prob(x).mean().item() - sk.score(x.numpy())) < 1e-8
         assert np.allclose(model().base.mean.detach().numpy(), sk.means_, atol=1e-8)
 
@@ -473,7 +480,7 @@ def test_em_from_current_parameters_vs_sklearn(cov, tied):
     gmm.initialize(x, strategy="kmeans")
     torch.manual_seed(4)
     reference.initialize(x, strategy="em")
-    history = gmm.em(x)
+    history = torch.tensor(gmm.em(x).lower_bounds)
 
     assert (history.diff() > -1e-12).all()  # EM never lowers the likelihood
     assert torch.allclose(gmm().log_prob(x), reference().log_prob(x), atol=1e-8)
@@ -763,9 +770,9 @@ def test_em_builds_no_graph():
     x = data().float()
     gmm = GMM(4, components=3)
     gmm.initialize(x, "kmeans")
-    history = gmm.em(x, max_iter=5)
+    report = gmm.em(x, max_iter=5)
 
-    assert not history.requires_grad and history.grad_fn is None
+    assert all(isinstance(value, float) for value in report.lower_bounds)  # no tensors
     assert all(p.is_leaf and p.grad_fn is None and p.requires_grad for p in gmm.parameters())
 
     start = [p.detach().requires_grad_() for p in gmm._moments()]
@@ -811,3 +818,164 @@ def test_bad_fit_arguments():
             gmm.initialize(x, **kwargs)
     with unchanged(gmm), pytest.raises(ValueError, match="reg must be"):
         gmm.em(x, reg=-1.0)
+
+
+# fit reports, warnings, progress, posteriors
+
+
+@pytest.mark.parametrize("cov,tied", list(SKLEARN), ids=list(SKLEARN.values()))
+def test_report_of_em_vs_sklearn(cov, tied):
+    r"""The report of ``initialize(x, "em")`` is scikit-learn's ``converged_``,
+    ``n_iter_`` and ``lower_bound_`` of EM from the same k-means start."""
+
+    x = data(seed=1)
+    torch.manual_seed(3)
+    centers = kmeans(x, 3)[0]
+    sk = sklearn_fit(x, start(x, centers, cov, tied), SKLEARN[cov, tied])
+
+    gmm = make_gmm(cov=cov, tied=tied)
+    torch.manual_seed(3)
+    report = gmm.initialize(x, strategy="em")
+
+    assert isinstance(report, FitReport) and gmm.fit_report is report
+    assert report.strategy == "em" and (report.restart, report.n_init) == (0, 1)
+    assert report.converged is sk.converged_ is True
+    assert report.iterations == len(report.lower_bounds) == sk.n_iter_
+    assert abs(report.lower_bound - sk.lower_bound_) < 1e-6
+    assert report.lower_bound == report.lower_bounds[-1]
+
+
+@pytest.mark.parametrize("strategy", ["random", "kmeans", "kmeans++"])
+def test_report_without_em(strategy):
+    r"""A start without EM: no iterations, and the lower bound is the mean
+    log-likelihood of the fitted mixture."""
+
+    x = data()
+    gmm = make_gmm()
+    report = gmm.initialize(x, strategy, generator=torch.Generator().manual_seed(0))
+
+    assert report.strategy == strategy and report.converged
+    assert report.iterations == 0 and report.lower_bounds == ()
+    with torch.no_grad():
+        assert report.lower_bound == pytest.approx(gmm().log_prob(x).mean().item(), abs=1e-6)
+
+
+def test_report_records_the_restart_that_won():
+    x = gaussians([[-6, 0], [6, 0], [0, 8], [0, -8]], 50, 1.5, seed=0)
+    generator = torch.Generator().manual_seed(5)
+    singles = [make_gmm(D=2, K=6).initialize(x, "em", generator=generator) for _ in range(4)]
+    bounds = [report.lower_bound for report in singles]
+
+    gmm = make_gmm(D=2, K=6)
+    report = gmm.initialize(x, "em", n_init=4, generator=torch.Generator().manual_seed(5))
+
+    assert max(bounds) - min(bounds) > 1e-3  # the restarts differ
+    assert report.n_init == 4 and report.restart == int(np.argmax(bounds))
+    assert report.lower_bounds == singles[report.restart].lower_bounds
+
+
+def test_em_stopped_at_max_iter_warns():
+    x = data()
+    gmm = make_gmm()
+    with pytest.warns(ContmixConvergenceWarning, match=r"max_iter=2\).*raise max_iter.*tol"):
+        report = gmm.initialize(x, "em", max_iter=2, tol=1e-12)
+    assert not report.converged and report.iterations == 2
+
+    with pytest.warns(ContmixConvergenceWarning):
+        assert not gmm.em(x, max_iter=1).converged
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ContmixConvergenceWarning)
+        assert gmm.em(x, tol=1e-3, max_iter=500).converged
+
+
+def test_progress_bars(capsys, monkeypatch):
+    r"""``progress=True`` shows bars for the restarts, k-means and EM, the lower bound
+    of each EM iteration in the postfix; ``False`` and ``None`` (not a terminal) none."""
+
+    bars = []
+
+    class Recording(contmix.report.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.what, self.shown, self.postfixes = kwargs["desc"], not self.disable, []
+            bars.append(self)
+
+        def set_postfix(self, *args, **kwargs):
+            self.postfixes.append(kwargs.get("lower_bound"))
+            super().set_postfix(*args, **kwargs)
+
+    monkeypatch.setattr(contmix.report, "tqdm", Recording)
+    x = data()
+    gmm = make_gmm()
+    report = gmm.initialize(x, "em", n_init=2, progress=True)
+
+    shown = {bar.what for bar in bars if bar.shown}
+    assert shown == {"restarts", "k-means", "EM"}  # and no bar for one k-means restart
+    kept = [bar for bar in bars if bar.what == "EM"][report.restart]
+    shown = [float(value) for value in kept.postfixes]
+    assert shown == pytest.approx(report.lower_bounds, rel=1e-5)
+    assert "restarts" in capsys.readouterr().err
+
+    bars.clear()
+    gmm.em(x, progress=False)
+    gmm.initialize(x, "em")  # None: not a terminal here, so quiet
+    assert bars and not any(bar.shown for bar in bars)
+    assert capsys.readouterr().err == ""
+
+
+def test_bad_progress_tol_max_iter_leave_everything_unchanged():
+    x = data()
+    gmm = make_gmm()
+    gmm.initialize(x, "kmeans")
+    report = gmm.fit_report
+    cases = [
+        ({"progress": "yes"}, TypeError, "progress must be"),
+        ({"tol": -1.0}, ValueError, "tol must be"),
+        ({"tol": float("nan")}, ValueError, "tol must be"),
+        ({"max_iter": 0}, ValueError, "max_iter must be an integer"),
+    ]
+    for kwargs, error, message in cases:
+        with unchanged(gmm), pytest.raises(error, match=message):
+            gmm.initialize(x, "em", **kwargs)
+        with unchanged(gmm), pytest.raises(error, match=message):
+            gmm.em(x, **kwargs)
+        assert gmm.fit_report is report
+    with unchanged(gmm), pytest.raises(ValueError, match="NaN"):
+        gmm.initialize(x * float("nan"))
+    assert gmm.fit_report is report
+
+
+def test_strategy_error_lists_the_choices():
+    with pytest.raises(ValueError, match=r"'random', 'kmeans', 'kmeans\+\+' or 'em'\."):
+        make_gmm().initialize(data(), strategy="fa")
+
+
+@pytest.mark.parametrize("cov,tied", list(SKLEARN), ids=list(SKLEARN.values()))
+def test_predict_proba_vs_sklearn(cov, tied):
+    x = data()
+    sk = sklearn_fit(x, start(x, kmeans(x, 3)[0], cov, tied), SKLEARN[cov, tied])
+    gmm = make_gmm(cov=cov, tied=tied)
+    load_natural(gmm, sk.weights_, sk.means_, sk.covariances_)
+
+    with torch.no_grad():
+        proba = gmm.predict_proba(x)
+        assert torch.allclose(proba.sum(dim=-1), torch.ones(len(x), dtype=x.dtype))
+        assert torch.allclose(proba, gmm().posterior(x).exp())
+        assert np.allclose(proba.numpy(), sk.predict_proba(x.numpy()), atol=1e-8)
+        assert np.array_equal(gmm.predict(x).numpy(), sk.predict(x.numpy()))
+
+
+def test_predict_proba_conditional():
+    gmm = make_gmm(context=2)
+    x, c = data()[:10], torch.randn(10, 2, dtype=torch.float64)
+    proba = gmm.predict_proba(x, c)
+    assert proba.shape == (10, 3)
+    assert torch.allclose(proba.sum(dim=-1), torch.ones(10, dtype=x.dtype))
+    assert torch.equal(gmm.predict(x, c), proba.argmax(dim=-1))
+
+
+@pytest.mark.parametrize("cov,tied", list(SKLEARN), ids=list(SKLEARN.values()))
+def test_free_parameters_vs_sklearn(cov, tied):
+    x = data()
+    sk = sklearn_fit(x, start(x, kmeans(x, 3)[0], cov, tied), SKLEARN[cov, tied], max_iter=1)
+    assert make_gmm(cov=cov, tied=tied).free_parameters() == sk._n_parameters()

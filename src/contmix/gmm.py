@@ -23,33 +23,63 @@ from .em import (
     COVARIANCE_TYPES,
     CovarianceType,
     _factor,
+    check_em,
     check_reg,
     fit_gmm,
     gmm_log_likelihood,
     gmm_m_step,
 )
+from .report import FitReport, best_of, check_progress
 from .utils import check_context, check_samples, check_scale, check_sizes, set_parameters
 
 STRATEGIES = ("random", "kmeans", "kmeans++", "em")
 
 
+def check_strategy(strategy: str, choices: tuple[str, ...]) -> None:
+    r"""Raises a :class:`ValueError`, which lists the choices, unless ``strategy`` is
+    one of them.
+
+    Example:
+        >>> check_strategy("kmeans", STRATEGIES)
+        >>> check_strategy("kmedoids", STRATEGIES)
+        Traceback (most recent call last):
+            ...
+        ValueError: Unknown strategy 'kmedoids': choose one of 'random', ... or 'em'.
+    """
+
+    if not isinstance(strategy, str) or strategy not in choices:
+        names = [repr(choice) for choice in choices]
+        names = ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+        raise ValueError(f"Unknown strategy {strategy!r}: choose one of {names}.")
+
+
 def initial_clusters(
-    x: Tensor, k: int, strategy: str, generator: torch.Generator | None = None
+    x: Tensor,
+    k: int,
+    strategy: str,
+    generator: torch.Generator | None = None,
+    progress: bool | None = None,
 ) -> tuple[Tensor, Tensor]:
     r"""Returns :math:`k` centres by ``"random"``, ``"kmeans"`` or ``"kmeans++"``
     (``"em"`` starts from k-means, as scikit-learn's ``init_params="kmeans"``), drawn
     from ``generator`` (torch's global generator if :py:`None`), and the cluster of
     each sample: its nearest centre, or for k-means its label (the centres are rounded
-    to the dtype, which far from the origin would move samples near the boundaries)."""
+    to the dtype, which far from the origin would move samples near the boundaries).
+
+    Example:
+        >>> x = torch.tensor([[0.0], [0.1], [5.0], [5.1]])
+        >>> initial_clusters(x, 2, "kmeans", torch.Generator().manual_seed(0))[1].bincount()
+        tensor([2, 2])
+    """
 
     if strategy in ("kmeans", "em"):
-        return kmeans(x, k, generator=generator)
+        return kmeans(x, k, generator=generator, progress=progress)
     elif strategy == "random":
         centers = random_centers(x, k, generator)
     elif strategy == "kmeans++":
         centers = kmeans_plusplus(x, k, generator)
     else:
-        raise ValueError(f"Unknown strategy '{strategy}': choose one of {STRATEGIES}.")
+        check_strategy(strategy, STRATEGIES)
 
     return centers, assign(x, centers)
 
@@ -80,6 +110,55 @@ def check_fit(n_init: int, generator: torch.Generator | None, reg: float) -> Non
     check_reg(reg)
 
 
+def check_unconditional(model: nn.Module, what: str) -> None:
+    r"""Raises a :class:`ValueError` if ``model`` is conditional (``model.context > 0``),
+    whose parameters are the outputs of a hypernetwork, which ``what`` cannot fit.
+
+    Example:
+        >>> check_unconditional(GMM(2, context=3), "em()")
+        Traceback (most recent call last):
+            ...
+        ValueError: em() fits an unconditional GMM, but this one has context=3: ...
+    """
+
+    if model.context > 0:
+        raise ValueError(
+            f"{what} fits an unconditional {type(model).__name__}, but this one has "
+            f"context={model.context}: its parameters come from a hypernetwork; train it "
+            "by gradient descent."
+        )
+
+
+def fit_start(
+    x: Tensor,
+    components: int,
+    strategy: str,
+    covariance_type: CovarianceType,
+    tied: bool,
+    tol: float,
+    max_iter: int,
+    reg: float,
+    generator: torch.Generator | None = None,
+    progress: bool | None = None,
+) -> tuple[tuple[Tensor, Tensor, Tensor], FitReport]:
+    r"""Returns the log-weights, means and covariances of a Gaussian mixture fitted to
+    :math:`x`, and the report of the fit: the clusters of :func:`initial_clusters`
+    (hard assignments, one M-step), then, for ``"em"``, expectation-maximization to
+    convergence (:func:`~contmix.em.fit_gmm`). The lower bound of the report is the mean
+    log-likelihood of the last E-step for ``"em"`` (scikit-learn's ``lower_bound_``),
+    of the fitted mixture otherwise."""
+
+    labels = initial_clusters(x, components, strategy, generator, progress)[1]
+    resp = nn.functional.one_hot(labels, components).to(x.dtype)
+    params = gmm_m_step(x, resp, covariance_type, tied, reg)
+
+    if strategy == "em":
+        fit = fit_gmm(x, *params, covariance_type, tied, tol, max_iter, reg, progress)
+        return fit[:3], FitReport.of(strategy, fit.history[-1], fit.history, fit.converged)
+
+    return params, FitReport.of(strategy, gmm_log_likelihood(x, *params, covariance_type))
+
+
 def fit_mixture(
     x: Tensor,
     components: int,
@@ -91,33 +170,16 @@ def fit_mixture(
     reg: float,
     n_init: int = 1,
     generator: torch.Generator | None = None,
+    progress: bool | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    r"""Returns the log-weights, means and covariances of a Gaussian mixture fitted to
-    :math:`x`: the clusters of :func:`initial_clusters` (hard assignments, one M-step),
-    then, for ``"em"``, expectation-maximization to convergence (:func:`~contmix.em.fit_gmm`).
-    Of ``n_init`` such fits, each from its own centres, the one of the highest mean
-    log-likelihood is kept (for ``"em"``, that of its last E-step, as scikit-learn's
-    lower bound)."""
+    r"""Returns the log-weights, means and covariances of the best of ``n_init`` fits
+    of :func:`fit_start`, each from its own centres: the one of the highest mean
+    log-likelihood (for ``"em"``, that of its last E-step, as scikit-learn's lower
+    bound)."""
 
-    best, score = None, None
+    args = (x, components, strategy, covariance_type, tied, tol, max_iter, reg)
 
-    for _ in range(n_init):
-        labels = initial_clusters(x, components, strategy, generator)[1]
-        resp = nn.functional.one_hot(labels, components).to(x.dtype)
-        params = gmm_m_step(x, resp, covariance_type, tied, reg)
-
-        if strategy == "em":
-            fit = fit_gmm(x, *params, covariance_type, tied, tol, max_iter, reg)
-            params, value = fit[:3], fit.history[-1]
-        elif n_init > 1:
-            value = gmm_log_likelihood(x, *params, covariance_type)
-        else:
-            value = None
-
-        if best is None or value > score:
-            best, score = params, value
-
-    return best
+    return best_of(lambda: fit_start(*args, generator, progress), n_init, progress)[0]
 
 
 def gmm_shapes(
@@ -152,8 +214,10 @@ class GMM(LazyDistribution):
 
     A drop-in for :class:`zuko.mixtures.GMM`: same arguments, same parameters (a zuko
     state dict loads as it is) and a :class:`~contmix.distributions.GaussianMixture`
-    with the same density, plus EM fitting (:meth:`initialize` with ``"em"``), robust
-    initialization, :meth:`bic` and :meth:`aic`. The covariance is
+    with the same density, plus EM fitting (:meth:`initialize` with ``"em"``, :meth:`em`),
+    robust initialization, :meth:`predict_proba`, :meth:`bic` and :meth:`aic`. The
+    record of the last fit is ``fit_report`` (a :class:`~contmix.report.FitReport`,
+    :py:`None` before any fit; not part of the state dict). The covariance is
     :math:`\Sigma_k = L_k L_k^T` with :math:`L_k` lower triangular of diagonal
     :math:`\exp(\phi) + \epsilon` (``"full"``), or diagonal with standard deviations
     :math:`\exp(\phi) + \epsilon` (``"diagonal"``, ``"spherical"``).
@@ -176,7 +240,9 @@ class GMM(LazyDistribution):
     Example:
         >>> gmm = GMM(features=2, components=3)
         >>> x = torch.randn(256, 2)
-        >>> gmm.initialize(x, strategy="em")
+        >>> report = gmm.initialize(x, strategy="em")
+        >>> report is gmm.fit_report
+        True
         >>> gmm().log_prob(x).shape
         torch.Size([256])
         >>> gmm().posterior(x).exp().sum(dim=-1).allclose(torch.ones(256))
@@ -207,6 +273,7 @@ class GMM(LazyDistribution):
 
         self.shapes = gmm_shapes(components, features, covariance_type, tied)
         self.total = sum(prod(s) for s in self.shapes)
+        self.fit_report: FitReport | None = None
 
         if context > 0:
             self.hyper = MLP(context, self.total, **kwargs)
@@ -259,7 +326,8 @@ class GMM(LazyDistribution):
         reg: float = 1e-6,
         n_init: int = 1,
         generator: torch.Generator | None = None,
-    ) -> None:
+        progress: bool | None = None,
+    ) -> FitReport:
         r"""Initializes the mixture from data.
 
         ``"random"``, ``"kmeans"`` and ``"kmeans++"`` pick centres (random samples, the
@@ -284,7 +352,10 @@ class GMM(LazyDistribution):
         20); each restart costs one more fit and makes a bad local optimum less likely
         (5 of 5 with ``n_init=2``).
 
-        Nothing changes if an error is raised.
+        EM that stops at ``max_iter`` without converging warns with a
+        :class:`~contmix.report.ConvergenceWarning`, k-means at its iterations too.
+        Progress bars count the restarts and the iterations of k-means and EM, the mean
+        log-likelihood in their postfix. Nothing changes if an error is raised.
 
         Arguments:
             x: The samples, with shape :math:`(N, D)` and :math:`N > K`.
@@ -296,42 +367,51 @@ class GMM(LazyDistribution):
             generator: The random generator of the centres (torch's global generator
                 if :py:`None`): the same seed gives the same fit, and the global seed
                 is left alone.
+            progress: Whether to show progress bars (:py:`None`: only in a terminal,
+                see :func:`~contmix.report.progress_bar`).
+
+        Returns:
+            The :class:`~contmix.report.FitReport` of the kept fit, also kept as
+            ``fit_report``: for ``"em"``, whether EM converged, its iterations and
+            its mean log-likelihood at each E-step.
 
         Example:
             >>> x = torch.cat((torch.randn(100, 2) - 3, torch.randn(100, 2) + 3))
             >>> a, b = GMM(features=2, components=2), GMM(features=2, components=2)
-            >>> a.initialize(x, "em", n_init=2, generator=torch.Generator().manual_seed(0))
-            >>> b.initialize(x, "em", n_init=2, generator=torch.Generator().manual_seed(0))
+            >>> g = torch.Generator()
+            >>> report = a.initialize(x, "em", n_init=2, generator=g.manual_seed(0))
+            >>> report.converged, report.n_init, report.lower_bound == report.lower_bounds[-1]
+            (True, 2, True)
+            >>> _ = b.initialize(x, "em", n_init=2, generator=g.manual_seed(0))
             >>> torch.equal(a().log_prob(x), b().log_prob(x))
             True
         """
 
-        if strategy not in STRATEGIES:
-            raise ValueError(f"Unknown strategy '{strategy}': choose one of {STRATEGIES}.")
-
+        check_strategy(strategy, STRATEGIES)
         check_fit(n_init, generator, reg)
+        check_em(tol, max_iter)
+        check_progress(progress)
         reference = next(self.parameters())
         check_samples(x, self.features, self.components + 1, reference)
         check_scale(x, max(self.epsilon**2, reg), "epsilon and reg")
 
-        params = fit_mixture(
-            x,
-            self.components,
-            strategy,
-            self.covariance_type,
-            self.tied,
-            tol,
-            max_iter,
-            reg,
-            n_init,
-            generator,
-        )
-        params = self._layout(*params)
+        args = (x, self.components, strategy, self.covariance_type, self.tied, tol, max_iter, reg)
+        params, report = best_of(lambda: fit_start(*args, generator, progress), n_init, progress)
 
-        set_parameters(self, params)
+        set_parameters(self, self._layout(*params))
+        self.fit_report = report
+
+        return report
 
     @torch.no_grad()
-    def em(self, x: Tensor, tol: float = 1e-3, max_iter: int = 100, reg: float = 1e-6) -> Tensor:
+    def em(
+        self,
+        x: Tensor,
+        tol: float = 1e-3,
+        max_iter: int = 100,
+        reg: float = 1e-6,
+        progress: bool | None = None,
+    ) -> FitReport:
         r"""Runs expectation-maximization on :math:`x` from the current parameters (as
         scikit-learn's ``warm_start``), until the mean log-likelihood changes by less
         than ``tol`` or for ``max_iter`` iterations: e.g. to finish a model trained by
@@ -347,8 +427,10 @@ class GMM(LazyDistribution):
             + \lambda I
 
         with :math:`N_k = \sum_n r_{nk}` (see :func:`~contmix.em.fit_gmm`). EM never lowers
-        the likelihood. Only an unconditional model: a conditional model's parameters
-        are the outputs of its hypernetwork. Nothing changes if an error is raised.
+        the likelihood; stopped at ``max_iter`` without converging, it warns with a
+        :class:`~contmix.report.ConvergenceWarning`. Only an unconditional model: a
+        conditional model's parameters are the outputs of its hypernetwork. Nothing
+        changes if an error is raised.
 
         References:
             | Maximum Likelihood from Incomplete Data via the EM Algorithm (Dempster et al., 1977)
@@ -359,35 +441,37 @@ class GMM(LazyDistribution):
             tol: The tolerance on the mean log-likelihood.
             max_iter: The maximum number of iterations.
             reg: The variance :math:`\lambda` added to the diagonal of the covariances.
+            progress: Whether to show a progress bar (:py:`None`: only in a terminal).
 
         Returns:
-            The mean log-likelihood of :math:`x` at each E-step, with shape :math:`(I,)`.
+            The :class:`~contmix.report.FitReport` of the fit (strategy ``"em"``), also
+            kept as ``fit_report``, with the mean log-likelihood of :math:`x` at each
+            E-step as ``lower_bounds`` (as a tensor:
+            :py:`torch.tensor(report.lower_bounds)`).
 
         Example:
             >>> x = torch.cat((torch.randn(100, 2) - 3, torch.randn(100, 2) + 3))
             >>> gmm = GMM(features=2, components=2)
-            >>> gmm.initialize(x, strategy="random")
-            >>> history = gmm.em(x)
-            >>> bool((history.diff() >= -1e-5).all())  # never lower
+            >>> _ = gmm.initialize(x, strategy="random")
+            >>> report = gmm.em(x)
+            >>> bool((torch.tensor(report.lower_bounds).diff() >= -1e-5).all())  # never lower
             True
         """
 
-        if self.context > 0:
-            raise ValueError(
-                f"em() fits an unconditional GMM, but this one has context={self.context}: "
-                "its parameters come from a hypernetwork; train it by gradient descent."
-            )
-
+        check_unconditional(self, "em()")
         check_reg(reg)
+        check_em(tol, max_iter)
+        check_progress(progress)
         reference = next(self.parameters())
         check_samples(x, self.features, self.components + 1, reference)
         check_scale(x, max(self.epsilon**2, reg), "epsilon and reg")
 
         start = self._moments()
-        fit = fit_gmm(x, *start, self.covariance_type, self.tied, tol, max_iter, reg)
+        fit = fit_gmm(x, *start, self.covariance_type, self.tied, tol, max_iter, reg, progress)
         set_parameters(self, self._layout(*(p.to(reference) for p in fit[:3])))
+        self.fit_report = FitReport.of("em", fit.history[-1], fit.history, fit.converged)
 
-        return fit.history
+        return self.fit_report
 
     @torch.no_grad()
     def _moments(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -407,25 +491,73 @@ class GMM(LazyDistribution):
 
         return logits.log_softmax(dim=-1), loc, covariances
 
-    def _criterion(self, x: Tensor, c: Tensor | None) -> tuple[Tensor, int]:
-        check_samples(x, self.features)
-        free = sum(p.numel() for p in self.parameters()) - (self.context == 0)
-        return self(c).log_prob(x).sum(), free
+    def predict_proba(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        r"""Returns the posterior of the components (the responsibilities), with shape
+        :math:`(*, K)`, whose rows sum to one, as scikit-learn's ``predict_proba``:
+
+        .. math:: p(k \mid x) = \frac{\pi_k \mathcal{N}(x \mid \mu_k, \Sigma_k)}
+            {\sum_j \pi_j \mathcal{N}(x \mid \mu_j, \Sigma_j)}
+
+        the exponential of the distribution's
+        :meth:`~contmix.distributions.GaussianMixture.posterior`, which returns
+        :math:`\log p(k \mid x)`.
+
+        Example:
+            >>> gmm = GMM(features=2, components=3)
+            >>> gmm.predict_proba(torch.randn(5, 2)).sum(dim=-1).allclose(torch.ones(5))
+            True
+        """
+
+        return self(c).posterior(x).exp()
+
+    def predict(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        r"""Returns the most probable component :math:`\arg\max_k p(k \mid x)` of each
+        sample, with shape :math:`(*)`, as scikit-learn's ``predict``.
+
+        Example:
+            >>> gmm = GMM(features=1, components=2)
+            >>> gmm.predict(torch.randn(5, 1)).shape
+            torch.Size([5])
+        """
+
+        return self(c).predict(x)
+
+    def free_parameters(self) -> int:
+        r"""Returns the number of free parameters :math:`P` of :meth:`bic` and :meth:`aic`:
+        for an unconditional model, as scikit-learn's ``_n_parameters``,
+
+        .. math:: P = (K - 1) + K D + L \, C
+
+        for the weights, the means and the :math:`L` covariances (:math:`L = 1` when
+        tied, :math:`K` otherwise) of :math:`C = D (D + 1) / 2` (full), :math:`D`
+        (diagonal) or 1 (spherical) parameters each. For a conditional model, the
+        parameters of the hypernetwork.
+
+        Example:
+            >>> GMM(features=2, components=3).free_parameters()  # 2 + 6 + 3 * 3
+            17
+        """
+
+        return sum(p.numel() for p in self.parameters()) - (self.context == 0)
 
     def bic(self, x: Tensor, c: Tensor | None = None) -> Tensor:
         r"""Returns the Bayesian information criterion on :math:`x` (lower is better).
 
         .. math:: \text{BIC} = -2 \sum_n \log p(x_n) + P \log N
 
-        where :math:`P` is the number of free parameters (for a conditional model, those
-        of the hypernetwork).
+        where :math:`P` is the number of free parameters (:meth:`free_parameters`).
 
         Wikipedia:
             https://wikipedia.org/wiki/Bayesian_information_criterion
+
+        Example:
+            >>> gmm, x = GMM(features=2, components=3), torch.randn(50, 2)
+            >>> bool(gmm.bic(x) > gmm.aic(x))  # log 50 > 2
+            True
         """
 
-        log_lik, free = self._criterion(x, c)
-        return -2 * log_lik + free * math.log(len(x))
+        check_samples(x, self.features)
+        return -2 * self(c).log_prob(x).sum() + self.free_parameters() * math.log(len(x))
 
     def aic(self, x: Tensor, c: Tensor | None = None) -> Tensor:
         r"""Returns the Akaike information criterion on :math:`x` (lower is better).
@@ -434,7 +566,12 @@ class GMM(LazyDistribution):
 
         Wikipedia:
             https://wikipedia.org/wiki/Akaike_information_criterion
+
+        Example:
+            >>> gmm, x = GMM(features=2, components=3), torch.randn(50, 2)
+            >>> bool(gmm.aic(x) > -2 * gmm().log_prob(x).sum())
+            True
         """
 
-        log_lik, free = self._criterion(x, c)
-        return -2 * log_lik + 2 * free
+        check_samples(x, self.features)
+        return -2 * self(c).log_prob(x).sum() + 2 * self.free_parameters()
