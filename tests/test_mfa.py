@@ -1,5 +1,7 @@
 r"""Tests for contmix.mfa and the low-rank components."""
 
+import math
+
 import pytest
 import torch
 
@@ -11,7 +13,7 @@ from torch.distributions import (
     MultivariateNormal,
 )
 
-from contmix import GMM, MFA, HierarchicalMFA
+from contmix import GMM, MFA, ConvergenceWarning, FitReport, HierarchicalMFA
 from contmix.datasets import digits
 from contmix.distributions import GaussianMixture, LowRankNormal
 from contmix.mfa import fit_mfa, mfa_log_likelihood
@@ -665,3 +667,212 @@ def test_hierarchical_statistics_build_no_graph():
     assert not labels.requires_grad
     assert not any(t.requires_grad for t in stats)
     assert not any(t.requires_grad for t in factor_analyzers(stats.covariances, 1))
+
+
+# fit reports, em(), posteriors, information criteria
+
+
+def test_mfa_reports(recwarn):
+    x, _, _ = planted(300, 3, 6, 2)
+    for strategy in ("random", "kmeans", "kmeans++", "fa", "em"):
+        mfa = MFA(6, components=3, rank=2).double()
+        report = mfa.initialize(x, strategy, generator=torch.Generator().manual_seed(0))
+
+        assert isinstance(report, FitReport) and mfa.fit_report is report
+        assert report.strategy == strategy
+        assert report.iterations == len(report.lower_bounds)
+        assert (report.iterations > 0) == (strategy in ("fa", "em"))
+        if strategy == "em":
+            assert report.lower_bound == report.lower_bounds[-1]
+        else:  # the mean log-likelihood of the fitted mixture
+            with torch.no_grad():
+                expected = mfa().log_prob(x).mean().item()
+            assert report.lower_bound == pytest.approx(expected, abs=1e-6)
+
+
+def test_mfa_em_vs_sklearn_factor_analysis():
+    r"""One component: EM reaches the maximum likelihood of scikit-learn's factor
+    analysis (SVD-based, not EM), from a k-means start."""
+
+    from sklearn.decomposition import FactorAnalysis
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 2, generator=g, dtype=torch.float64) @ torch.randn(
+        2, 5, generator=g, dtype=torch.float64
+    ) + 0.3 * torch.randn(400, 5, generator=g, dtype=torch.float64)
+    fa = FactorAnalysis(n_components=2, tol=1e-10, max_iter=10000).fit(x.numpy())
+
+    mfa = MFA(5, components=1, rank=2).double()
+    mfa.initialize(x, "kmeans")
+    report = mfa.em(x, tol=1e-10, max_iter=5000)
+
+    assert report.converged and report.strategy == "em" and mfa.fit_report is report
+    assert (torch.tensor(report.lower_bounds).diff() > -1e-9).all()
+    with torch.no_grad():
+        assert mfa().log_prob(x).mean().item() == pytest.approx(fa.score(x.numpy()), abs=1e-5)
+
+
+def test_mfa_em_warns_and_bad_input():
+    x = torch.randn(60, 3, dtype=torch.float64)
+    mfa = MFA(3, components=2, rank=1).double()
+    mfa.initialize(x, "kmeans")
+    with pytest.warns(ConvergenceWarning, match=r"max_iter=2\): raise max_iter, or tol"):
+        assert not mfa.em(x, tol=0.0, max_iter=2).converged
+
+    report = mfa.fit_report
+    for kwargs, error, match in [
+        ({"tol": -1.0}, ValueError, "tol must be"),
+        ({"max_iter": 0}, ValueError, "max_iter must be"),
+        ({"reg": -1.0}, ValueError, "reg must be"),
+        ({"progress": 2}, TypeError, "progress must be"),
+    ]:
+        with unchanged(mfa), pytest.raises(error, match=match):
+            mfa.em(x, **kwargs)
+        with unchanged(mfa), pytest.raises(error, match=match):
+            mfa.initialize(x, "em", **kwargs)
+    with unchanged(mfa), pytest.raises(ValueError, match=r"shape \(N, 3\)"):
+        mfa.em(x[:, :2])
+    assert mfa.fit_report is report
+
+    conditional = MFA(3, context=2, components=2)
+    with unchanged(conditional), pytest.raises(ValueError, match="unconditional MFA"):
+        conditional.em(x.float())
+
+
+def test_mfa_strategy_error_lists_the_choices():
+    with pytest.raises(ValueError, match=r"'kmeans\+\+', 'fa' or 'em'\."):
+        MFA(3).initialize(torch.randn(20, 3), "gmm")
+
+
+def test_mfa_predict_proba_vs_sklearn():
+    r"""The responsibilities are scikit-learn's for the full covariances
+    :math:`D_k + A_k A_k^T`."""
+
+    from sklearn.mixture import GaussianMixture as SKGaussianMixture
+    from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky
+
+    torch.manual_seed(0)
+    logits, loc, factor, diag = random_mfa(K=3, D=4, R=2)
+    mfa = MFA(4, components=3, rank=2).double()
+    with torch.no_grad():
+        for p, value in zip(mfa.phi, mfa._layout(logits, loc, factor, diag), strict=True):
+            p.copy_(value)
+    x = reference(logits, loc, factor, diag).sample((100,))
+
+    covariances = (diag.diag_embed() + factor @ factor.mT).numpy()
+    sk = SKGaussianMixture(3, covariance_type="full")
+    sk.weights_, sk.means_ = logits.softmax(-1).numpy(), loc.numpy()
+    sk.covariances_ = covariances
+    sk.precisions_cholesky_ = _compute_precision_cholesky(covariances, "full")
+
+    with torch.no_grad():
+        proba = mfa.predict_proba(x)
+        assert torch.allclose(proba.sum(dim=-1), torch.ones(100, dtype=x.dtype))
+        assert torch.allclose(proba, mfa().posterior(x).exp())
+        assert torch.allclose(proba, torch.as_tensor(sk.predict_proba(x.numpy())), atol=1e-6)
+        assert torch.equal(mfa.predict(x), torch.as_tensor(sk.predict(x.numpy())))
+
+
+def test_mfa_free_parameters_and_criteria():
+    r"""A hand count: weights, means, diagonals and loadings less their rotations, no more
+    than a full covariance (then scikit-learn's count of a full GMM)."""
+
+    from sklearn.mixture import GaussianMixture as SKGaussianMixture
+
+    assert MFA(5, components=3, rank=2).free_parameters() == 2 + 3 * (5 + 5 + (10 - 1))
+    assert MFA(6, components=2, rank=1).free_parameters() == 1 + 2 * (6 + 6 + 6)
+    x = torch.randn(50, 3, dtype=torch.float64)
+    sk = SKGaussianMixture(4, covariance_type="full", max_iter=1).fit(x.numpy())
+    for rank in (2, 3, 5):  # (M - R)^2 <= M + R: as many parameters as a full covariance
+        assert MFA(3, components=4, rank=rank).free_parameters() == sk._n_parameters()
+    conditional = MFA(3, context=2, components=2)
+    assert conditional.free_parameters() == sum(p.numel() for p in conditional.parameters())
+
+    mfa = MFA(3, components=2, rank=1).double()
+    mfa.initialize(x, "em")
+    with torch.no_grad():
+        log_lik = mfa().log_prob(x).sum().item()
+        P = mfa.free_parameters()
+        assert mfa.bic(x).item() == pytest.approx(-2 * log_lik + P * math.log(50), rel=1e-12)
+        assert mfa.aic(x).item() == pytest.approx(-2 * log_lik + 2 * P, rel=1e-12)
+
+
+def hierarchical_data():
+    g = torch.Generator().manual_seed(0)
+    centers = 5 * torch.randn(4, 3, generator=g, dtype=torch.float64)
+    return centers.repeat_interleave(60, dim=0) + torch.randn(240, 3, generator=g).double()
+
+
+@pytest.mark.parametrize("strategy", ["random", "kmeans", "kmeans++", "em"])
+def test_hierarchical_strategies_and_reports(strategy):
+    x = hierarchical_data()
+    model = HierarchicalMFA(3, groups=2, components=2, rank=1).double()
+    report = model.initialize(x, strategy, generator=torch.Generator().manual_seed(0))
+
+    assert model.fit_report is report and report.strategy == strategy
+    assert (report.iterations > 0) == (strategy == "em")
+    with torch.no_grad():
+        mean = model().log_prob(x).mean().item()
+    if strategy == "em":
+        assert report.converged and report.lower_bound == report.lower_bounds[-1]
+        assert (torch.tensor(report.lower_bounds).diff() > -1e-9).all()
+    else:
+        assert report.lower_bound == pytest.approx(mean, abs=1e-6)
+
+
+def test_hierarchical_em_is_em_of_the_flat_mfa():
+    r"""EM of the hierarchical mixture is EM of the MFA of its C G components with
+    weights :math:`\eta_c \pi_{cj}`: the same densities, the same posteriors summed by
+    group."""
+
+    x = hierarchical_data()
+    model = HierarchicalMFA(3, groups=2, components=2, rank=1).double()
+    model.initialize(x, "kmeans", generator=torch.Generator().manual_seed(1))
+
+    flat = MFA(3, components=4, rank=1).double()
+    with torch.no_grad():
+        eta, logits, loc, factor, log_diag = model.phi
+        weights = eta.log_softmax(-1)[:, None] + logits.log_softmax(-1)
+        start = [weights.flatten(), loc.flatten(0, 1), factor.flatten(0, 1)]
+        for p, value in zip(flat.phi, [*start, log_diag.flatten(0, 1)], strict=True):
+            p.copy_(value)
+        assert torch.allclose(flat().log_prob(x), model().log_prob(x), atol=1e-10)
+
+    report, expected = model.em(x, tol=1e-8), flat.em(x, tol=1e-8)
+    assert report.iterations == expected.iterations
+    assert report.lower_bounds == pytest.approx(expected.lower_bounds, abs=1e-9)
+    with torch.no_grad():
+        assert torch.allclose(model().log_prob(x), flat().log_prob(x), atol=1e-6)
+        grouped = flat.predict_proba(x).unflatten(-1, (2, 2)).sum(dim=-1)
+        proba = model.predict_proba(x)
+        assert torch.allclose(proba, grouped, atol=1e-6)
+        assert torch.allclose(proba.sum(dim=-1), torch.ones(len(x), dtype=x.dtype))
+        assert torch.equal(model.predict(x), proba.argmax(dim=-1))
+        assert model.free_parameters() == flat.free_parameters()
+        log_lik, P = model().log_prob(x).sum().item(), model.free_parameters()
+        assert model.bic(x).item() == pytest.approx(-2 * log_lik + P * math.log(240))
+        assert model.aic(x).item() == pytest.approx(-2 * log_lik + 2 * P)
+
+
+def test_hierarchical_bad_input_leaves_everything_unchanged():
+    x = hierarchical_data()
+    model = HierarchicalMFA(3, groups=2, components=2, rank=1).double()
+    model.initialize(x)
+    report = model.fit_report
+    cases = [
+        ({"strategy": "fa"}, ValueError, r"'kmeans\+\+' or 'em'\."),
+        ({"strategy": "em", "max_iter": 0}, ValueError, "max_iter must be"),
+        ({"reg": -1.0}, ValueError, "reg must be"),
+        ({"progress": "no"}, TypeError, "progress must be"),
+        ({"y": torch.arange(240) % 3}, ValueError, r"y must lie in \[0, 2\)"),
+    ]
+    for kwargs, error, match in cases:
+        with unchanged(model), pytest.raises(error, match=match):
+            model.initialize(x, **kwargs)
+    with unchanged(model), pytest.raises(ValueError, match="tol must be"):
+        model.em(x, tol=-1.0)
+    assert model.fit_report is report
+
+    conditional = HierarchicalMFA(3, context=2)
+    with unchanged(conditional), pytest.raises(ValueError, match="unconditional Hierarch"):
+        conditional.em(x.float())

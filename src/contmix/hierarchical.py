@@ -6,6 +6,8 @@ __all__ = [
     "order_path",
 ]
 
+import math
+
 from math import prod
 from typing import Literal, NamedTuple
 
@@ -17,12 +19,15 @@ from zuko.lazy import LazyDistribution
 from zuko.nn import MLP
 from zuko.utils import unpack
 
-from .cluster import _distances, assign, kmeans, random_centers
+from .cluster import _distances, assign, kmeans, kmeans_plusplus, random_centers
 from .distributions import GaussianMixture, LowRankNormal
-from .gmm import check_fit
+from .em import check_em, check_reg
+from .gmm import check_fit, check_strategy, check_unconditional
+from .mfa import fit_mfa
+from .report import FitReport, best_of, check_progress
 from .utils import check_context, check_samples, check_scale, check_sizes, set_parameters
 
-STRATEGIES = ("random", "kmeans")
+STRATEGIES = ("random", "kmeans", "kmeans++", "em")
 
 
 class GroupStatistics(NamedTuple):
@@ -62,7 +67,11 @@ def order_path(centers: Tensor) -> Tensor:
 
 
 def _sub_clusters(
-    x: Tensor, components: int, strategy: str, generator: torch.Generator | None = None
+    x: Tensor,
+    components: int,
+    strategy: str,
+    generator: torch.Generator | None = None,
+    progress: bool | None = None,
 ) -> tuple[Tensor, Tensor]:
     r"""Splits a group into at most ``components`` sub-clusters ordered along a path;
     a group with fewer samples repeats its last centre. Returns the centres, with shape
@@ -70,8 +79,10 @@ def _sub_clusters(
 
     k = min(components, len(x))
 
-    if strategy == "kmeans":
-        centers, _ = kmeans(x, k, generator=generator)
+    if strategy in ("kmeans", "em"):
+        centers, _ = kmeans(x, k, generator=generator, progress=progress)
+    elif strategy == "kmeans++":
+        centers = kmeans_plusplus(x, k, generator)
     else:
         centers = random_centers(x, k, generator)
 
@@ -89,17 +100,18 @@ def group_statistics(
     labels: Tensor,
     groups: int,
     components: int,
-    strategy: Literal["random", "kmeans"] = "kmeans",
+    strategy: Literal["random", "kmeans", "kmeans++"] = "kmeans",
     prior: float = 4.0,
     generator: torch.Generator | None = None,
+    progress: bool | None = None,
 ) -> GroupStatistics:
     r"""Returns the statistics of :math:`G` sub-clusters in each of :math:`C` groups.
 
     Each group :math:`c` (the samples with ``labels == c``) is split by k-means (or
-    around random samples) into :math:`G` sub-clusters whose centres are ordered along a
-    path (:func:`order_path`). The covariance of each sub-cluster is shrunk towards the
-    pooled within-sub-cluster covariance :math:`\bar{S}_c` of its group with ``prior``
-    pseudo-samples,
+    around random samples, or k-means++ seeds) into :math:`G` sub-clusters whose centres
+    are ordered along a path (:func:`order_path`). The covariance of each sub-cluster is
+    shrunk towards the pooled within-sub-cluster covariance :math:`\bar{S}_c` of its
+    group with ``prior`` pseudo-samples,
 
     .. math:: \Sigma_{cj} = \frac{n_{cj} S_{cj} + \kappa \bar{S}_c}{n_{cj} + \kappa} ,
 
@@ -110,10 +122,13 @@ def group_statistics(
         labels: The group of each sample, in :math:`[0, C)`, with shape :math:`(N,)`.
         groups: The number of groups :math:`C`; every group must have samples.
         components: The number of sub-clusters :math:`G` per group.
-        strategy: ``"kmeans"`` or ``"random"`` sub-cluster centres.
+        strategy: ``"kmeans"``, ``"random"`` or ``"kmeans++"`` sub-cluster centres
+            (``"em"`` is ``"kmeans"``).
         prior: The shrinkage weight :math:`\kappa`.
         generator: The random generator of the centres (torch's global generator if
             :py:`None`).
+        progress: Whether to show the progress bars of k-means (:py:`None`: only in a
+            terminal).
 
     Returns:
         The log-weights of the groups, with shape :math:`(C,)`, the sub-cluster centres,
@@ -132,7 +147,7 @@ def group_statistics(
 
     for c in range(groups):
         xc = x[labels == c]
-        centers, sub = _sub_clusters(xc, components, strategy, generator)
+        centers, sub = _sub_clusters(xc, components, strategy, generator, progress)
         counts = torch.bincount(sub, minlength=components).to(x.dtype)
         one_hot = nn.functional.one_hot(sub, components).to(x.dtype)
 
@@ -202,7 +217,9 @@ class HierarchicalMFA(LazyDistribution):
     batch shape :math:`(C,)` over :class:`~contmix.distributions.LowRankNormal`
     components with batch shape :math:`(C, G)`. By Bayes' rule, :meth:`predict_proba`
     gives the group posterior :math:`p(c \mid x)`, for clustering and classification.
-    This is what :meth:`contmix.HierarchicalCPMM.extract` returns.
+    This is what :meth:`contmix.HierarchicalCPMM.extract` returns. It is fitted by
+    :meth:`initialize` and :meth:`em`, whose record is kept as ``fit_report`` (a
+    :class:`~contmix.report.FitReport`), and scored by :meth:`bic` and :meth:`aic`.
 
     References:
         | Continuously Parameterized Mixture Models (Bender et al., 2023), Section 3.2
@@ -250,6 +267,7 @@ class HierarchicalMFA(LazyDistribution):
 
         self.shapes = hierarchical_shapes(groups, components, features, rank)
         self.total = sum(prod(s) for s in self.shapes)
+        self.fit_report: FitReport | None = None
 
         if context > 0:
             self.hyper = MLP(context, self.total, **kwargs)
@@ -278,13 +296,33 @@ class HierarchicalMFA(LazyDistribution):
         return GaussianMixture(GaussianMixture(base, logits), eta)
 
     def predict_proba(self, x: Tensor, c: Tensor | None = None) -> Tensor:
-        r"""Returns the posterior of the groups :math:`p(c \mid x)`, with shape
-        :math:`(*, C)`."""
+        r"""Returns the posterior of the groups, with shape :math:`(*, C)`, whose rows
+        sum to one, as scikit-learn's ``predict_proba``:
+
+        .. math:: p(c \mid x) = \frac{\eta_c \, p_c(x)}{\sum_{c'} \eta_{c'} \, p_{c'}(x)},
+            \quad p_c(x) = \sum_j \pi_{cj} \,
+            \mathcal{N}(x \mid \mu_{cj}, D_{cj} + A_{cj} A_{cj}^T)
+
+        the exponential of the distribution's
+        :meth:`~contmix.distributions.GaussianMixture.posterior`, which returns
+        :math:`\log p(c \mid x)`.
+
+        Example:
+            >>> model = HierarchicalMFA(features=3, groups=2, components=2)
+            >>> model.predict_proba(torch.randn(5, 3)).sum(dim=-1).allclose(torch.ones(5))
+            True
+        """
 
         return self(c).posterior(x).exp()
 
     def predict(self, x: Tensor, c: Tensor | None = None) -> Tensor:
-        r"""Returns the most probable group :math:`\arg\max_c p(c \mid x)`."""
+        r"""Returns the most probable group :math:`\arg\max_c p(c \mid x)` of each
+        sample, with shape :math:`(*)`.
+
+        Example:
+            >>> HierarchicalMFA(features=3, groups=2).predict(torch.randn(5, 3)).shape
+            torch.Size([5])
+        """
 
         return self(c).predict(x)
 
@@ -292,74 +330,258 @@ class HierarchicalMFA(LazyDistribution):
     def initialize(
         self,
         x: Tensor,
-        strategy: Literal["random", "kmeans"] = "kmeans",
+        strategy: Literal["random", "kmeans", "kmeans++", "em"] = "kmeans",
         y: Tensor | None = None,
         n_init: int = 1,
         generator: torch.Generator | None = None,
-    ) -> None:
+        tol: float = 1e-3,
+        max_iter: int = 100,
+        reg: float = 1e-6,
+        progress: bool | None = None,
+    ) -> FitReport:
         r"""Initializes the mixture from data.
 
         The samples are split into :math:`C` groups (by ``y`` when labels are given,
-        otherwise by k-means or around random samples), each group into :math:`G`
-        sub-clusters, and each component is the factor analyzer (probabilistic PCA) of
-        its sub-cluster (:func:`group_statistics`). With ``n_init`` restarts, each from
-        its own centres, the mixture of the highest mean log-likelihood on :math:`x` is
-        kept (the default, 1, is that of :meth:`contmix.GMM.initialize`). For a
-        conditional model, the hypernetwork starts out producing this mixture whatever
-        the context. Nothing changes if an error is raised.
+        otherwise by k-means, around random samples or around greedy k-means++ seeds),
+        each group into :math:`G` sub-clusters, and each component is the factor
+        analyzer (probabilistic PCA) of its sub-cluster (:func:`group_statistics`).
+        ``"em"`` then runs expectation-maximization (:meth:`em`) from the k-means start
+        until the mean log-likelihood changes by less than ``tol``. With ``n_init``
+        restarts, each from its own centres, the mixture of the highest mean
+        log-likelihood on :math:`x` is kept (the default, 1, is that of
+        :meth:`contmix.GMM.initialize`). For a conditional model, the hypernetwork
+        starts out producing this mixture whatever the context. EM or k-means that stop
+        without converging warn with a :class:`~contmix.report.ConvergenceWarning`;
+        progress bars count the restarts and the iterations. Nothing changes if an
+        error is raised.
 
         Arguments:
             x: The samples, with shape :math:`(N, M)`.
-            strategy: ``"random"`` or ``"kmeans"``.
+            strategy: ``"random"``, ``"kmeans"``, ``"kmeans++"`` or ``"em"``.
             y: Optional labels in :math:`[0, C)`, with shape :math:`(N,)`.
             n_init: The number of restarts, of which the best mixture is kept.
             generator: The random generator of the centres (torch's global generator
                 if :py:`None`): the same seed gives the same mixture, and the global
                 seed is left alone.
+            tol: The tolerance of EM on the mean log-likelihood (``"em"``).
+            max_iter: The maximum number of EM iterations (``"em"``).
+            reg: The floor of the diagonals of EM (``"em"``), a variance in the units of
+                :math:`x^2`.
+            progress: Whether to show progress bars (:py:`None`: only in a terminal).
+
+        Returns:
+            The :class:`~contmix.report.FitReport` of the kept mixture, also kept as
+            ``fit_report``.
 
         Example:
             >>> x = torch.cat((torch.randn(100, 3) - 4, torch.randn(100, 3) + 4))
             >>> model = HierarchicalMFA(features=3, groups=2, components=2, rank=1)
-            >>> model.initialize(x, n_init=2, generator=torch.Generator().manual_seed(0))
+            >>> report = model.initialize(x, n_init=2, generator=torch.Generator().manual_seed(0))
+            >>> report.n_init, report.iterations
+            (2, 0)
             >>> model.predict(x).bincount().tolist()
             [100, 100]
         """
 
-        if strategy not in STRATEGIES:
-            raise ValueError(f"Unknown strategy '{strategy}': choose one of {STRATEGIES}.")
-
-        check_fit(n_init, generator, 0.0)
+        check_strategy(strategy, STRATEGIES)
+        check_fit(n_init, generator, reg)
+        check_em(tol, max_iter)
+        check_progress(progress)
         reference = next(self.parameters())
         check_samples(x, self.features, self.groups + 1, reference)
-        check_scale(x, 2 * self.epsilon, "epsilon")
-        best, score = None, None
+        if strategy == "em":
+            check_scale(x, max(self.epsilon, reg), "epsilon and reg")
+        else:
+            check_scale(x, 2 * self.epsilon, "epsilon")
 
-        for _ in range(n_init):
-            params = self._fit(x, strategy, y, generator)
-            value = self._log_likelihood(x, params) if n_init > 1 else None
-            if best is None or value > score:
-                best, score = params, value
+        args = (x, strategy, y, generator, tol, max_iter, reg, progress)
+        params, report = best_of(lambda: self._fit(*args), n_init, progress)
 
-        set_parameters(self, best)
+        set_parameters(self, params)
+        self.fit_report = report
 
-    def _fit(
-        self, x: Tensor, strategy: str, y: Tensor | None, generator: torch.Generator | None
-    ) -> list[Tensor]:
-        r"""Returns the parameters of one initialization, in the layout of :attr:`shapes`."""
+        return report
 
-        labels = group_labels(x, self.groups, strategy, y, generator)
-        stats = group_statistics(
-            x, labels, self.groups, self.components, strategy, generator=generator
-        )
-        factor, diag = factor_analyzers(stats.covariances, self.rank)
+    @torch.no_grad()
+    def em(
+        self,
+        x: Tensor,
+        tol: float = 1e-3,
+        max_iter: int = 100,
+        reg: float = 1e-6,
+        progress: bool | None = None,
+    ) -> FitReport:
+        r"""Runs expectation-maximization on :math:`x` from the current parameters (as
+        scikit-learn's ``warm_start``), until the mean log-likelihood changes by less
+        than ``tol`` or for ``max_iter`` iterations.
+
+        The hierarchical mixture is the mixture of the :math:`C G` factor analyzers of
+        weights :math:`\eta_c \pi_{cj}`, and EM for it is :func:`~contmix.mfa.fit_mfa` on
+        these: the M-step of the weights, :math:`\eta_c \pi_{cj} = N_{cj} / N`, gives
+        :math:`\eta_c = \sum_j N_{cj} / N` and :math:`\pi_{cj} = N_{cj} / \sum_{j'}
+        N_{cj'}`. EM never lowers the likelihood, and warns with a
+        :class:`~contmix.report.ConvergenceWarning` if it stops at ``max_iter``. Only an
+        unconditional model. Nothing changes if an error is raised.
+
+        References:
+            | The EM Algorithm for Mixtures of Factor Analyzers (Ghahramani et al., 1996)
+            | http://mlg.eng.cam.ac.uk/zoubin/papers/tr-96-1.pdf
+
+        Arguments:
+            x: The samples, with shape :math:`(N, M)` and :math:`N > C G`.
+            tol: The tolerance on the mean log-likelihood.
+            max_iter: The maximum number of iterations.
+            reg: The floor of the diagonals, a variance in the units of :math:`x^2`.
+            progress: Whether to show a progress bar (:py:`None`: only in a terminal).
+
+        Returns:
+            The :class:`~contmix.report.FitReport` of the fit (strategy ``"em"``), also
+            kept as ``fit_report``.
+
+        Example:
+            >>> x = torch.cat((torch.randn(100, 3) - 4, torch.randn(100, 3) + 4))
+            >>> model = HierarchicalMFA(features=3, groups=2, components=2, rank=1)
+            >>> _ = model.initialize(x)
+            >>> report = model.em(x)
+            >>> bool((torch.tensor(report.lower_bounds).diff() > -1e-5).all())  # never lower
+            True
+        """
+
+        check_unconditional(self, "em()")
+        check_reg(reg)
+        check_em(tol, max_iter)
+        check_progress(progress)
+        reference = next(self.parameters())
+        check_samples(x, self.features, self.groups * self.components + 1, reference)
+        check_scale(x, max(self.epsilon, reg), "epsilon and reg")
+
+        fit = fit_mfa(x, *self._flat(list(self.phi)), tol, max_iter, reg, progress=progress)
+        set_parameters(self, [p.to(reference) for p in self._nested(*fit[:4])])
+        self.fit_report = FitReport.of("em", fit.history[-1], fit.history, fit.converged)
+
+        return self.fit_report
+
+    def free_parameters(self) -> int:
+        r"""Returns the number of free parameters :math:`P` of :meth:`bic` and :meth:`aic`:
+        for an unconditional model, those of the :class:`~contmix.MFA` of :math:`C G`
+        components (:meth:`contmix.MFA.free_parameters`), whose weights
+        :math:`\eta_c \pi_{cj}` are :math:`C G - 1` free parameters; for a conditional
+        model, the parameters of the hypernetwork.
+
+        Example:
+            >>> HierarchicalMFA(features=5, groups=2, components=3, rank=2).free_parameters()
+            119
+        """
+
+        if self.context > 0:
+            return sum(p.numel() for p in self.parameters())
+
+        K, M, R = self.groups * self.components, self.features, self.rank
+        return (K - 1) + K * (2 * M + min(M * R - R * (R - 1) // 2, M * (M - 1) // 2))
+
+    def bic(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        r"""Returns the Bayesian information criterion on :math:`x` (lower is better).
+
+        .. math:: \text{BIC} = -2 \sum_n \log p(x_n) + P \log N
+
+        where :math:`P` is the number of free parameters (:meth:`free_parameters`).
+
+        Wikipedia:
+            https://wikipedia.org/wiki/Bayesian_information_criterion
+
+        Example:
+            >>> model, x = HierarchicalMFA(features=3), torch.randn(50, 3)
+            >>> bool(model.bic(x) > model.aic(x))  # log 50 > 2
+            True
+        """
+
+        check_samples(x, self.features)
+        return -2 * self(c).log_prob(x).sum() + self.free_parameters() * math.log(len(x))
+
+    def aic(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        r"""Returns the Akaike information criterion on :math:`x` (lower is better).
+
+        .. math:: \text{AIC} = -2 \sum_n \log p(x_n) + 2 P
+
+        Wikipedia:
+            https://wikipedia.org/wiki/Akaike_information_criterion
+
+        Example:
+            >>> model, x = HierarchicalMFA(features=3), torch.randn(50, 3)
+            >>> bool(model.aic(x) > -2 * model().log_prob(x).sum())
+            True
+        """
+
+        check_samples(x, self.features)
+        return -2 * self(c).log_prob(x).sum() + 2 * self.free_parameters()
+
+    def _flat(self, params: list[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        r"""Turns parameters in the layout of :attr:`shapes` into the log-weights, means,
+        loadings and diagonals of the flat mixture of :math:`C G` factor analyzers, in
+        the layout of :func:`~contmix.mfa.fit_mfa`."""
+
+        eta, logits, loc, factor, log_diag = params
+        weights = eta.log_softmax(dim=-1).unsqueeze(-1) + logits.log_softmax(dim=-1)
+        diag = log_diag.exp() + self.epsilon
+
+        return weights.flatten(), loc.flatten(0, 1), factor.flatten(0, 1), diag.flatten(0, 1)
+
+    def _nested(self, logits: Tensor, loc: Tensor, factor: Tensor, diag: Tensor) -> list[Tensor]:
+        r"""The inverse of :meth:`_flat`: :math:`\log \eta_c = \log \sum_j \eta_c
+        \pi_{cj}` and :math:`\log \pi_{cj} = \log \eta_c \pi_{cj} - \log \eta_c`."""
+
+        shape = (self.groups, self.components)
+        logits = logits.unflatten(0, shape)
+        eta = logits.logsumexp(dim=-1)
+        log_diag = (diag - self.epsilon).clamp(min=torch.finfo(diag.dtype).tiny).log()
 
         return [
+            eta,
+            logits - eta.unsqueeze(-1),
+            loc.unflatten(0, shape),
+            factor.unflatten(0, shape),
+            log_diag.unflatten(0, shape),
+        ]
+
+    def _fit(
+        self,
+        x: Tensor,
+        strategy: str,
+        y: Tensor | None,
+        generator: torch.Generator | None,
+        tol: float,
+        max_iter: int,
+        reg: float,
+        progress: bool | None = None,
+    ) -> tuple[list[Tensor], FitReport]:
+        r"""Returns the parameters of one initialization, in the layout of
+        :attr:`shapes`, and its report."""
+
+        labels = group_labels(x, self.groups, strategy, y, generator, progress)
+        stats = group_statistics(
+            x,
+            labels,
+            self.groups,
+            self.components,
+            strategy,
+            generator=generator,
+            progress=progress,
+        )
+        factor, diag = factor_analyzers(stats.covariances, self.rank)
+        params = [
             stats.logits,
             torch.zeros_like(stats.means[..., 0]),
             stats.means,
             factor,
             (diag - self.epsilon).clamp(min=self.epsilon).log(),
         ]
+
+        if strategy == "em":
+            fit = fit_mfa(x, *self._flat(params), tol, max_iter, reg, progress=progress)
+            report = FitReport.of(strategy, fit.history[-1], fit.history, fit.converged)
+            return self._nested(*fit[:4]), report
+
+        return params, FitReport.of(strategy, self._log_likelihood(x, params))
 
     def _log_likelihood(self, x: Tensor, params: list[Tensor]) -> Tensor:
         r"""The mean log-likelihood of :math:`x` under parameters in the layout of
@@ -402,22 +624,31 @@ def group_labels(
     strategy: str,
     y: Tensor | None = None,
     generator: torch.Generator | None = None,
+    progress: bool | None = None,
 ) -> Tensor:
     r"""Returns the group of each sample: the labels ``y`` when given (checked), else the
-    k-means clusters (``"kmeans"``) or the nearest of random samples (``"random"``),
-    drawn from ``generator`` (torch's global generator if :py:`None`)."""
+    k-means clusters (``"kmeans"``, and ``"em"`` which starts from them) or the nearest
+    of random samples (``"random"``) or of greedy k-means++ seeds (``"kmeans++"``),
+    drawn from ``generator`` (torch's global generator if :py:`None`).
+
+    Example:
+        >>> x = torch.tensor([[0.0], [0.1], [5.0], [5.1]])
+        >>> group_labels(x, 2, "kmeans++", generator=torch.Generator().manual_seed(0)).bincount()
+        tensor([2, 2])
+    """
 
     if y is not None:
         check_labels(y, len(x), groups)
         return y.to(x.device)
 
-    if strategy == "kmeans":
-        return kmeans(x, groups, generator=generator)[1]
+    if strategy in ("kmeans", "em"):
+        return kmeans(x, groups, generator=generator, progress=progress)[1]
 
-    labels = assign(x, random_centers(x, groups, generator))
+    seeds = kmeans_plusplus if strategy == "kmeans++" else random_centers
+    labels = assign(x, seeds(x, groups, generator))
     counts = torch.bincount(labels, minlength=groups)
 
-    # a random centre duplicated in x leaves a group empty: give it its own sample
+    # a centre duplicated in x leaves a group empty: give it its own sample
     empty = (counts == 0).nonzero().squeeze(-1)
     device = x.device if generator is None else generator.device
     order = torch.randperm(len(x), generator=generator, device=device).to(x.device)

@@ -7,6 +7,8 @@ __all__ = [
     "mfa_log_likelihood",
 ]
 
+import math
+
 from math import prod
 from typing import Literal, NamedTuple
 
@@ -21,8 +23,9 @@ from zuko.utils import unpack
 from .cluster import reference
 from .distributed import all_reduce, is_sharded, samples
 from .distributions import GaussianMixture, LowRankNormal
-from .em import BLOCK, check_reg, degenerate
-from .gmm import check_fit, initial_clusters
+from .em import BLOCK, check_em, check_reg, degenerate, iterate
+from .gmm import check_fit, check_strategy, check_unconditional, initial_clusters
+from .report import FitReport, best_of, check_progress
 from .utils import check_context, check_samples, check_scale, check_sizes, set_parameters
 
 STRATEGIES = ("random", "kmeans", "kmeans++", "fa", "em")
@@ -224,6 +227,7 @@ def fit_mfa(
     max_iter: int = 100,
     reg: float = 1e-6,
     resp: Tensor | None = None,
+    progress: bool | None = None,
 ) -> MFAFit:
     r"""Fits a mixture of factor analyzers by expectation-maximization.
 
@@ -251,8 +255,10 @@ def fit_mfa(
     :class:`ValueError` that names the components. The samples are taken around their
     median (:func:`~contmix.cluster.reference`), which an outlier does not move as it
     moves their mean. It stops when the mean log-likelihood changes by less than
-    ``tol``, as
-    :class:`sklearn.mixture.GaussianMixture` does. EM never lowers the likelihood.
+    ``tol``, as :class:`sklearn.mixture.GaussianMixture` does. EM never lowers the
+    likelihood. A fit that stops at ``max_iter`` without converging warns with a
+    :class:`~contmix.report.ConvergenceWarning`; a progress bar counts the iterations,
+    the mean log-likelihood in its postfix (:func:`~contmix.report.progress_bar`).
 
     Within :func:`~contmix.distributed.sharded`, :math:`x` (and ``resp``) is this
     process's shard: the reference point, the sums of the M-step and the log-likelihood
@@ -272,7 +278,10 @@ def fit_mfa(
         max_iter: The maximum number of iterations.
         reg: The floor of the diagonals, a variance in the units of :math:`x^2`.
         resp: Fixed responsibilities, with shape :math:`(N, K)`. If given, only the
-            factor analyzers are fitted (to the weighted samples of each component).
+            factor analyzers are fitted (to the weighted samples of each component), and
+            the history is the mean of :math:`\sum_k r_{nk} \log \pi_k p_k(x_n)`, a
+            lower bound of the mean log-likelihood.
+        progress: Whether to show a progress bar (:py:`None`: only in a terminal).
 
     Returns:
         A :class:`MFAFit` with the fitted parameters, the mean log-likelihood at each
@@ -290,34 +299,35 @@ def fit_mfa(
     """
 
     check_reg(reg)
+    check_em(tol, max_iter)
+    check_progress(progress)
     _check_diagonals(diag)
     shift, N = reference(x), samples(x)
     centered = x - shift
     floor = _floor(x, reg)
-    loc = loc - shift
+    params = (logits, loc - shift, factor, diag)
 
-    history = []
-    converged = False
-
-    for _ in range(max_iter):
+    def step() -> float:
+        nonlocal params
+        logits, loc, factor, diag = params
         joint = GaussianMixture(LowRankNormal(loc, factor, diag), logits).joint(centered)
         log_p = torch.logsumexp(joint, dim=-1, keepdim=True)
 
         if resp is None:
-            r = (joint - log_p).exp()
-            history.append(_average(log_p, N))
+            r, bound = (joint - log_p).exp(), _average(log_p, N)
         else:
-            r = resp
-            history.append(_average((resp * joint).sum(dim=-1), N))
+            r, bound = resp, _average((resp * joint).sum(dim=-1), N)
 
-        logits, loc, factor, diag = _m_step(centered, r, loc, factor, diag, floor, N)
-        _check_diagonals(diag)
+        params = _m_step(centered, r, loc, factor, diag, floor, N)
+        _check_diagonals(params[-1])
+        return float(bound)  # the one host transfer of the iteration
 
-        if len(history) > 1 and abs(history[-1] - history[-2]) < tol:
-            converged = True
-            break
+    what = "EM" if resp is None else "EM of the factor analyzers"
+    history, converged = iterate(step, tol, max_iter, what, progress)
+    logits, loc, factor, diag = params
+    history = torch.tensor(history, dtype=x.dtype, device=x.device)
 
-    return MFAFit(logits, loc + shift, factor, diag, torch.stack(history), converged)
+    return MFAFit(logits, loc + shift, factor, diag, history, converged)
 
 
 @torch.no_grad()
@@ -412,6 +422,7 @@ class MFA(LazyDistribution):
 
         self.shapes = mfa_shapes(components, features, rank)
         self.total = sum(prod(s) for s in self.shapes)
+        self.fit_report: FitReport | None = None
 
         if context > 0:
             self.hyper = MLP(context, self.total, **kwargs)
@@ -455,7 +466,8 @@ class MFA(LazyDistribution):
         reg: float = 1e-6,
         n_init: int = 1,
         generator: torch.Generator | None = None,
-    ) -> None:
+        progress: bool | None = None,
+    ) -> FitReport:
         r"""Initializes the mixture from data.
 
         ``"random"``, ``"kmeans"`` and ``"kmeans++"`` pick centres (random samples, the
@@ -478,7 +490,10 @@ class MFA(LazyDistribution):
         ``n_init=2``. The variances are floored at ``reg``, an absolute variance that
         no sample moves (see :func:`fit_mfa`).
 
-        Nothing changes if an error is raised.
+        EM that stops at ``max_iter`` without converging warns with a
+        :class:`~contmix.report.ConvergenceWarning`; progress bars count the restarts
+        and the iterations (:func:`~contmix.report.progress_bar`). Nothing changes if
+        an error is raised.
 
         Arguments:
             x: The samples, with shape :math:`(N, M)` and :math:`N > K`.
@@ -490,40 +505,212 @@ class MFA(LazyDistribution):
             generator: The random generator of the centres and loadings (torch's global
                 generator if :py:`None`): the same seed gives the same fit, and the
                 global seed is left alone.
+            progress: Whether to show progress bars (:py:`None`: only in a terminal).
+
+        Returns:
+            The :class:`~contmix.report.FitReport` of the kept fit, also kept as
+            ``fit_report``: the EM of ``"em"``, or that of the factor analyzers for
+            ``"fa"`` (whose lower bounds hold the assignments fixed).
 
         Example:
             >>> mfa = MFA(features=4, components=2, rank=1)
             >>> x = torch.cat((torch.randn(100, 4) - 3, torch.randn(100, 4) + 3))
-            >>> mfa.initialize(x, strategy="em")
+            >>> report = mfa.initialize(x, strategy="em")
+            >>> report.converged, report.strategy
+            (True, 'em')
             >>> mfa().logits.exp().round(decimals=1)
             tensor([0.5000, 0.5000], grad_fn=<RoundBackward1>)
         """
 
-        if strategy not in STRATEGIES:
-            raise ValueError(f"Unknown strategy '{strategy}': choose one of {STRATEGIES}.")
-
+        check_strategy(strategy, STRATEGIES)
         check_fit(n_init, generator, reg)
+        check_em(tol, max_iter)
+        check_progress(progress)
         reference = next(self.parameters())
         check_samples(x, self.features, self.components + 1, reference)
         check_scale(x, max(self.epsilon, reg), "epsilon and reg")
 
-        best, score = None, None
+        args = (x, strategy, tol, max_iter, reg, generator, progress)
+        params, report = best_of(lambda: self._fit(*args), n_init, progress)
 
-        for _ in range(n_init):
-            params, value = self._fit(x, strategy, tol, max_iter, reg, n_init > 1, generator)
-            if best is None or value > score:
-                best, score = params, value
+        set_parameters(self, self._layout(*params))
+        self.fit_report = report
 
-        set_parameters(self, self._layout(*best))
+        return report
+
+    @torch.no_grad()
+    def em(
+        self,
+        x: Tensor,
+        tol: float = 1e-3,
+        max_iter: int = 100,
+        reg: float = 1e-6,
+        progress: bool | None = None,
+    ) -> FitReport:
+        r"""Runs expectation-maximization on :math:`x` from the current parameters (as
+        scikit-learn's ``warm_start``), until the mean log-likelihood changes by less
+        than ``tol`` or for ``max_iter`` iterations (see :func:`fit_mfa`): e.g. to
+        finish a model trained by gradient descent at the local optimum it is in.
+        :py:`initialize(x, "em")` amounts to :py:`initialize(x, "fa")` followed by this.
+
+        Each iteration computes the responsibilities :math:`r_{nk} \propto \pi_k
+        \mathcal{N}(x_n \mid \mu_k, D_k + A_k A_k^T)` and the posterior of the factors,
+        then sets the weights, means, loadings and diagonals that maximize the expected
+        log-likelihood; EM never lowers the likelihood, and warns with a
+        :class:`~contmix.report.ConvergenceWarning` if it stops at ``max_iter``. Only an
+        unconditional model: a conditional model's parameters are the outputs of its
+        hypernetwork. Nothing changes if an error is raised.
+
+        References:
+            | The EM Algorithm for Mixtures of Factor Analyzers (Ghahramani et al., 1996)
+            | http://mlg.eng.cam.ac.uk/zoubin/papers/tr-96-1.pdf
+
+        Arguments:
+            x: The samples, with shape :math:`(N, M)` and :math:`N > K`.
+            tol: The tolerance on the mean log-likelihood.
+            max_iter: The maximum number of iterations.
+            reg: The floor of the diagonals, a variance in the units of :math:`x^2`.
+            progress: Whether to show a progress bar (:py:`None`: only in a terminal).
+
+        Returns:
+            The :class:`~contmix.report.FitReport` of the fit (strategy ``"em"``), also
+            kept as ``fit_report``.
+
+        Example:
+            >>> x = torch.cat((torch.randn(100, 3) - 3, torch.randn(100, 3) + 3))
+            >>> mfa = MFA(features=3, components=2, rank=1)
+            >>> _ = mfa.initialize(x, strategy="kmeans")
+            >>> report = mfa.em(x)
+            >>> bool((torch.tensor(report.lower_bounds).diff() > -1e-5).all())  # never lower
+            True
+        """
+
+        check_unconditional(self, "em()")
+        check_reg(reg)
+        check_em(tol, max_iter)
+        check_progress(progress)
+        reference = next(self.parameters())
+        check_samples(x, self.features, self.components + 1, reference)
+        check_scale(x, max(self.epsilon, reg), "epsilon and reg")
+
+        fit = fit_mfa(x, *self._natural(), tol, max_iter, reg, progress=progress)
+        set_parameters(self, self._layout(*(p.to(reference) for p in fit[:4])))
+        self.fit_report = FitReport.of("em", fit.history[-1], fit.history, fit.converged)
+
+        return self.fit_report
+
+    @torch.no_grad()
+    def _natural(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        r"""The log-weights, means, loadings and diagonals of an unconditional model, in
+        the layout of :func:`fit_mfa` (the inverse of :meth:`_layout`)."""
+
+        logits, loc, factor, log_diag = self.phi
+
+        return logits.log_softmax(dim=-1), loc, factor, log_diag.exp() + self.epsilon
+
+    def predict_proba(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        r"""Returns the posterior of the components (the responsibilities), with shape
+        :math:`(*, K)`, whose rows sum to one, as scikit-learn's ``predict_proba``:
+
+        .. math:: p(k \mid x) = \frac{\pi_k \mathcal{N}(x \mid \mu_k, D_k + A_k A_k^T)}
+            {\sum_j \pi_j \mathcal{N}(x \mid \mu_j, D_j + A_j A_j^T)}
+
+        the exponential of the distribution's
+        :meth:`~contmix.distributions.GaussianMixture.posterior`, which returns
+        :math:`\log p(k \mid x)`.
+
+        Example:
+            >>> mfa = MFA(features=3, components=2, rank=1)
+            >>> mfa.predict_proba(torch.randn(5, 3)).sum(dim=-1).allclose(torch.ones(5))
+            True
+        """
+
+        return self(c).posterior(x).exp()
+
+    def predict(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        r"""Returns the most probable component :math:`\arg\max_k p(k \mid x)` of each
+        sample, with shape :math:`(*)`.
+
+        Example:
+            >>> MFA(features=3, components=2).predict(torch.randn(5, 3)).shape
+            torch.Size([5])
+        """
+
+        return self(c).predict(x)
+
+    def free_parameters(self) -> int:
+        r"""Returns the number of free parameters :math:`P` of :meth:`bic` and :meth:`aic`:
+        for an unconditional model,
+
+        .. math:: P = (K - 1) + K \left( 2 M + \min \left( M R - \tfrac{R (R - 1)}{2},
+            \tfrac{M (M - 1)}{2} \right) \right)
+
+        for the weights, means, diagonals and loadings, whose rotations :math:`A_k Q`
+        leave :math:`D_k + A_k A_k^T` unchanged (hence :math:`R (R - 1) / 2` fewer) and
+        which, with the diagonal, never count more than a full covariance
+        (:math:`M (M + 1) / 2`). For a conditional model, the parameters of the
+        hypernetwork.
+
+        Example:
+            >>> MFA(features=5, components=3, rank=2).free_parameters()  # 2 + 3 (10 + 9)
+            59
+        """
+
+        if self.context > 0:
+            return sum(p.numel() for p in self.parameters())
+
+        K, M, R = self.components, self.features, self.rank
+        return (K - 1) + K * (2 * M + min(M * R - R * (R - 1) // 2, M * (M - 1) // 2))
+
+    def bic(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        r"""Returns the Bayesian information criterion on :math:`x` (lower is better).
+
+        .. math:: \text{BIC} = -2 \sum_n \log p(x_n) + P \log N
+
+        where :math:`P` is the number of free parameters (:meth:`free_parameters`).
+
+        Wikipedia:
+            https://wikipedia.org/wiki/Bayesian_information_criterion
+
+        Example:
+            >>> mfa, x = MFA(features=3, components=2), torch.randn(50, 3)
+            >>> bool(mfa.bic(x) > mfa.aic(x))  # log 50 > 2
+            True
+        """
+
+        check_samples(x, self.features)
+        return -2 * self(c).log_prob(x).sum() + self.free_parameters() * math.log(len(x))
+
+    def aic(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        r"""Returns the Akaike information criterion on :math:`x` (lower is better).
+
+        .. math:: \text{AIC} = -2 \sum_n \log p(x_n) + 2 P
+
+        Wikipedia:
+            https://wikipedia.org/wiki/Akaike_information_criterion
+
+        Example:
+            >>> mfa, x = MFA(features=3, components=2), torch.randn(50, 3)
+            >>> bool(mfa.aic(x) > -2 * mfa().log_prob(x).sum())
+            True
+        """
+
+        check_samples(x, self.features)
+        return -2 * self(c).log_prob(x).sum() + 2 * self.free_parameters()
 
     def _clusters(
-        self, x: Tensor, strategy: str, reg: float, generator: torch.Generator | None
+        self,
+        x: Tensor,
+        strategy: str,
+        reg: float,
+        generator: torch.Generator | None,
+        progress: bool | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         r"""Returns the hard responsibilities of the clusters of ``strategy`` and the
         weights, means, variances (floored) and small random loadings of the clusters."""
 
         K, R = self.components, self.rank
-        centers, labels = initial_clusters(x, K, strategy, generator)
+        centers, labels = initial_clusters(x, K, strategy, generator, progress)
         resp = nn.functional.one_hot(labels, K).to(x.dtype)
 
         shift, N = reference(x), samples(x)
@@ -551,22 +738,23 @@ class MFA(LazyDistribution):
         tol: float,
         max_iter: int,
         reg: float,
-        score: bool,
         generator: torch.Generator | None,
-    ) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor], Tensor | None]:
-        r"""Returns the natural parameters fitted by ``strategy`` and, when ``score``
-        or for ``"em"``, their mean log-likelihood (for ``"em"``, that of the last
-        E-step)."""
+        progress: bool | None = None,
+    ) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor], FitReport]:
+        r"""Returns the natural parameters fitted by ``strategy`` and the report of the
+        fit, whose lower bound is the mean log-likelihood of the last E-step for ``"em"``,
+        of the fitted mixture otherwise."""
 
         centers = "kmeans" if strategy in ("fa", "em") else strategy
-        resp, *params = self._clusters(x, centers, reg, generator)
+        resp, *params = self._clusters(x, centers, reg, generator, progress)
 
-        if strategy in ("fa", "em"):
-            params = fit_mfa(x, *params, tol, max_iter, reg, resp=resp)[:4]
+        if strategy == "fa":
+            fit = fit_mfa(x, *params, tol, max_iter, reg, resp=resp, progress=progress)
+            bound = mfa_log_likelihood(x, *fit[:4])
+            return fit[:4], FitReport.of(strategy, bound, fit.history, fit.converged)
         if strategy == "em":
-            fit = fit_mfa(x, *params, tol, max_iter, reg)
-            return fit[:4], fit.history[-1]
-        if score:
-            return params, mfa_log_likelihood(x, *params)
+            params = fit_mfa(x, *params, tol, max_iter, reg, resp=resp, progress=progress)[:4]
+            fit = fit_mfa(x, *params, tol, max_iter, reg, progress=progress)
+            return fit[:4], FitReport.of(strategy, fit.history[-1], fit.history, fit.converged)
 
-        return params, None
+        return tuple(params), FitReport.of(strategy, mfa_log_likelihood(x, *params))
