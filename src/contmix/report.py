@@ -65,7 +65,8 @@ def warn_convergence(what: str, name: str, limit: int, fix: str = "") -> None:
 
     also = f", or {fix}" if fix else ""
     warnings.warn(
-        f"{what} did not converge in {limit} iterations ({name}={limit}): raise {name}{also}.",
+        f"{what} did not converge in {limit} iteration{'s' * (limit != 1)} ({name}={limit}): "
+        f"raise {name}{also}.",
         ConvergenceWarning,
         stacklevel=3,
     )
