@@ -35,6 +35,7 @@ import torch.nn as nn
 
 from torch import Size, Tensor
 from torch.distributions import Categorical, Distribution, Transform, constraints
+from torch.func import functional_call
 from zuko.lazy import LazyDistribution, LazyTransform
 from zuko.nn import MLP
 from zuko.transforms import ComposedTransform
@@ -244,6 +245,37 @@ class CWMDistribution(Distribution):
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}(base={self.base}, transform={self.transform})"
 
+    def expand(self, batch_shape: Size, _instance=None) -> "CWMDistribution":
+        r"""Returns the distribution with a larger batch shape, to which the current
+        one broadcasts, as :meth:`torch.distributions.Distribution.expand`: the base is
+        expanded, and the maps and the classifier, which broadcast with their inputs,
+        are shared.
+
+        Example:
+            >>> d = CWM(features=2, context=3, components=2)(torch.randn(5, 3))
+            >>> d.expand((4, 5)).sample().shape
+            torch.Size([4, 5, 2])
+        """
+
+        batch_shape = Size(batch_shape)
+        try:
+            broadcasts = torch.broadcast_shapes(batch_shape, self.batch_shape) == batch_shape
+        except RuntimeError:
+            broadcasts = False
+        if not broadcasts:
+            raise ValueError(
+                f"The batch shape {tuple(self.batch_shape)} cannot be expanded to "
+                f"{tuple(batch_shape)}: it must broadcast to it."
+            )
+
+        new = self._get_checked_instance(CWMDistribution, _instance)
+        new.base = self.base.expand(batch_shape)
+        new.transform, new.classifier = self.transform, self.classifier
+        super(CWMDistribution, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+
+        return new
+
     def _check(self, x: Tensor) -> None:
         _check_event(x, self.event_shape[-1], like=self.base.mean)
 
@@ -355,7 +387,7 @@ def cwm_shapes(components: int, features: int, maps: MapType) -> list[Size]:
     return shapes
 
 
-def _classify(net: nn.Module, c: Tensor, z: Tensor) -> Tensor:
+def _classify(net: Callable[[Tensor], Tensor], c: Tensor, z: Tensor) -> Tensor:
     r"""Evaluates a conditional classifier on :math:`[z, c]`, :math:`c` broadcast to
     the batch shape of :math:`z`."""
 
@@ -466,14 +498,19 @@ class CWM(LazyDistribution):
             self.transforms = nn.ModuleList(transforms)
 
     def forward(self, c: Tensor | None = None) -> CWMDistribution:
-        check_context(c, self.context, next(self.parameters()))
+        c = check_context(c, self.context, next(self.parameters()), ignore=True)
+
+        # the classifier, evaluated lazily by the distribution, is bound to the values
+        # its parameters have now (as those of the maps): under torch.func.functional_call
+        # the distribution then depends on the parameters it was given
+        net = partial(functional_call, self.classifier, dict(self.classifier.named_parameters()))
 
         if c is None:
             loc, log_diag, *tril = self.phi
-            classifier = self.classifier
+            classifier = net
         else:
             loc, log_diag, *tril = unpack(self.hyper(c), self.shapes)
-            classifier = partial(_classify, self.classifier, c)
+            classifier = partial(_classify, net, c)
 
         scale = log_diag.exp() + self.epsilon
 

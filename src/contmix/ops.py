@@ -50,6 +50,7 @@ __all__ = [
     "center",
     "diag_mahalanobis",
     "groups",
+    "known",
     "logsumexp",
     "pairwise",
     "project",
@@ -147,6 +148,29 @@ def anchors(x: Tensor, loc: Tensor, origin: Tensor) -> Tensor:
     return torch.cat([(norm - (x_ - origin) @ twice.mT).argmin(dim=-1) for x_ in x.split(ROWS)])
 
 
+def known(flag: Tensor) -> bool:
+    r"""Returns whether a boolean tensor with one element is known to be true, reading
+    it only where that costs nothing: on the CPU, in eager mode. Elsewhere it returns
+    :py:`False` without reading it: on other devices the read would wait for the device
+    (a host synchronization), under :func:`torch.compile` it would break the graph, and
+    under :func:`torch.func.vmap` a batched tensor holds one value per batch element.
+    Use it only where :py:`False` is always correct, for shortcuts.
+
+    Example:
+        >>> known(torch.tensor(True)), known(torch.tensor(False))
+        (True, False)
+        >>> torch.func.vmap(lambda t: t & known(t))(torch.tensor([True, True]))
+        tensor([False, False])
+    """
+
+    if flag.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    try:
+        return bool(flag)
+    except RuntimeError:  # batched by torch.func.vmap: no one value to read
+        return False
+
+
 NEAR = 1e4  # squared distance, in a component's own metric, that makes two means one group
 
 
@@ -170,8 +194,7 @@ def groups(table: Tensor) -> Tensor:
     for _ in range(2 * K.bit_length() + 2):
         new = torch.where(near, labels, K).amin(dim=-1)
         new = new[new]
-        # on the CPU, stop once stable (on other devices, the test would wait for it)
-        if table.device.type == "cpu" and torch.equal(new, labels):
+        if known((new == labels).all()):  # stable: stop where reading it costs nothing
             break
         labels = new
 
@@ -189,7 +212,7 @@ class _Groups(NamedTuple):
 
     @property
     def single(self) -> bool:
-        r"""Whether all the means form one group (known on the CPU only)."""
+        r"""Whether all the means are known to form one group (see :func:`known`)."""
 
         return self.label is None
 
@@ -220,9 +243,9 @@ def _groups(loc: Tensor, metric: Tensor | None, weight: Tensor, origin: Tensor) 
     spread = torch.zeros_like(loc).index_add_(0, label, loc - first)
     center = first + (spread / size.unsqueeze(-1))[label]
 
-    # on the CPU, where reading a value costs nothing, one group is expanded around its
-    # centre, with no anchors (on other devices, that test would wait for the device)
-    if loc.device.type == "cpu" and not bool((label > 0).any()):
+    # where reading a value costs nothing, one group is expanded around its centre with
+    # no terms between groups (elsewhere, the general form gives the same, up to rounding)
+    if known((label == 0).all()):
         label = None
 
     return _Groups(loc - center, center - origin, label)
@@ -275,7 +298,10 @@ class _Rows(torch.autograd.Function):
     products over chunks of samples, each chunk kept in cache through its element-wise
     steps. Only the inputs are saved: the backward pass recomputes the offsets, so the
     working memory is that of the outputs, never :math:`O(N D)` (except
-    :math:`\nabla_x`)."""
+    :math:`\nabla_x`). Its rules for :func:`torch.func.vmap` are generated from the
+    forward and backward passes, which are made of torch operations."""
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(
@@ -467,6 +493,8 @@ class _LogSumExp(torch.autograd.Function):
     zero below the smallest normal number: far components would otherwise fill the
     gradients with subnormal numbers, on which the matrix products of the backward
     pass run up to 20 times slower on x86 CPUs."""
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(x: Tensor) -> Tensor:

@@ -15,6 +15,8 @@ import torch
 
 from torch import Tensor, nn
 
+from .ops import known
+
 
 def check_samples(x: Tensor, features: int, minimum: int = 1, reference: Tensor | None = None):
     r"""Raises a :class:`ValueError` unless :math:`x` is a finite floating point matrix
@@ -57,15 +59,47 @@ def check_samples(x: Tensor, features: int, minimum: int = 1, reference: Tensor 
         )
 
 
-def check_context(c: Tensor | None, context: int, reference: Tensor | None = None) -> None:
+def check_context(
+    c: Tensor | None, context: int, reference: Tensor | None = None, ignore: bool = False
+) -> Tensor | None:
     r"""Raises a :class:`ValueError` (or a :class:`TypeError` for a wrong type) unless
-    ``c`` matches a model with ``context`` context features (``None`` when there are
-    none), with the floating point type and the device of ``reference``, and is finite
-    (a NaN context would spread to the whole batch: to the shared reference point of the
-    mixtures and to the batched solve of a CPMM).
+    ``c`` matches a model with ``context`` context features, with the floating point
+    type and the device of ``reference``, and returns it.
+
+    A model without context (``context=0``) takes ``c=None``. With ``ignore``, it takes
+    any ``c`` and ignores it, returning :py:`None`, as zuko's unconditional lazy
+    distributions (:class:`zuko.lazy.UnconditionalDistribution`) do: the models'
+    :meth:`forward` does so, so that an unconditional model is the base of a
+    conditional :class:`zuko.lazy.Flow`, which passes its context to its base.
+    Without ``ignore`` (where a context cannot be meant, as for :meth:`extract`), a
+    given ``c`` is an error.
+
+    The values of ``c`` must be finite: a NaN or an infinity would make its densities NaN
+    and, in a CPMM, whose ODE is solved for the whole batch at once, stop the solver.
+    They are checked where reading them costs nothing, on the CPU in eager mode
+    (:func:`contmix.ops.known`). On other devices the check would make every forward
+    pass wait for the device (a host synchronization), under :func:`torch.compile` it
+    would break the graph and under :func:`torch.func.vmap` it cannot be read, so it is
+    not done there: every context is mapped by the networks on its own, so a
+    non-finite row of ``c`` makes the densities of its own row NaN, and so the loss,
+    without changing those of the other rows; the ODE solve of a CPMM, for the whole
+    batch at once, raises a :class:`contmix.SolverError` instead. A context on the GPU
+    that may hold NaN is best checked once, where the data is loaded, with
+    :py:`torch.isfinite(c).all()`.
+
+    Arguments:
+        c: The context, with shape :math:`(*, C)`, or :py:`None`.
+        context: The number :math:`C` of context features of the model.
+        reference: A parameter of the model, whose dtype and device ``c`` must have.
+        ignore: Whether a model without context ignores a given ``c``.
+
+    Returns:
+        ``c``, or :py:`None` when the model has no context.
 
     Example:
-        >>> check_context(torch.randn(5, 3), context=3)
+        >>> c = check_context(torch.randn(5, 3), context=3)
+        >>> check_context(torch.randn(5, 3), context=0, ignore=True) is None
+        True
         >>> check_context(torch.ones(5, 3, dtype=torch.long), context=3)
         Traceback (most recent call last):
             ...
@@ -73,12 +107,12 @@ def check_context(c: Tensor | None, context: int, reference: Tensor | None = Non
     """
 
     if context == 0:
-        if c is not None:
+        if c is not None and not ignore:
             raise ValueError(
                 "This model has no context (context=0) but a context c was given: "
                 "call it as model() or build it with context=c.shape[-1]."
             )
-        return
+        return None
     elif c is None:
         raise ValueError(f"This model needs a context c with shape (*, {context}).")
     elif not isinstance(c, Tensor):
@@ -100,8 +134,10 @@ def check_context(c: Tensor | None, context: int, reference: Tensor | None = Non
             f"The context c is on {c.device} but the model is on {reference.device}: "
             f"move one of them, e.g. c.to('{reference.device}')."
         )
-    if c.device.type != "meta" and not torch.isfinite(c).all():
+    if known(~torch.isfinite(c).all()):
         raise ValueError("The context c contains NaN or Inf: remove or impute them first.")
+
+    return c
 
 
 def check_scale(x: Tensor, floor: float, fix: str) -> None:
