@@ -403,11 +403,18 @@ def test_cache_is_used_while_nothing_changes(cls):
 
 def test_training_mode_draws_pseudotimes():
     torch.manual_seed(0)
-    model = small()
+    model = small(random_times=True)
     a, b = model().base.loc, model().base.loc
     assert not torch.allclose(a, b)
     model.eval()
     assert torch.equal(model().base.loc, model().base.loc)
+
+
+def test_training_mode_uses_the_grid_by_default():
+    model = small().double()
+    train = model().base.loc
+    assert model._cache is not None  # solved once and cached, as in evaluation mode
+    assert torch.allclose(train, model.eval()().base.loc, rtol=1e-12, atol=1e-12)
 
 
 # gradients
@@ -493,7 +500,7 @@ def test_adjoint_gradients_match():
 
     for adjoint in (False, True):
         torch.manual_seed(0)
-        model = small(adjoint=adjoint, rtol=1e-9, atol=1e-9).double()
+        model = small(adjoint=adjoint, method="dopri5", rtol=1e-9, atol=1e-9).double()
         h = model.solve(torch.linspace(0, 1, 6)).squeeze(0)
         (-model._inner(h).log_prob(x).mean()).backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
@@ -515,7 +522,7 @@ def test_conditional_gradients_reach_context():
 
 def test_step_budget_error():
     torch.manual_seed(0)
-    model = small(max_steps=3, rtol=1e-8, atol=1e-8)
+    model = small(method="dopri5", max_steps=3, rtol=1e-8, atol=1e-8)
     with torch.no_grad():
         model.dynamics.weights[-1].mul_(100.0)
 
@@ -531,7 +538,7 @@ def test_step_budget_error():
 
 def test_stiff_solve_stops_at_default_budget():
     torch.manual_seed(0)
-    model = small()
+    model = small(method="dopri5")
     with torch.no_grad():  # a fast oscillating field: far too many steps for dopri5
         model.dynamics.weights[0].mul_(1e3)
         model.dynamics.weights[-1].mul_(1e3)
@@ -629,7 +636,7 @@ def test_one_component_per_trajectory_is_the_gaussian_of_its_group():
     torch.manual_seed(0)
     x, y = blobs(301)
     model = small(HierarchicalCPMM, trajectories=3, components=1)
-    model.initialize(x, y=y)
+    model.initialize(x, "kmeans", y=y)
     model.eval()
 
     log_eta = (y.bincount() / len(y)).log().double()
@@ -870,7 +877,7 @@ def test_hierarchical_posterior_is_bayes():
 def test_entropy_by_hand():
     torch.manual_seed(0)
     x = torch.randn(40, 2)
-    model = small(HierarchicalCPMM, trajectories=3).eval()
+    model = small(HierarchicalCPMM, trajectories=3, random_times=True).eval()
 
     proba = model.predict_proba(x).double()
     mean = [sum(proba[n, k].item() for n in range(40)) / 40 for k in range(3)]
@@ -891,7 +898,7 @@ def test_supervised_initialization():
     torch.manual_seed(0)
     x, y = blobs()
     model = small(HierarchicalCPMM, trajectories=3)
-    model.initialize(x, y=y, steps=100, lr=1e-2)
+    model.initialize(x, "kmeans", y=y, steps=100, lr=1e-2)
     model.eval()
 
     # every trajectory runs through its class (its start, at the first sub-cluster of

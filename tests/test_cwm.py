@@ -452,8 +452,6 @@ def test_bad_arguments():
         CWM(2, components=3, transforms=[zuko.flows.MaskedAutoregressiveTransform(2)])
 
     cwm = CWM(2, components=3)
-    with pytest.raises(ValueError, match="no context"):
-        cwm(torch.randn(4, 1))
     with pytest.raises(ValueError, match=r"shape \(\*, 2\)"):
         cwm().log_prob(torch.randn(4, 3))
 

@@ -152,33 +152,12 @@ MODELS = {
     ),
 }
 
-# the models whose forward (in a file of its own) still raises when an unconditional
-# model is given a context: each needs `c = check_context(c, ..., ignore=True)` there
-STILL_RAISES = {
-    "gmm": "contmix/gmm.py GMM.forward",
-    "mfa": "contmix/mfa.py MFA.forward",
-    "hmfa": "contmix/hierarchical.py HierarchicalMFA.forward",
-    "cpmm": "contmix/cpmm.py CPMM.forward",
-    "hcpmm": "contmix/cpmm.py HierarchicalCPMM.forward",
-}
-
-
-def ignores_context(name: str) -> list:
-    r"""An expected failure for the models whose forward does not ignore a context yet."""
-
-    where = STILL_RAISES.get(name.split("-")[0])
-    if where is None:
-        return []
-    reason = f"{where} calls check_context without ignore=True: a given c still raises"
-    return [pytest.mark.xfail(raises=ValueError, reason=reason)]
-
 
 def flow_cases() -> list:
     cases = []
     for name in MODELS:
         for base, transform in [(0, 0), (C, 0), (0, C), (C, C)]:
-            marks = ignores_context(name) if base == 0 and transform > 0 else []
-            cases.append(pytest.param(name, base, transform, marks=marks))
+            cases.append(pytest.param(name, base, transform))
     return cases
 
 
@@ -229,9 +208,7 @@ def test_every_model_base_of_flow(name, base, transform):
     assert torch.allclose(log_p, d.log_prob(y), atol=1e-3, rtol=1e-3)
 
 
-@pytest.mark.parametrize(
-    "name", [pytest.param(name, marks=ignores_context(name)) for name in MODELS]
-)
+@pytest.mark.parametrize("name", list(MODELS))
 def test_unconditional_model_ignores_context(name):
     torch.manual_seed(0)
     model = MODELS[name](0).eval()

@@ -33,6 +33,7 @@ import torchdiffeq
 
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+from torch.distributions import LowRankMultivariateNormal, kl_divergence
 from zuko.lazy import LazyDistribution
 from zuko.nn import MLP
 
@@ -40,6 +41,7 @@ from .cluster import check_generator
 from .distributions import GaussianMixture, LowRankNormal
 from .hierarchical import GroupStatistics, HierarchicalMFA, group_labels, group_statistics
 from .mfa import MFA
+from .paths import PathComponents, path_components
 from .utils import check_context, check_samples, check_scale, check_sizes
 
 ADAPTIVE = ("dopri8", "dopri5", "bosh3", "fehlberg2", "adaptive_heun")
@@ -54,7 +56,8 @@ FIXED = (
     "fixed_adams",
 )
 SOLVERS = (*ADAPTIVE, *FIXED, "scipy_solver")  # torchdiffeq's methods (its list is private)
-STRATEGIES = ("random", "kmeans")
+STRATEGIES = ("random", "kmeans", "em")
+STEPS = {"kmeans": 100, "em": 500}  # the default regression steps of each strategy
 
 
 class SolverError(RuntimeError):
@@ -495,9 +498,9 @@ class _ContinuousMixture(LazyDistribution):
         hidden_features: Sequence[int] | None = None,
         activation: Literal["sin", "tanh"] = "sin",
         learn_weights: bool = False,
-        log_diag_min: float = -6.0,
+        log_diag_min: float = -10.0,
         separate: bool = False,
-        method: str = "dopri5",
+        method: str = "euler",
         rtol: float = 1e-3,
         atol: float = 1e-4,
         adjoint: bool = False,
@@ -505,6 +508,7 @@ class _ContinuousMixture(LazyDistribution):
         options: dict | None = None,
         pseudotimes: int | None = None,
         epsilon: float = 1e-6,
+        random_times: bool = False,
     ) -> None:
         super().__init__()
 
@@ -527,6 +531,7 @@ class _ContinuousMixture(LazyDistribution):
         self.method, self.rtol, self.atol, self.adjoint = method, rtol, atol, adjoint
         self.max_steps, self.options = max_steps, dict(options or {})
         self.pseudotimes = pseudotimes or components
+        self.random_times = random_times
 
         self.layout = self._layout(rank, augment, learn_weights)
         S = self.layout.size
@@ -728,7 +733,7 @@ class _ContinuousMixture(LazyDistribution):
         model while the parameters keep their values, and differentiable when
         gradients are enabled)."""
 
-        if self.training:
+        if self.training and self.random_times:
             return self.solve(pseudotimes(self.pseudotimes, self._reference()), c)
 
         return self._grid_states(c)
@@ -761,7 +766,7 @@ class _ContinuousMixture(LazyDistribution):
                 f"with shape ({self.context},)."
             )
 
-        if components is None and c is None and not self.training:
+        if components is None and c is None:
             return self._grid_states(None)
         if components is not None:
             check_sizes(components=components)
@@ -787,6 +792,8 @@ class _ContinuousMixture(LazyDistribution):
             raise ValueError(f"Unknown strategy '{strategy}': choose one of {STRATEGIES}.")
 
         check_sizes(n_init=n_init)
+        if steps is None:
+            steps = STEPS.get(strategy, 0)
         check_sizes(0, steps=steps)
         if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr < math.inf:
             raise ValueError(f"lr must be a positive finite number, got {lr!r}.")
@@ -799,21 +806,24 @@ class _ContinuousMixture(LazyDistribution):
             )
         check_scale(x, math.exp(self.log_diag_min) + self.epsilon, "log_diag_min")
 
-        stats = self._statistics(x, strategy, y, n_init, generator)
-        log_var = stats.variances.clamp(min=torch.finfo(x.dtype).tiny).log()
-        log_var = inverse_soft_clip(log_var.clamp(min=self.log_diag_min + 0.1), self.log_diag_min)
-
-        h0 = self._default_start(x, generator)
-        state = self.layout.unpack(h0)
-        scale = stats.variances.mean(dim=(-1, -2)).sqrt()[:, None, None]
-        h0 = self.layout.pack(
-            state._replace(
-                loc=stats.means[:, 0],
-                factor=state.factor * scale,
-                log_diag=log_var[:, 0],
+        if strategy == "em":
+            labels = group_labels(x, self.trajectories, "kmeans", y, generator)
+            paths = path_components(
+                x, labels, self.trajectories, self.components, self.rank, n_init, generator
             )
-        )
+        else:
+            stats = self._statistics(x, strategy, y, n_init, generator)
+            factor = self.layout.unpack(self._default_start(x, generator)).factor
+            factor = factor * stats.variances.mean(dim=(-1, -2)).sqrt()[:, None, None]
+            paths = PathComponents(
+                stats.logits,
+                torch.zeros_like(stats.means[..., 0]),
+                stats.means,
+                factor.unsqueeze(-3).expand(*stats.means.shape, self.rank),
+                stats.variances,
+            )
 
+        h0 = self._path_start(paths)
         backup = {k: v.detach().clone() for k, v in self.state_dict().items()}
 
         try:
@@ -825,14 +835,38 @@ class _ContinuousMixture(LazyDistribution):
                     self.start.copy_(h0)
 
             if strategy == "kmeans" and self.context == 0 and steps > 0:
-                self._fit_path(stats.means, log_var, x.var(dim=0).mean(), steps, lr)
+                log_var = self._log_diag(paths.diag)
+                self._fit_path(paths.loc, log_var, x.var(dim=0).mean(), steps, lr)
+            elif strategy == "em" and self.context == 0 and steps > 0:
+                self._fit_components(paths, steps, lr)
         except Exception:
             self.load_state_dict(backup)
             raise
         finally:
             self._cache = None
 
-        return stats.logits
+        return paths.logits
+
+    def _log_diag(self, diag: Tensor) -> Tensor:
+        r"""The state's :math:`\log d` of diagonals ``diag``, above the soft floor."""
+
+        log_var = (diag - self.epsilon).clamp(min=torch.finfo(diag.dtype).tiny).log()
+        return inverse_soft_clip(log_var.clamp(min=self.log_diag_min + 0.1), self.log_diag_min)
+
+    def _path_start(self, paths: PathComponents) -> Tensor:
+        r"""The initial states of the paths' first components: their means, loadings,
+        log-diagonals and log-weights, and a zero augmented part."""
+
+        loc = paths.loc[:, 0]
+        state = State(
+            loc=loc,
+            factor=paths.factor[:, 0],
+            log_diag=self._log_diag(paths.diag[:, 0]),
+            log_weight=paths.log_weights[:, :1],
+            alpha=loc.new_zeros(loc.shape[0], self.layout.augment),
+        )
+
+        return self.layout.pack(state)
 
     def _reset(self, generator: torch.Generator | None) -> None:
         r"""Draws the dynamics (and the context networks) afresh from ``generator``, with
@@ -888,6 +922,37 @@ class _ContinuousMixture(LazyDistribution):
         inner = GaussianMixture(base, torch.zeros_like(stats.means[..., 0]))
 
         return GaussianMixture(inner, stats.logits).log_prob(x - shift).mean()
+
+    def _fit_components(self, paths: PathComponents, steps: int, lr: float) -> None:
+        r"""Regresses the trajectories on the paths' components at the evaluation grid:
+        minimizes the mean Kullback-Leibler divergence, per feature, from each path's
+        component :math:`q_{cj}` to the trajectory's :math:`p_{cj}`,
+
+        .. math:: \frac{1}{C G M} \sum_{c, j} \mathrm{KL}(q_{cj} \,\|\, p_{cj}) ,
+
+        which is zero when the trajectories pass through the components, whatever the
+        rotation of their loadings, plus the squared error of the log-weights when they
+        are learned. Adam with a learning rate ``lr`` that decays to a tenth of it
+        (cosine), gradients clipped to norm one; the divergences in float64."""
+
+        grid = torch.linspace(0, 1, self.components)
+        target = LowRankMultivariateNormal(*(p.double() for p in paths[2:]))
+        optimizer = torch.optim.Adam(self.parameters(), lr=lr)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps, eta_min=lr / 100)
+
+        with torch.enable_grad():
+            for _ in range(steps):
+                logits, loc, factor, log_diag = self.parameters_of(self.solve(grid))
+                diag = log_diag.exp() + self.epsilon
+                p = LowRankMultivariateNormal(loc.double(), factor.double(), diag.double())
+                loss = kl_divergence(target, p).mean().to(loc.dtype) / self.features
+                if self.layout.weights:
+                    loss = loss + (logits.log_softmax(dim=-1) - paths.log_weights).square().mean()
+                optimizer.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(self.parameters(), 1.0)
+                optimizer.step()
+                schedule.step()
 
     def _fit_path(
         self, means: Tensor, log_diag: Tensor, scale: Tensor, steps: int, lr: float
@@ -1018,13 +1083,14 @@ class CPMM(_ContinuousMixture):
         super().__init__(features, context, 1, components, rank, **kwargs)
 
     def forward(self, c: Tensor | None = None) -> GaussianMixture:
+        c = check_context(c, self.context, self._reference(), ignore=True)
         return self._inner(self.states(c).squeeze(-3))
 
     def initialize(
         self,
         x: Tensor,
-        strategy: Literal["random", "kmeans"] = "kmeans",
-        steps: int = 100,
+        strategy: Literal["random", "kmeans", "em"] = "em",
+        steps: int | None = None,
         lr: float = 1e-2,
         *,
         n_init: int = 1,
@@ -1167,6 +1233,7 @@ class HierarchicalCPMM(_ContinuousMixture):
         return self.logits if c is None else self.logits(c)
 
     def forward(self, c: Tensor | None = None) -> GaussianMixture:
+        c = check_context(c, self.context, self._reference(), ignore=True)
         inner = self._inner(self.states(c))
         return GaussianMixture(inner, self.outer_logits(c).expand(inner.batch_shape))
 
@@ -1247,9 +1314,9 @@ class HierarchicalCPMM(_ContinuousMixture):
     def initialize(
         self,
         x: Tensor,
-        strategy: Literal["random", "kmeans"] = "kmeans",
+        strategy: Literal["random", "kmeans", "em"] = "em",
         y: Tensor | None = None,
-        steps: int = 100,
+        steps: int | None = None,
         lr: float = 1e-2,
         *,
         n_init: int = 1,

@@ -281,7 +281,7 @@ class GMM(LazyDistribution):
             self.phi = nn.ParameterList(torch.randn(*s) for s in self.shapes)
 
     def forward(self, c: Tensor | None = None) -> GaussianMixture:
-        check_context(c, self.context, next(self.parameters()))
+        c = check_context(c, self.context, next(self.parameters()), ignore=True)
 
         if c is None:
             logits, loc, *scale = self.phi

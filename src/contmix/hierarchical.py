@@ -284,7 +284,7 @@ class HierarchicalMFA(LazyDistribution):
             )
 
     def forward(self, c: Tensor | None = None) -> GaussianMixture:
-        check_context(c, self.context, next(self.parameters()))
+        c = check_context(c, self.context, next(self.parameters()), ignore=True)
 
         if c is None:
             eta, logits, loc, factor, log_diag = self.phi

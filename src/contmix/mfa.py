@@ -437,7 +437,7 @@ class MFA(LazyDistribution):
             )
 
     def forward(self, c: Tensor | None = None) -> GaussianMixture:
-        check_context(c, self.context, next(self.parameters()))
+        c = check_context(c, self.context, next(self.parameters()), ignore=True)
 
         if c is None:
             logits, loc, factor, log_diag = self.phi
