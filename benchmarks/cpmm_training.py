@@ -1,0 +1,197 @@
+r"""CPMM and HierarchicalCPMM trained as a user would: the defaults and a plain loop.
+
+For each data set and seed: the model with its defaults, ``initialize(x)`` (the "em"
+start), then Adam at the recommended learning rate on batches of 256, nothing else (no
+schedule, no clipping, no noise), in the module's default (training) mode. Every
+``--every`` steps the model is evaluated on a fresh test set of the same size; the
+largest fall of the test log-likelihood between two checkpoints is reported. References,
+fitted by EM on the same training set: a GMM with as many components (full
+covariances), an MFA with as many components and the same rank, and for the digits the
+10-cluster k-means (clustering accuracy).
+
+    python benchmarks/cpmm_training.py --data circles spiral digits --seeds 0 1 2 \
+        --out cpmm_training.json
+    python benchmarks/cpmm_training.py --plot cpmm_training.json   # the curves, a PNG
+
+Data: ``two_circles(3600)`` (radii 1 and 1.1, noise 0.02) with CPMM(2, components=25,
+rank=1); ``spiral(4000)`` with HierarchicalCPMM(2, trajectories=5, components=10); the
+8x8 digits (``contmix.datasets.digits()``, logit space, 1437 train, 360 test) with
+HierarchicalCPMM(64, trajectories=10, components=25, rank=4), its figures in bits/dim of
+the 17-level pixels. The 2-D test sets are drawn with another seed.
+"""
+
+import argparse
+import itertools
+import json
+import time
+
+import torch
+
+from machine import describe
+
+import contmix
+
+from contmix.datasets import digits, spiral, two_circles
+from contmix.metrics import clustering_accuracy
+from contmix.transforms import logit_bits_per_dim
+
+LR = 3e-4  # the learning rate the CPMM docstring recommends
+
+
+def load(name: str, seed: int) -> tuple:
+    r"""Train and test samples (and test labels for the digits)."""
+
+    if name == "circles":
+        return two_circles(3600, seed=2 * seed)[0], two_circles(3600, seed=2 * seed + 1)[0], None
+    if name == "spiral":
+        return spiral(4000, seed=2 * seed)[0], spiral(4000, seed=2 * seed + 1)[0], None
+
+    x, x_test, _, y_test = digits()
+    return x, x_test, y_test
+
+
+def model_of(name: str) -> torch.nn.Module:
+    if name == "circles":
+        return contmix.CPMM(2, components=25, rank=1)
+    if name == "spiral":
+        return contmix.HierarchicalCPMM(2, trajectories=5, components=10)
+
+    return contmix.HierarchicalCPMM(64, trajectories=10, components=25, rank=4)
+
+
+def score(name: str, log_prob: torch.Tensor, x: torch.Tensor) -> float:
+    r"""The mean test log-likelihood in nats, or bits/dim for the digits."""
+
+    if name == "digits":
+        return logit_bits_per_dim(log_prob, x, levels=17).mean().item()
+    return log_prob.mean().item()
+
+
+@torch.no_grad()
+def references(name: str, model, x, x_test, y_test, seed: int) -> dict:
+    K = model.trajectories * model.components
+    generator = torch.Generator().manual_seed(seed)
+    gmm = contmix.GMM(x.shape[-1], components=K)
+    gmm.initialize(x, "em", generator=generator)
+    mfa = contmix.MFA(x.shape[-1], components=K, rank=model.rank)
+    mfa.initialize(x, "em", generator=generator)
+    refs = {
+        f"GMM({K}) EM": score(name, gmm().log_prob(x_test), x_test),
+        f"MFA({K}, rank {model.rank}) EM": score(name, mfa().log_prob(x_test), x_test),
+    }
+
+    if y_test is not None:
+        centers, _ = contmix.cluster.kmeans(x, 10, generator=generator)
+        clusters = contmix.cluster.assign(x_test, centers)
+        refs["k-means(10) accuracy"] = clustering_accuracy(y_test, clusters)
+
+    return refs
+
+
+def train(name: str, seed: int, steps: int, every: int, lr: float) -> dict:
+    x, x_test, y_test = load(name, seed)
+    torch.manual_seed(seed)
+    model = model_of(name)
+    row = {"data": name, "seed": seed, "lr": lr}
+    row["references"] = references(name, model, x, x_test, y_test, seed)
+
+    start = time.perf_counter()
+    model.initialize(x, generator=torch.Generator().manual_seed(seed))
+    row["initialize_s"] = time.perf_counter() - start
+
+    def evaluate() -> dict:
+        with torch.no_grad():
+            d = model()
+            point = {"test": score(name, d.log_prob(x_test), x_test)}
+            point["train"] = score(name, d.log_prob(x), x)
+            if y_test is not None:
+                point["accuracy"] = clustering_accuracy(y_test, d.predict(x_test))
+        return point
+
+    curve = [{"step": 0} | evaluate()]
+    print(name, seed, curve[-1], flush=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    start = time.perf_counter()
+
+    for step in range(1, steps + 1):
+        batch = x[torch.randint(len(x), (256,))]
+        loss = -model().log_prob(batch).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+        if step % every == 0:
+            curve.append({"step": step} | evaluate())
+            print(name, seed, curve[-1], flush=True)
+
+    row["train_s"] = time.perf_counter() - start
+    row["curve"] = curve
+    sign = 1 if name == "digits" else -1  # bits/dim fall, nats rise
+    falls = [sign * (b["test"] - a["test"]) for a, b in itertools.pairwise(curve)]
+    row["largest_fall"] = max(falls)
+
+    return row
+
+
+def plot(path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(path) as f:
+        rows = json.load(f)["rows"]
+
+    names = list(dict.fromkeys(r["data"] for r in rows))
+    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.4), squeeze=False)
+
+    for ax, name in zip(axes[0], names, strict=True):
+        for row in (r for r in rows if r["data"] == name):
+            steps = [p["step"] for p in row["curve"]]
+            ax.plot(steps, [p["test"] for p in row["curve"]], label=f"seed {row['seed']}")
+        for i, (ref, value) in enumerate(row["references"].items()):
+            if "accuracy" not in ref:
+                ax.axhline(value, color=f"C{i + 5}", linestyle="--", label=ref)
+        ax.set_title(name)
+        ax.set_xlabel("Adam steps")
+        ax.set_ylabel("test bits/dim" if name == "digits" else "test log-likelihood (nats)")
+        ax.legend(fontsize=7)
+
+    fig.tight_layout()
+    fig.savefig(path.replace(".json", ".png"), dpi=110)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", nargs="+", default=["circles", "spiral", "digits"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--every", type=int, default=100)
+    parser.add_argument("--lr", type=float, default=LR)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=str, default=None, help="JSON file for the rows")
+    parser.add_argument("--plot", type=str, default=None, help="plot a JSON file")
+    args = parser.parse_args()
+
+    if args.plot:
+        plot(args.plot)
+        raise SystemExit
+
+    torch.set_num_threads(args.threads)
+    print(f"device: {describe('cpu')}", flush=True)
+    rows = []
+    for name in args.data:
+        for seed in args.seeds:
+            rows.append(train(name, seed, args.steps, args.every, args.lr))
+            if args.out:
+                with open(args.out, "w") as f:
+                    json.dump({"args": vars(args), "rows": rows}, f, indent=1)
+
+    for row in rows:
+        last = row["curve"][-1]
+        print(
+            f"{row['data']} seed {row['seed']}: start {row['curve'][0]['test']:.4f}, "
+            f"end {last['test']:.4f}, largest fall {row['largest_fall']:.4f}, "
+            f"references {row['references']}, init {row['initialize_s']:.0f} s, "
+            f"train {row['train_s']:.0f} s"
+        )
