@@ -15,6 +15,12 @@ any offset. Where a distance is needed for a single pair (a sample and its own c
 the inertia, the farthest samples), it is the sum of the squared differences, which
 does not cancel.
 
+:func:`reference`, :func:`assign`, :func:`random_centers`, :func:`kmeans_plusplus` and
+:func:`kmeans` also take an iterable of batches (:data:`~contmix.distributed.Data`) and
+pass through it as often as they need, holding no more than a batch and the centres: the
+same draws and the same sums as on the concatenated batches (up to the rounding of the
+sums), exact k-means++ and Lloyd's algorithm rather than a minibatch approximation.
+
 Randomized functions draw from ``generator`` (a :class:`torch.Generator`), or from
 torch's global generator when it is :py:`None`: with a generator of their own, fits are
 reproducible without touching the global seed.
@@ -27,6 +33,7 @@ __all__ = [
     "frechet_distances",
     "kmeans",
     "kmeans_plusplus",
+    "labeller",
     "predict_clusters",
     "random_centers",
     "reference",
@@ -35,33 +42,60 @@ __all__ = [
 
 import math
 
+from collections.abc import Callable
+
 import torch
 
 from torch import Tensor
 from torch.distributions import Distribution
 
-from .distributed import all_reduce, gather, is_sharded, rank
+from .distributed import Data, all_reduce, batches, check_batches, gather, is_sharded, rank
 from .report import check_progress, progress_bar, warn_convergence
 from .utils import check_sizes
 
 SUBSAMPLE = 1024  # at least this many samples (of each shard) give the reference point
 
 
-def reference(x: Tensor) -> Tensor:
+def _sizes(x: Data) -> list[int]:
+    r"""The number of samples of each batch of this process (one pass)."""
+
+    return [len(b) for b in batches(x)]
+
+
+def _subsample(x: Data, step: int) -> Tensor:
+    r"""The samples of global index :math:`0, s, 2s, \dots` of the batches, i.e.
+    :py:`torch.cat(list(x))[::step]` (one pass)."""
+
+    picked, start = [], 0
+
+    for b in batches(x):
+        picked.append(b[(-start) % step :: step])
+        start += len(b)
+
+    return torch.cat(picked)
+
+
+def reference(x: Data) -> Tensor:
     r"""Returns the point :math:`r` around which the distances are expanded: the median
     of each feature over a regular subsample of at least 1024 samples (all of them when
     there are fewer), with shape :math:`(D,)`. It moves with the data (the reference
     of :math:`x + s` is that of :math:`x` plus :math:`s`) and is not moved by outliers.
     Within :func:`~contmix.distributed.sharded`, it is the median of the references of
-    the shards, the same on every process.
+    the shards, the same on every process. Of an iterable of batches, it is that of
+    their concatenation, in two passes (one to count the samples).
 
     Example:
         >>> x = torch.tensor([[0.0, 1.0], [1.0, 2.0], [2.0, 1e6]])
         >>> reference(x)
         tensor([1., 2.])
+        >>> reference(x.split(2))
+        tensor([1., 2.])
     """
 
-    local = x[:: max(1, len(x) // SUBSAMPLE)].median(dim=0).values
+    if isinstance(x, Tensor):
+        local = x[:: max(1, len(x) // SUBSAMPLE)].median(dim=0).values
+    else:
+        local = _subsample(x, max(1, sum(_sizes(x)) // SUBSAMPLE)).median(dim=0).values
 
     if is_sharded():
         return gather(local).median(dim=0).values
@@ -113,6 +147,42 @@ def assign(x: Tensor, centers: Tensor) -> Tensor:
     return _distances(x, centers).argmin(dim=-1)
 
 
+def labeller(x: Data, centers: Tensor) -> Callable[[Tensor], Tensor]:
+    r"""Returns a function that gives the nearest centre of each sample of a batch of
+    :math:`x`, the distances expanded around :func:`reference` of all of :math:`x`, so
+    that the labels of the batches are those :func:`assign` gives their concatenation.
+
+    Example:
+        >>> x = torch.tensor([[0.0], [0.9], [3.0]])
+        >>> label = labeller(x.split(2), torch.tensor([[0.0], [2.0]]))
+        >>> [label(b).tolist() for b in x.split(2)]
+        [[0, 0], [1]]
+    """
+
+    shift = reference(x)
+
+    return lambda batch: _distances(batch, centers.to(batch), shift.to(batch)).argmin(dim=-1)
+
+
+def _take(x: Data, index: Tensor) -> Tensor:
+    r"""The samples of global indices ``index`` of this process's batches, in that
+    order, with shape :math:`(n, D)` (one pass for an iterable)."""
+
+    if isinstance(x, Tensor):
+        return x[index.to(x.device)]
+
+    rows, start = None, 0
+
+    for b in x:
+        index = index.to(b.device)
+        rows = b.new_zeros(len(index), b.shape[-1]) if rows is None else rows
+        inside = (index >= start) & (index < start + len(b))
+        rows[inside] = b[index[inside] - start]
+        start += len(b)
+
+    return rows
+
+
 def _device(x: Tensor, generator: torch.Generator | None) -> torch.device:
     r"""The device on which to draw random numbers: that of ``generator``, or of
     :math:`x` for the global generator."""
@@ -140,11 +210,15 @@ def check_generator(generator: torch.Generator | None) -> None:
 
 
 @torch.no_grad()
-def random_centers(x: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
+def random_centers(x: Data, k: int, generator: torch.Generator | None = None) -> Tensor:
     r"""Returns :math:`k` distinct samples of :math:`x`, drawn uniformly.
 
+    The draw is a random permutation of the :math:`N` samples (for an iterable of
+    batches too, in two passes: :math:`8 N` bytes for the permutation), so that the
+    batches of :math:`x` give the centres their concatenation gives.
+
     Arguments:
-        x: The samples, with shape :math:`(N, D)`.
+        x: The samples, with shape :math:`(N, D)`, or an iterable of batches.
         k: The number of centres.
         generator: The random generator (torch's global generator if :py:`None`).
 
@@ -158,9 +232,12 @@ def random_centers(x: Tensor, k: int, generator: torch.Generator | None = None) 
     """
 
     check_generator(generator)
-    order = torch.randperm(len(x), generator=generator, device=_device(x, generator))
+    check_batches(x)
+    N = len(x) if isinstance(x, Tensor) else sum(_sizes(x))
+    device = generator.device if generator is not None else next(iter(batches(x))).device
+    order = torch.randperm(N, generator=generator, device=device)
 
-    return x[order[:k].to(x.device)]
+    return _take(x, order[:k])
 
 
 def _uniform(x: Tensor, n: int, generator: torch.Generator | None) -> Tensor:
@@ -197,6 +274,101 @@ def _draw(
     points = torch.where((owner == rank()).unsqueeze(-1), x[index], 0)
 
     return all_reduce(points)
+
+
+def _locate(masses: Tensor, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Maps uniform numbers :math:`u` to the batch of this process that holds each draw
+    (by the batches' total weights ``masses``, the shards' first within
+    :func:`~contmix.distributed.sharded`), the weight left to walk within that batch, and
+    whether this process owns the draw."""
+
+    if is_sharded():
+        shards = gather(masses.sum())
+        total = shards.cumsum(dim=0)
+        u = u * total[-1]
+        owner = torch.searchsorted(total, u, right=True).clamp(max=len(shards) - 1)
+        u, mine = u - total[owner] + shards[owner], owner == rank()
+    else:
+        u, mine = u * masses.sum(), torch.ones_like(u, dtype=torch.bool)
+
+    cumulative = masses.cumsum(dim=0)
+    batch = torch.searchsorted(cumulative, u, right=True).clamp(max=len(masses) - 1)
+
+    return batch, u - cumulative[batch] + masses[batch], mine
+
+
+def _draw_batches(
+    x: Data,
+    weight: Callable[[Tensor], Tensor],
+    masses: Tensor,
+    n: int,
+    generator: torch.Generator | None,
+) -> Tensor:
+    r"""Returns :math:`n` samples of the batches, each drawn with probability
+    proportional to its weight (:func:`_draw` over the concatenation): the batch by its
+    total weight ``masses``, then the sample within it by the cumulative weights
+    ``weight(batch)``, recomputed in one pass for the batches that hold a draw."""
+
+    u = _uniform(masses, n, generator)
+    batch, left, mine = _locate(masses, u)
+    points = None
+
+    for i, b in enumerate(batches(x)):
+        points = b.new_zeros(n, b.shape[-1]) if points is None else points
+        here = mine & (batch == i)
+        if here.any():
+            cumulative = weight(b).double().cumsum(dim=0)
+            index = torch.searchsorted(cumulative, left[here], right=True)
+            points[here] = b[index.clamp(max=len(b) - 1)]
+
+    return all_reduce(points) if is_sharded() else points
+
+
+def _nearest(b: Tensor, shift: Tensor, centers: Tensor) -> Tensor:
+    r"""The squared distance of each sample of a batch to its nearest centre."""
+
+    c = b - shift
+
+    return _expanded(c, c.square().sum(dim=-1), centers - shift).min(dim=-1).values
+
+
+def _seeds_batches(x: Data, shift: Tensor, k: int, generator: torch.Generator | None) -> Tensor:
+    r"""Greedy k-means++ (:func:`_seeds`) over batches, holding a batch and the centres
+    at a time: the squared distances to the nearest centre are recomputed at each pass,
+    two passes per centre (one to fetch the candidates, one to weigh them)."""
+
+    trials = 2 + int(math.log(k))
+    sizes = torch.tensor(_sizes(x), dtype=torch.float64, device=shift.device)
+    centers = _draw_batches(x, lambda b: torch.ones(len(b), device=b.device), sizes, 1, generator)
+    masses = torch.stack(
+        [_nearest(b, shift, centers).double().sum() for b in batches(x)]
+    )  # per batch
+
+    for _ in range(1, k):
+        if all_reduce(masses.sum()) > 0:
+            current = centers
+            weight = lambda b, current=current: _nearest(b, shift, current)
+            candidates = _draw_batches(x, weight, masses, trials, generator)
+        else:  # every sample is a centre already: uniform draws, as _seeds
+            ones = lambda b: torch.ones(len(b), device=b.device)
+            candidates = _draw_batches(x, ones, sizes, trials, generator)
+
+        closest = torch.stack(
+            [
+                torch.minimum(
+                    _nearest(b, shift, centers).unsqueeze(-1),
+                    _distances(b, candidates, shift),
+                )
+                .double()
+                .sum(dim=0)
+                for b in batches(x)
+            ]
+        )  # (batches, trials)
+        best = all_reduce(closest.sum(dim=0)).argmin()
+        centers = torch.cat((centers, candidates[best].unsqueeze(0)))
+        masses = closest[:, best]
+
+    return centers
 
 
 def _reseed(x: Tensor, centers: Tensor, labels: Tensor, empty: Tensor) -> Tensor:
@@ -251,7 +423,7 @@ def _seeds(
 
 
 @torch.no_grad()
-def kmeans_plusplus(x: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
+def kmeans_plusplus(x: Data, k: int, generator: torch.Generator | None = None) -> Tensor:
     r"""Returns :math:`k` centres by greedy k-means++ seeding.
 
     The first centre is a sample drawn uniformly. Each next one is chosen among
@@ -267,12 +439,18 @@ def kmeans_plusplus(x: Tensor, k: int, generator: torch.Generator | None = None)
     provided that the random generator (``generator``, or the global one) is seeded
     alike on all of them.
 
+    Over an iterable of batches, the same draws are made (the same centres, up to the
+    rounding of the sums), holding a batch and the centres at a time: the squared
+    distances to the nearest centre are recomputed at each pass rather than kept, two
+    passes per centre (:math:`2k + 1` in all) and :math:`O(N k^2 D)` operations instead
+    of :math:`O(N k D \log k)`.
+
     References:
         | k-means++: The Advantages of Careful Seeding (Arthur et al., 2007)
         | https://dl.acm.org/doi/10.5555/1283383.1283494
 
     Arguments:
-        x: The samples, with shape :math:`(N, D)`.
+        x: The samples, with shape :math:`(N, D)`, or an iterable of batches.
         k: The number of centres.
         generator: The random generator (torch's global generator if :py:`None`).
 
@@ -288,8 +466,13 @@ def kmeans_plusplus(x: Tensor, k: int, generator: torch.Generator | None = None)
 
     check_sizes(k=k)
     check_generator(generator)
+    check_batches(x)
 
     shift = reference(x)
+
+    if not isinstance(x, Tensor):
+        return _seeds_batches(x, shift, k, generator)
+
     centred = x - shift
 
     return _seeds(x, shift, centred, centred.square().sum(dim=-1), k, generator)
@@ -338,16 +521,102 @@ def _lloyd(
     return centers, labels, all_reduce(_own(x, centers, labels).sum()), converged
 
 
+def _lloyd_pass(
+    x: Data, shift: Tensor, centers: Tensor
+) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
+    r"""One pass of Lloyd's algorithm over the batches, with centred centres: the sums
+    and counts of the clusters of the nearest centres, their inertia, and this process's
+    :math:`k` samples farthest from their centres (distances, centred samples, labels),
+    those that would reseed empty clusters."""
+
+    k, sums, counts, inertia = len(centers), torch.zeros_like(centers), 0, 0
+    far = (centers.new_empty(0), centers[:0], torch.zeros(0, dtype=torch.long, device=sums.device))
+
+    for b in batches(x):
+        c = b - shift
+        labels = _expanded(c, c.square().sum(dim=-1), centers).argmin(dim=-1)
+        sums = sums.index_add_(0, labels, c)
+        counts = counts + torch.bincount(labels, minlength=k)
+        own = _own(c, centers, labels)
+        inertia = inertia + own.sum()
+        values = torch.cat((far[0], own))
+        top = values.topk(min(k, len(values))).indices
+        far = (values[top], torch.cat((far[1], c))[top], torch.cat((far[2], labels))[top])
+
+    sums, counts, inertia = all_reduce(sums, counts, inertia)
+
+    return sums, counts, inertia, far
+
+
+def _move_farthest(
+    sums: Tensor, counts: Tensor, far: tuple[Tensor, Tensor, Tensor], empty: Tensor
+) -> None:
+    r"""Moves the samples of all shards farthest from their centres to the empty
+    clusters, one each, in the sums and counts of the clusters (as :func:`_reseed`)."""
+
+    E, (values, rows, labels) = len(empty), (t[: len(empty)] for t in far)
+
+    if is_sharded():
+        n = len(values)
+        padded = (values.new_full((E,), -1.0), rows.new_zeros(E, rows.shape[-1]))
+        padded[0][:n], padded[1][:n] = values, rows
+        own = labels.new_zeros(E)
+        own[:n] = labels
+        chosen = gather(padded[0]).flatten().topk(E).indices  # the same on every process
+        mine, local = chosen // E == rank(), chosen % E
+        rows = all_reduce(torch.where(mine.unsqueeze(-1), padded[1][local], 0))
+        labels = all_reduce(torch.where(mine, own[local], 0))
+
+    empty = empty[: len(rows)]
+    sums.index_add_(0, labels, -rows).index_add_(0, empty, rows)
+    counts.index_add_(0, labels, -torch.ones_like(labels)).index_add_(
+        0, empty, torch.ones_like(labels)
+    )
+
+
+def _lloyd_batches(
+    x: Data, shift: Tensor, centers: Tensor, iterations: int, progress: bool | None = None
+) -> tuple[Tensor, None, Tensor, bool]:
+    r"""Lloyd's algorithm over batches from centred centres, one pass per iteration (see
+    :func:`_lloyd`). The labels of the samples are not kept: they stopped changing when
+    the centres they give are the centres they were assigned to (the same sums, in the
+    same order), which :func:`_lloyd` would find at the same iteration."""
+
+    k, converged, empty = len(centers), False, []
+
+    with progress_bar(iterations, "k-means", progress) as bar:
+        for i in range(iterations):
+            sums, counts, inertia, far = _lloyd_pass(x, shift, centers)
+            empty = (counts == 0).nonzero().squeeze(-1)
+            if len(empty) > 0:
+                _move_farthest(sums, counts, far, empty)
+
+            new = sums / counts.unsqueeze(-1).to(sums.dtype)
+            if i > 0 and torch.equal(new, centers):
+                converged = True
+                break
+
+            centers = new
+            bar.update()
+
+    if not converged:
+        fix = f"lower k (now {k}) if x has fewer distinct samples: clusters kept emptying"
+        warn_convergence("k-means", "iterations", iterations, fix if len(empty) > 0 else "")
+        inertia = _lloyd_pass(x, shift, centers)[2]
+
+    return centers, None, inertia, converged
+
+
 @torch.no_grad()
 def kmeans(
-    x: Tensor,
+    x: Data,
     k: int,
     iterations: int = 100,
     centers: Tensor | None = None,
     n_init: int = 1,
     generator: torch.Generator | None = None,
     progress: bool | None = None,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor | None]:
     r"""Runs Lloyd's algorithm until the assignments stop changing.
 
     Starts from greedy k-means++ centres (:func:`kmeans_plusplus`) unless ``centers``
@@ -368,11 +637,17 @@ def kmeans(
     the restarts (:func:`~contmix.report.progress_bar`), without host transfers beyond
     the test of the assignments.
 
+    Over an iterable of batches (:data:`~contmix.distributed.Data`), each iteration is
+    one pass through the batches, holding a batch and the centres at a time (the seeds
+    are those of :func:`kmeans_plusplus` over the batches): the same centres as on their
+    concatenation, up to the rounding of the sums. The labels are not kept; label the
+    batches with :func:`labeller`.
+
     Wikipedia:
         https://wikipedia.org/wiki/K-means_clustering
 
     Arguments:
-        x: The samples, with shape :math:`(N, D)`.
+        x: The samples, with shape :math:`(N, D)`, or an iterable of batches.
         k: The number of clusters.
         iterations: The maximum number of iterations.
         centers: Initial centres, with shape :math:`(k, D)` (then ``n_init`` must be 1).
@@ -381,18 +656,23 @@ def kmeans(
         progress: Whether to show progress bars (:py:`None`: only in a terminal).
 
     Returns:
-        The centres, with shape :math:`(k, D)`, and the labels, with shape :math:`(N,)`.
+        The centres, with shape :math:`(k, D)`, and the labels, with shape :math:`(N,)`
+        (:py:`None` for an iterable of batches).
 
     Example:
         >>> x = torch.cat((torch.randn(50, 2) - 10, torch.randn(50, 2) + 10))
         >>> centers, labels = kmeans(x, 2, n_init=3, generator=torch.Generator().manual_seed(0))
         >>> torch.bincount(labels).tolist()
         [50, 50]
+        >>> same, _ = kmeans(x.split(32), 2, n_init=3, generator=torch.Generator().manual_seed(0))
+        >>> torch.allclose(same, centers)
+        True
     """
 
     check_sizes(k=k, iterations=iterations, n_init=n_init)
     check_generator(generator)
     check_progress(progress)
+    check_batches(x)
 
     if centers is not None and n_init > 1:
         raise ValueError(
@@ -401,18 +681,21 @@ def kmeans(
         )
 
     shift = reference(x)
-    centred = x - shift
-    squares = centred.square().sum(dim=-1)
     best = None
+
+    if isinstance(x, Tensor):
+        centred = x - shift
+        squares = centred.square().sum(dim=-1)
+        seeds = lambda: _seeds(x, shift, centred, squares, k, generator)
+        lloyd = lambda start: _lloyd(centred, squares, start, iterations, progress)
+    else:
+        seeds = lambda: _seeds_batches(x, shift, k, generator)
+        lloyd = lambda start: _lloyd_batches(x, shift, start, iterations, progress)
 
     with progress_bar(n_init, "k-means restarts", progress if n_init > 1 else False) as bar:
         for _ in range(n_init):
-            if centers is None:
-                start = _seeds(x, shift, centred, squares, k, generator) - shift
-            else:
-                start = centers.to(x) - shift
-
-            fit = _lloyd(centred, squares, start, iterations, progress)
+            start = (seeds() if centers is None else centers.to(shift)) - shift
+            fit = lloyd(start)
 
             if best is None or fit[2] < best[2]:
                 best = fit

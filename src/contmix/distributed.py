@@ -11,6 +11,12 @@ processes (:func:`all_reduce_gradients`) and keeps the same model on every proce
 Outside of it, or when :mod:`torch.distributed` is not initialized, the functions of
 this module are the identity and nothing is communicated.
 
+The same sums run over batches within a process: every fitting algorithm that takes
+:math:`x` also takes an iterable of batches (:data:`Data`, e.g. a
+:class:`~torch.utils.data.DataLoader` over a memory-mapped array), sums its statistics
+batch by batch (:func:`accumulate`), then over the processes as above. Within
+:func:`sharded`, each process iterates over the batches of its own shard.
+
 Sharding is opt-in, rather than on as soon as a process group exists, because the same
 functions also run on data that is not sharded (e.g. spectral clustering of the
 components, or every process initializing on a full copy of the data before
@@ -19,10 +25,14 @@ be wrong or would wait forever for the other processes.
 """
 
 __all__ = [
+    "Data",
     "LogProb",
+    "accumulate",
     "all_reduce",
     "all_reduce_gradients",
+    "batches",
     "broadcast",
+    "check_batches",
     "is_sharded",
     "mean",
     "rank",
@@ -31,7 +41,7 @@ __all__ = [
     "world",
 ]
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -42,6 +52,12 @@ from torch import Tensor
 from zuko.lazy import LazyDistribution
 
 _groups: list[dist.ProcessGroup | None] = []
+
+Data = Tensor | Iterable[Tensor]
+r"""The samples given to a fit: a tensor with shape :math:`(N, D)`, or a re-iterable of
+batches, tensors with shape :math:`(B, D)` (a :class:`~torch.utils.data.DataLoader`
+over a memory-mapped array, a list of tensors), through which the fit passes as many
+times as it needs, in the same order each time."""
 
 
 @contextmanager
@@ -110,30 +126,113 @@ def all_reduce(*tensors: Tensor) -> Tensor | tuple[Tensor, ...]:
     return tensors[0] if len(tensors) == 1 else tensors
 
 
-def samples(x: Tensor) -> int:
-    r"""Returns the number of samples :math:`N = \sum_r N_r` of all shards.
+def batches(x: Data) -> Iterable[Tensor]:
+    r"""Returns the batches of :math:`x`: a tensor is one batch, an iterable its own.
+
+    Example:
+        >>> [b.shape for b in batches(torch.randn(10, 2))]
+        [torch.Size([10, 2])]
+        >>> [len(b) for b in batches(torch.randn(10, 2).split(4))]
+        [4, 4, 2]
+    """
+
+    return (x,) if isinstance(x, Tensor) else x
+
+
+def check_batches(x: Data) -> None:
+    r"""Raises a :class:`TypeError` unless :math:`x` is a tensor or a re-iterable of
+    batches (:data:`Data`): an iterator (a generator, :py:`iter(loader)`) is used up by
+    the first of the passes a fit makes through the data.
+
+    Example:
+        >>> check_batches(torch.randn(10, 2).split(4))
+        >>> check_batches(b for b in torch.randn(10, 2).split(4))
+        Traceback (most recent call last):
+            ...
+        TypeError: x must be a tensor or a re-iterable of batches (...), got a generator, ...
+    """
+
+    if isinstance(x, Tensor):
+        return
+    if not isinstance(x, Iterable):
+        raise TypeError(
+            "x must be a tensor or an iterable of batches (e.g. a DataLoader), got "
+            f"{type(x).__name__}."
+        )
+    if iter(x) is x:
+        raise TypeError(
+            "x must be a tensor or a re-iterable of batches (e.g. a DataLoader or a list of "
+            f"tensors), got a {type(x).__name__}, which one pass would use up: a fit makes "
+            "several passes through the data."
+        )
+
+
+def accumulate(f: Callable[[Tensor], tuple[Tensor, ...]], x: Data) -> tuple[Tensor, ...]:
+    r"""Returns the sums of the statistics :math:`f(x_b)` over the batches :math:`x_b`
+    of :math:`x` and over the processes (:func:`all_reduce`, one reduction).
+
+    .. math:: S = \sum_r \sum_b f(x_{r b})
+
+    Arguments:
+        f: A function of a batch that returns a tuple of tensors (float64 ones, where
+            the sums must be exact).
+        x: The samples or batches (:data:`Data`).
+
+    Example:
+        >>> x = torch.arange(6.0).reshape(3, 2)
+        >>> accumulate(lambda b: (b.sum(dim=0), torch.tensor(len(b))), x.split(2))
+        (tensor([6., 9.]), tensor(3))
+    """
+
+    sums = None
+
+    for batch in batches(x):
+        stats = f(batch)
+        sums = stats if sums is None else tuple(a + b for a, b in zip(sums, stats, strict=True))
+
+    if sums is None:
+        raise ValueError("x holds no batch: pass at least one batch of samples.")
+
+    reduced = all_reduce(*sums)
+
+    return reduced if isinstance(reduced, tuple) else (reduced,)
+
+
+def samples(x: Data) -> int:
+    r"""Returns the number of samples :math:`N = \sum_r N_r` of all shards (of all the
+    batches of an iterable, in one pass).
 
     Example:
         >>> samples(torch.randn(10, 2))
         10
+        >>> samples(torch.randn(10, 2).split(4))
+        10
     """
 
+    if not isinstance(x, Tensor):
+        return int(accumulate(lambda b: (torch.tensor(len(b), device=b.device),), x)[0])
     if is_sharded():
         return int(all_reduce(torch.tensor(len(x), device=x.device)))
 
     return len(x)
 
 
-def mean(x: Tensor) -> Tensor:
-    r"""Returns the mean of the samples of all shards, with shape :math:`(D,)`.
+def mean(x: Data) -> Tensor:
+    r"""Returns the mean of the samples of all shards, with shape :math:`(D,)` (of all
+    the batches of an iterable, in one pass, summed in float64 and returned in float64).
 
     .. math:: \bar{x} = \frac{\sum_r \sum_{n \in r} x_n}{\sum_r N_r}
 
     Example:
         >>> mean(torch.tensor([[1.0], [3.0]]))
         tensor([2.])
+        >>> mean(torch.tensor([[1.0], [3.0], [5.0]]).split(2))
+        tensor([3.], dtype=torch.float64)
     """
 
+    if not isinstance(x, Tensor):
+        sums, counts = accumulate(lambda b: (b.double().sum(dim=0), b.new_tensor(len(b))), x)
+        return sums / counts.double()
     if is_sharded():
         total = all_reduce(torch.cat((x.sum(dim=0), x.new_tensor([len(x)]))))
         return total[:-1] / total[-1]
