@@ -6,6 +6,12 @@ covariances whose shape depends on the covariance type: :math:`(L, D, D)` for
 ``"full"``, :math:`(L, D)` variances for ``"diagonal"`` and :math:`(L, 1)` for
 ``"spherical"``, with :math:`L = 1` when the covariances are tied and :math:`L = K`
 otherwise.
+
+:func:`fit_gmm`, :func:`gmm_m_step` and :func:`gmm_log_likelihood` take the samples as
+a tensor or as an iterable of batches (:data:`~contmix.distributed.Data`, e.g. a
+:class:`~torch.utils.data.DataLoader` over a memory-mapped array): exact EM, one pass
+through the batches per iteration, the sufficient statistics summed batch by batch in
+float64 as they are summed block by block in memory.
 """
 
 __all__ = [
@@ -13,6 +19,7 @@ __all__ = [
     "check_em",
     "check_reg",
     "degenerate",
+    "dtype_of",
     "fit_gmm",
     "gaussian_mixture",
     "gmm_log_likelihood",
@@ -26,7 +33,7 @@ import torch
 
 from torch import Tensor
 
-from .distributed import all_reduce, is_sharded, mean, samples
+from .distributed import Data, accumulate, all_reduce, batches, check_batches, mean, samples
 from .distributions import LOG_2PI, DiagNormal, FullNormal, GaussianMixture
 from .report import check_progress, progress_bar, warn_convergence
 from .utils import check_sizes, cholesky
@@ -235,13 +242,18 @@ def _features(x: Tensor, covariance_type: CovarianceType) -> Tensor:
     return torch.cat((quadratic, x, torch.ones_like(x[:, :1])), dim=-1)
 
 
+def _size(D: int, covariance_type: CovarianceType) -> int:
+    r"""The number :math:`P` of sufficient statistics of a sample."""
+
+    return D * (D + 1) // 2 + D + 1 if covariance_type == "full" else 2 * D + 1
+
+
 def _blocks(x: Tensor, covariance_type: CovarianceType) -> Callable[[], Iterable[Tensor]]:
     r"""Returns a function that yields :func:`_features` of :math:`x` block by block,
     each block small enough to stay in cache. The blocks are computed once and kept
     when they fit in :data:`CACHE` elements, and recomputed at each call otherwise."""
 
-    D = x.shape[-1]
-    size = D * (D + 1) // 2 + D + 1 if covariance_type == "full" else 2 * D + 1
+    size = _size(x.shape[-1], covariance_type)
     chunks = x.split(max(1, BLOCK // size))
 
     if len(x) * size <= CACHE:
@@ -249,6 +261,47 @@ def _blocks(x: Tensor, covariance_type: CovarianceType) -> Callable[[], Iterable
         return lambda: blocks
 
     return lambda: (_features(chunk, covariance_type) for chunk in chunks)
+
+
+def _stream(x: Data, shift: Tensor, covariance_type: CovarianceType) -> Iterable[Tensor]:
+    r"""Yields :func:`_features` of the batches of :math:`x`, in float64 around
+    ``shift``, block by block (one pass, nothing kept)."""
+
+    size = _size(shift.shape[-1], covariance_type)
+
+    for batch in batches(x):
+        for chunk in batch.split(max(1, BLOCK // size)):
+            yield _features(chunk.double() - shift, covariance_type)
+
+
+def dtype_of(x: Data) -> torch.dtype:
+    r"""Returns the dtype of the samples: of the tensor, or of the first batch.
+
+    Example:
+        >>> dtype_of(torch.randn(4, 2, dtype=torch.float64).split(2))
+        torch.float64
+    """
+
+    for batch in batches(x):
+        return batch.dtype
+
+    raise ValueError("x holds no batch: pass at least one batch of samples.")
+
+
+def _sources(x: Data, covariance_type: CovarianceType) -> tuple[Tensor, int, Callable]:
+    r"""Returns the data mean (float64), the number of samples of all shards and a
+    function that yields the sufficient statistics around that mean block by block:
+    kept in memory for a tensor (:func:`_blocks`), one pass through the batches of an
+    iterable at each call (:func:`_stream`)."""
+
+    if isinstance(x, Tensor):
+        x = x.double()
+        shift = mean(x)
+        return shift, samples(x), _blocks(x - shift, covariance_type)
+
+    shift = mean(x)
+
+    return shift, samples(x), lambda: _stream(x, shift, covariance_type)
 
 
 def _natural(
@@ -330,8 +383,8 @@ def _maximization(
 
 @torch.no_grad()
 def gmm_m_step(
-    x: Tensor,
-    resp: Tensor,
+    x: Data,
+    resp: Tensor | Callable[[Tensor], Tensor],
     covariance_type: CovarianceType = "full",
     tied: bool = False,
     reg: float = 1e-6,
@@ -349,11 +402,13 @@ def gmm_m_step(
     responsibilities with the sufficient statistics of the samples, taken around the
     data mean, in blocks of bounded memory, in float64 whatever the dtype of :math:`x`.
     Within :func:`~contmix.distributed.sharded`, :math:`x` and the responsibilities are
-    this process's shard and the sums (and the data mean) are over all shards.
+    this process's shard and the sums (and the data mean) are over all shards. Of an
+    iterable of batches, the sums are over the batches, in two passes (one for the mean).
 
     Arguments:
-        x: The samples, with shape :math:`(N, D)`.
-        resp: The responsibilities, with shape :math:`(N, K)`.
+        x: The samples, with shape :math:`(N, D)`, or an iterable of batches.
+        resp: The responsibilities, with shape :math:`(N, K)`, or a function that
+            returns those of a batch, with shape :math:`(B, K)` (for an iterable).
         covariance_type: ``"full"``, ``"diagonal"`` or ``"spherical"``.
         tied: Whether the components share one covariance.
         reg: The regularization :math:`\lambda` added to the variances.
@@ -363,20 +418,41 @@ def gmm_m_step(
         >>> logits, means, covs = gmm_m_step(x, torch.ones(100, 1))
         >>> torch.allclose(covs[0], torch.cov(x.T, correction=0), atol=1e-4)
         True
+        >>> same = gmm_m_step(x.split(30), lambda b: torch.ones(len(b), 1))
+        >>> torch.allclose(same[2], covs, atol=1e-6)
+        True
     """
 
     check_reg(reg)
-    dtype, x, resp = x.dtype, x.double(), resp.double()
-    shift = mean(x)
-    stats = sum(resp_.T @ _features(x_, covariance_type) for x_, resp_ in _split(x - shift, resp))
-    stats = all_reduce(stats)
+    check_batches(x)
+
+    if isinstance(x, Tensor):
+        if callable(resp):
+            resp = resp(x)
+        dtype, x, resp = x.dtype, x.double(), resp.double()
+        shift = mean(x)
+        pairs = _split(x - shift, resp)
+        stats = all_reduce(sum(r.T @ _features(x_, covariance_type) for x_, r in pairs))
+    else:
+        if not callable(resp):
+            raise TypeError(
+                "For an iterable of batches, resp must be a function of a batch that returns "
+                f"its responsibilities, with shape (B, K), got {type(resp).__name__}."
+            )
+        dtype, shift = dtype_of(x), mean(x)
+
+        def block(batch: Tensor) -> tuple[Tensor]:
+            pairs = _split(batch.double() - shift, resp(batch).double())
+            return (sum(r.T @ _features(x_, covariance_type) for x_, r in pairs),)
+
+        (stats,) = accumulate(block, x)
 
     return tuple(p.to(dtype) for p in _maximization(stats, shift, covariance_type, tied, reg))
 
 
 @torch.no_grad()
 def fit_gmm(
-    x: Tensor,
+    x: Data,
     logits: Tensor,
     means: Tensor,
     covariances: Tensor,
@@ -410,6 +486,13 @@ def fit_gmm(
     :func:`torch.distributed.all_reduce` per iteration, and every process returns the
     fit of the whole data.
 
+    Of an iterable of batches (:data:`~contmix.distributed.Data`), each iteration is one
+    pass through the batches (and two more passes come first, for the data mean and
+    :math:`N`): the statistics of a block are computed, used and dropped, holding a
+    batch, a block and the :math:`K \times P` sums at a time, and the sums are those of
+    the tensor up to their rounding in float64. The parameters come back in the dtype
+    of the batches.
+
     A fit that stops at ``max_iter`` iterations without converging warns with a
     :class:`~contmix.report.ConvergenceWarning` (and is returned all the same). A
     progress bar counts the iterations, the mean log-likelihood in its postfix
@@ -421,7 +504,7 @@ def fit_gmm(
         | https://doi.org/10.1111/j.2517-6161.1977.tb01600.x
 
     Arguments:
-        x: The samples, with shape :math:`(N, D)`.
+        x: The samples, with shape :math:`(N, D)`, or an iterable of batches.
         logits: The initial log-weights, with shape :math:`(K,)`.
         means: The initial means, with shape :math:`(K, D)`.
         covariances: The initial covariances (see :mod:`contmix.em`).
@@ -441,16 +524,18 @@ def fit_gmm(
         >>> fit = fit_gmm(x, torch.zeros(2), x[[0, -1]], torch.ones(2, 2), "diagonal")
         >>> fit.converged, fit.means.round().abs().tolist()
         (True, [[5.0, 5.0], [5.0, 5.0]])
+        >>> same = fit_gmm(x.split(64), torch.zeros(2), x[[0, -1]], torch.ones(2, 2), "diagonal")
+        >>> torch.allclose(same.means, fit.means), len(same.history) == len(fit.history)
+        (True, True)
     """
 
     check_reg(reg)
     check_em(tol, max_iter)
     check_progress(progress)
-    dtype = x.dtype
+    check_batches(x)
     params = tuple(t.double() for t in (logits, means, covariances))
-    x = x.double()
-    shift, N = mean(x), samples(x)
-    blocks = _blocks(x - shift, covariance_type)
+    shift, N, blocks = _sources(x, covariance_type)
+    dtype = dtype_of(x)
 
     def step() -> float:
         nonlocal params
@@ -461,7 +546,7 @@ def fit_gmm(
         return float(log_lik / N)  # the one host transfer of the iteration
 
     history, converged = iterate(step, tol, max_iter, "EM", progress)
-    history = torch.tensor(history, dtype=torch.float64, device=x.device)
+    history = torch.tensor(history, dtype=torch.float64, device=shift.device)
 
     return GMMFit(*(t.to(dtype) for t in params), history.to(dtype), converged)
 
@@ -470,23 +555,17 @@ def _expectation(blocks: Iterable[Tensor], theta: Tensor) -> tuple[Tensor, Tenso
     r"""The E-step of :func:`fit_gmm`: the sums :math:`\sum_n r_{nk} \phi(x_n)` and the
     log-likelihood :math:`\sum_n \log p(x_n)`, over all shards."""
 
-    stats, log_lik = 0, 0
-
-    for phi in blocks:
+    def block(phi: Tensor) -> tuple[Tensor, Tensor]:
         joint = phi @ theta
         log_p = torch.logsumexp(joint, dim=-1, keepdim=True)
-        stats = stats + (joint - log_p).exp().T @ phi
-        log_lik = log_lik + log_p.sum()
+        return (joint - log_p).exp().T @ phi, log_p.sum()
 
-    if is_sharded():
-        stats, log_lik = all_reduce(stats, log_lik)
-
-    return stats, log_lik
+    return accumulate(block, blocks)
 
 
 @torch.no_grad()
 def gmm_log_likelihood(
-    x: Tensor,
+    x: Data,
     logits: Tensor,
     means: Tensor,
     covariances: Tensor,
@@ -498,7 +577,8 @@ def gmm_log_likelihood(
 
     computed as the E-step of :func:`fit_gmm` computes it (in float64, around the data
     mean, over all shards within :func:`~contmix.distributed.sharded`), in the dtype of
-    :math:`x`. It is the value :func:`fit_gmm` records for these parameters.
+    :math:`x`. It is the value :func:`fit_gmm` records for these parameters. Of an
+    iterable of batches, three passes, in the dtype of the batches.
 
     Example:
         >>> x = torch.randn(100, 2, dtype=torch.float64)
@@ -509,12 +589,11 @@ def gmm_log_likelihood(
         True
     """
 
-    dtype = x.dtype
-    x, logits, means, covariances = (t.double() for t in (x, logits, means, covariances))
-    shift, N = mean(x), samples(x)
+    check_batches(x)
+    dtype = dtype_of(x)
+    logits, means, covariances = (t.double() for t in (logits, means, covariances))
+    shift, N, blocks = _sources(x, covariance_type)
     theta = _natural(logits, means - shift, covariances, covariance_type).T
-    total = sum(
-        torch.logsumexp(phi @ theta, dim=-1).sum() for phi in _blocks(x - shift, covariance_type)()
-    )
+    (total,) = accumulate(lambda phi: (torch.logsumexp(phi @ theta, dim=-1).sum(),), blocks())
 
-    return (all_reduce(total) / N).to(dtype)
+    return (total / N).to(dtype)

@@ -6,6 +6,7 @@ __all__ = [
 
 import math
 
+from collections.abc import Callable
 from math import prod
 from typing import Literal
 
@@ -17,7 +18,8 @@ from zuko.lazy import LazyDistribution
 from zuko.nn import MLP
 from zuko.utils import unpack
 
-from .cluster import assign, check_generator, kmeans, kmeans_plusplus, random_centers
+from .cluster import assign, check_generator, kmeans, kmeans_plusplus, labeller, random_centers
+from .distributed import Data, batches, check_batches
 from .distributions import DiagNormal, FullNormal, GaussianMixture
 from .em import (
     COVARIANCE_TYPES,
@@ -54,26 +56,32 @@ def check_strategy(strategy: str, choices: tuple[str, ...]) -> None:
 
 
 def initial_clusters(
-    x: Tensor,
+    x: Data,
     k: int,
     strategy: str,
     generator: torch.Generator | None = None,
     progress: bool | None = None,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor | Callable[[Tensor], Tensor]]:
     r"""Returns :math:`k` centres by ``"random"``, ``"kmeans"`` or ``"kmeans++"``
     (``"em"`` starts from k-means, as scikit-learn's ``init_params="kmeans"``), drawn
     from ``generator`` (torch's global generator if :py:`None`), and the cluster of
     each sample: its nearest centre, or for k-means its label (the centres are rounded
     to the dtype, which far from the origin would move samples near the boundaries).
+    For an iterable of batches, the clusters are a function that labels a batch by its
+    nearest centre (:func:`~contmix.cluster.labeller`).
 
     Example:
         >>> x = torch.tensor([[0.0], [0.1], [5.0], [5.1]])
         >>> initial_clusters(x, 2, "kmeans", torch.Generator().manual_seed(0))[1].bincount()
         tensor([2, 2])
+        >>> centers, label = initial_clusters(x.split(3), 2, "kmeans")
+        >>> label(x).bincount()
+        tensor([2, 2])
     """
 
     if strategy in ("kmeans", "em"):
-        return kmeans(x, k, generator=generator, progress=progress)
+        centers, labels = kmeans(x, k, generator=generator, progress=progress)
+        return centers, labeller(x, centers) if labels is None else labels
     elif strategy == "random":
         centers = random_centers(x, k, generator)
     elif strategy == "kmeans++":
@@ -81,7 +89,75 @@ def initial_clusters(
     else:
         check_strategy(strategy, STRATEGIES)
 
-    return centers, assign(x, centers)
+    return centers, assign(x, centers) if isinstance(x, Tensor) else labeller(x, centers)
+
+
+def as_labeller(labels: Tensor | Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    r"""Returns the labels of :func:`initial_clusters` as a function of a batch: that of
+    an iterable of batches as it is, those of a tensor (its one batch) as a constant.
+
+    Example:
+        >>> as_labeller(torch.tensor([0, 1]))(torch.randn(2, 3))
+        tensor([0, 1])
+    """
+
+    return labels if callable(labels) else lambda batch: labels
+
+
+def check_data(
+    x: Data,
+    features: int,
+    minimum: int,
+    reference: Tensor,
+    floor: float,
+    fix: str,
+) -> None:
+    r"""Raises an error unless :math:`x` is valid samples for a fit
+    (:func:`~contmix.utils.check_samples` and :func:`~contmix.utils.check_scale`): a
+    tensor, or a re-iterable of batches (:func:`~contmix.distributed.check_batches`),
+    each checked in one pass, whose variance (summed in float64) is that of their
+    concatenation.
+
+    Example:
+        >>> x = torch.randn(10, 2)
+        >>> check_data(x.split(4), 2, 3, x, 1e-6, "reg")
+        >>> check_data([x, x[:, :1]], 2, 3, x, 1e-6, "reg")
+        Traceback (most recent call last):
+            ...
+        ValueError: batch 1 of x: x must have shape (N, 2), got (10, 1): ...
+    """
+
+    if isinstance(x, Tensor):
+        check_samples(x, features, minimum, reference)
+        check_scale(x, floor, fix)
+        return
+
+    check_batches(x)
+    shift, N, sums = None, 0, 0
+
+    for i, batch in enumerate(batches(x)):
+        try:
+            check_samples(batch, features, 1, reference)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"batch {i} of x: {error}") from None
+        shift = batch[0].double() if shift is None else shift
+        centred = batch.double() - shift
+        sums = sums + torch.stack((centred.sum(dim=0), centred.square().sum(dim=0)))
+        N += len(batch)
+
+    if N < minimum:
+        raise ValueError(
+            f"x has {N} samples but at least {minimum} are needed (more samples than "
+            "components): pass more data or use fewer components."
+        )
+
+    var = (sums[1] / N - (sums[0] / N).square()).max()
+    if not var > floor:
+        raise ValueError(
+            f"The variance of x is at most {float(var):.3g} per feature, below {floor:.3g}, "
+            "the smallest variance the model can represent: standardize x, e.g. "
+            f"(x - x.mean(0)) / x.std(0), or lower {fix}."
+        )
 
 
 def hard_responsibilities(x: Tensor, centers: Tensor) -> Tensor:
@@ -130,7 +206,7 @@ def check_unconditional(model: nn.Module, what: str) -> None:
 
 
 def fit_start(
-    x: Tensor,
+    x: Data,
     components: int,
     strategy: str,
     covariance_type: CovarianceType,
@@ -148,8 +224,8 @@ def fit_start(
     log-likelihood of the last E-step for ``"em"`` (scikit-learn's ``lower_bound_``),
     of the fitted mixture otherwise."""
 
-    labels = initial_clusters(x, components, strategy, generator, progress)[1]
-    resp = nn.functional.one_hot(labels, components).to(x.dtype)
+    label = as_labeller(initial_clusters(x, components, strategy, generator, progress)[1])
+    resp = lambda batch: nn.functional.one_hot(label(batch), components).to(batch.dtype)
     params = gmm_m_step(x, resp, covariance_type, tied, reg)
 
     if strategy == "em":
@@ -160,7 +236,7 @@ def fit_start(
 
 
 def fit_mixture(
-    x: Tensor,
+    x: Data,
     components: int,
     strategy: str,
     covariance_type: CovarianceType,
@@ -319,7 +395,7 @@ class GMM(LazyDistribution):
     @torch.no_grad()
     def initialize(
         self,
-        x: Tensor,
+        x: Data,
         strategy: Literal["random", "kmeans", "kmeans++", "em"] = "kmeans++",
         tol: float = 1e-3,
         max_iter: int = 100,
@@ -357,8 +433,17 @@ class GMM(LazyDistribution):
         Progress bars count the restarts and the iterations of k-means and EM, the mean
         log-likelihood in their postfix. Nothing changes if an error is raised.
 
+        :math:`x` may be an iterable of batches (:data:`~contmix.distributed.Data`, e.g.
+        a :class:`~torch.utils.data.DataLoader` over a memory-mapped array) for data
+        larger than memory: every strategy then passes through the batches as often as
+        it needs (k-means++ two passes per centre, k-means and EM one per iteration),
+        holding a batch at a time, and gives the fit of their concatenation (up to the
+        rounding of the sums; ``"random"`` draws a permutation of the :math:`N`
+        samples, :math:`8 N` bytes). They are checked in a first pass.
+
         Arguments:
-            x: The samples, with shape :math:`(N, D)` and :math:`N > K`.
+            x: The samples, with shape :math:`(N, D)` and :math:`N > K`, or a
+                re-iterable of batches with shape :math:`(B, D)`.
             strategy: ``"random"``, ``"kmeans"``, ``"kmeans++"`` or ``"em"``.
             tol: The tolerance of EM on the mean log-likelihood.
             max_iter: The maximum number of EM iterations.
@@ -392,8 +477,8 @@ class GMM(LazyDistribution):
         check_em(tol, max_iter)
         check_progress(progress)
         reference = next(self.parameters())
-        check_samples(x, self.features, self.components + 1, reference)
-        check_scale(x, max(self.epsilon**2, reg), "epsilon and reg")
+        floor = max(self.epsilon**2, reg)
+        check_data(x, self.features, self.components + 1, reference, floor, "epsilon and reg")
 
         args = (x, self.components, strategy, self.covariance_type, self.tied, tol, max_iter, reg)
         params, report = best_of(lambda: fit_start(*args, generator, progress), n_init, progress)
@@ -406,7 +491,7 @@ class GMM(LazyDistribution):
     @torch.no_grad()
     def em(
         self,
-        x: Tensor,
+        x: Data,
         tol: float = 1e-3,
         max_iter: int = 100,
         reg: float = 1e-6,
@@ -432,12 +517,17 @@ class GMM(LazyDistribution):
         conditional model's parameters are the outputs of its hypernetwork. Nothing
         changes if an error is raised.
 
+        For data larger than memory, :math:`x` may be an iterable of batches (see
+        :meth:`initialize`): one pass through them per iteration, the same fit as on
+        their concatenation (up to the rounding of the float64 sums).
+
         References:
             | Maximum Likelihood from Incomplete Data via the EM Algorithm (Dempster et al., 1977)
             | https://doi.org/10.1111/j.2517-6161.1977.tb01600.x
 
         Arguments:
-            x: The samples, with shape :math:`(N, D)` and :math:`N > K`.
+            x: The samples, with shape :math:`(N, D)` and :math:`N > K`, or a
+                re-iterable of batches with shape :math:`(B, D)`.
             tol: The tolerance on the mean log-likelihood.
             max_iter: The maximum number of iterations.
             reg: The variance :math:`\lambda` added to the diagonal of the covariances.
@@ -456,6 +546,8 @@ class GMM(LazyDistribution):
             >>> report = gmm.em(x)
             >>> bool((torch.tensor(report.lower_bounds).diff() >= -1e-5).all())  # never lower
             True
+            >>> loader = torch.utils.data.DataLoader(x, batch_size=64)  # batches of rows
+            >>> report = gmm.em(loader)
         """
 
         check_unconditional(self, "em()")
@@ -463,8 +555,8 @@ class GMM(LazyDistribution):
         check_em(tol, max_iter)
         check_progress(progress)
         reference = next(self.parameters())
-        check_samples(x, self.features, self.components + 1, reference)
-        check_scale(x, max(self.epsilon**2, reg), "epsilon and reg")
+        floor = max(self.epsilon**2, reg)
+        check_data(x, self.features, self.components + 1, reference, floor, "epsilon and reg")
 
         start = self._moments()
         fit = fit_gmm(x, *start, self.covariance_type, self.tied, tol, max_iter, reg, progress)

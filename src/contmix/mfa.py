@@ -9,6 +9,7 @@ __all__ = [
 
 import math
 
+from collections.abc import Callable
 from math import prod
 from typing import Literal, NamedTuple
 
@@ -21,12 +22,19 @@ from zuko.nn import MLP
 from zuko.utils import unpack
 
 from .cluster import reference
-from .distributed import all_reduce, is_sharded, samples
+from .distributed import Data, accumulate, check_batches, samples
 from .distributions import GaussianMixture, LowRankNormal
-from .em import BLOCK, check_em, check_reg, degenerate, iterate
-from .gmm import check_fit, check_strategy, check_unconditional, initial_clusters
+from .em import BLOCK, check_em, check_reg, degenerate, dtype_of, iterate
+from .gmm import (
+    as_labeller,
+    check_data,
+    check_fit,
+    check_strategy,
+    check_unconditional,
+    initial_clusters,
+)
 from .report import FitReport, best_of, check_progress
-from .utils import check_context, check_samples, check_scale, check_sizes, set_parameters
+from .utils import check_context, check_samples, check_sizes, set_parameters
 
 STRATEGIES = ("random", "kmeans", "kmeans++", "fa", "em")
 
@@ -110,8 +118,8 @@ def _statistics(x: Tensor, resp: Tensor, z: Tensor) -> tuple[Tensor, ...]:
     r"""Returns the weighted sums of the M-step, :math:`N_k = \sum_n r_{nk}`,
     :math:`\sum_n r_{nk} z_{nk}`, :math:`\sum_n r_{nk} z_{nk} z_{nk}^T`,
     :math:`\sum_n r_{nk} x_n z_{nk}^T`, :math:`\sum_n r_{nk} x_n` and :math:`\sum_n
-    r_{nk} x_n^2`, accumulated in float64 block by block whatever the dtype of
-    :math:`x`: the diagonal :math:`D_k` is their difference, which cancels in float32
+    r_{nk} x_n^2`, of this batch, accumulated in float64 block by block whatever the
+    dtype of :math:`x`: the diagonal :math:`D_k` is their difference, which cancels in float32
     where :math:`D_k` is small (a variance at its floor comes out 10 times too large)."""
 
     K, R = z.shape[-2:]
@@ -131,19 +139,29 @@ def _statistics(x: Tensor, resp: Tensor, z: Tensor) -> tuple[Tensor, ...]:
         )
         sums = block if sums is None else tuple(a + b for a, b in zip(sums, block, strict=True))
 
-    return all_reduce(*sums)
+    return sums
+
+
+def _latent(x: Tensor, loc: Tensor, beta: Tensor) -> Tensor:
+    r"""The posterior means of the factors :math:`z_{nk} = \beta_k (x_n - \mu_k)`, with
+    shape :math:`(N, K, R)`, as one product."""
+
+    z = (x @ beta.flatten(0, 1).mT).unflatten(-1, beta.shape[:2])
+
+    return z - (beta @ loc.unsqueeze(-1)).squeeze(-1)
 
 
 def _m_step(
-    x: Tensor,
-    resp: Tensor,
+    sums: tuple[Tensor, ...],
+    posterior: Tensor,
     loc: Tensor,
     factor: Tensor,
     diag: Tensor,
     floor: Tensor,
-    N: int | None = None,
+    N: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    r"""One M-step of EM for MFA on centered samples :math:`x`.
+    r"""One M-step of EM for MFA on centered samples, from the sums of
+    :func:`_statistics` over all batches and shards.
 
     The factors have the Gaussian posterior :math:`z \mid x, k \sim \mathcal{N}(\beta_k
     (x - \mu_k), G_k)` with :math:`G_k = (I + A_k^T D_k^{-1} A_k)^{-1}` and
@@ -155,23 +173,18 @@ def _m_step(
     the sums are accumulated in float64 (:func:`_statistics`) and the systems are solved
     by Cholesky decompositions in float64 with a guard (:func:`_solve`). The posterior
     means :math:`z_{nk} = \beta_k (x_n - \mu_k)` are one float32 product (around the
-    reference point of the samples); their rounding does not bias the diagonals, which
-    are the residuals of the regression of :math:`x` on these very :math:`\tilde{z}`,
-    exact in float64 (formed from float32 sums, the diagonals at the floor came out 10
-    times too large). Components without samples keep their
-    parameters. Within :func:`~contmix.distributed.sharded`, the sums are over all
-    shards and :math:`N` is the number of samples of all shards.
+    reference point of the samples, :func:`_latent`); their rounding does not bias the
+    diagonals, which are the residuals of the regression of :math:`x` on these very
+    :math:`\tilde{z}`, exact in float64 (formed from float32 sums, the diagonals at the
+    floor came out 10 times too large). Components without samples keep their
+    parameters. :math:`N` is the number of samples of all batches and shards.
     """
 
-    N, R = len(x) if N is None else N, factor.shape[-1]
-    posterior, beta = _posterior(factor, diag)  # (K, R, R), (K, R, M)
-    z = (x @ beta.flatten(0, 1).mT).unflatten(-1, beta.shape[:2]) - (
-        beta @ loc.unsqueeze(-1)
-    ).squeeze(-1)  # (N, K, R)
-    nk, sz, szz, sxz, sx, sxx = _statistics(x, resp, z)
+    R, dtype = factor.shape[-1], factor.dtype
+    nk, sz, szz, sxz, sx, sxx = sums
     szz = szz + nk[:, None, None] * posterior.double()
 
-    empty = nk <= 10 * torch.finfo(x.dtype).eps * N
+    empty = nk <= 10 * torch.finfo(dtype).eps * N
     moments = torch.cat(
         (
             torch.cat((szz, sz.unsqueeze(-1)), dim=-1),
@@ -179,30 +192,21 @@ def _m_step(
         ),
         dim=-2,
     )
-    moments = moments + empty[:, None, None] * torch.eye(R + 1, dtype=nk.dtype, device=x.device)
+    moments = moments + empty[:, None, None] * torch.eye(R + 1, dtype=nk.dtype, device=nk.device)
     cross = torch.cat((sxz, sx.unsqueeze(-1)), dim=-1)  # (K, M, R + 1)
     augmented = _solve(moments, cross)
 
     new_diag = (sxx - (augmented * cross).sum(dim=-1)) / nk.clamp(min=1e-300).unsqueeze(-1)
-    new_diag = torch.maximum(new_diag.to(x.dtype), floor)
-    augmented = augmented.to(x.dtype)
+    new_diag = torch.maximum(new_diag.to(dtype), floor)
+    augmented = augmented.to(dtype)
 
     keep = empty.unsqueeze(-1)
     factor = torch.where(keep.unsqueeze(-1), factor, augmented[..., :R])
     loc = torch.where(keep, loc, augmented[..., R])
     diag = torch.where(keep, diag, new_diag)
-    logits = (nk / N).clamp(min=torch.finfo(x.dtype).tiny).log().to(x.dtype)
+    logits = (nk / N).clamp(min=torch.finfo(dtype).tiny).log().to(dtype)
 
     return logits, loc, factor, diag
-
-
-def _average(values: Tensor, N: int) -> Tensor:
-    r"""Returns the mean of per-sample values over the :math:`N` samples of all shards."""
-
-    if is_sharded():
-        return all_reduce(values.sum()) / N
-
-    return values.mean()
 
 
 def _check_diagonals(diag: Tensor) -> None:
@@ -218,7 +222,7 @@ def _check_diagonals(diag: Tensor) -> None:
 
 @torch.no_grad()
 def fit_mfa(
-    x: Tensor,
+    x: Data,
     logits: Tensor,
     loc: Tensor,
     factor: Tensor,
@@ -226,7 +230,7 @@ def fit_mfa(
     tol: float = 1e-3,
     max_iter: int = 100,
     reg: float = 1e-6,
-    resp: Tensor | None = None,
+    resp: Tensor | Callable[[Tensor], Tensor] | None = None,
     progress: bool | None = None,
 ) -> MFAFit:
     r"""Fits a mixture of factor analyzers by expectation-maximization.
@@ -264,12 +268,18 @@ def fit_mfa(
     process's shard: the reference point, the sums of the M-step and the log-likelihood
     are over all shards, and every process returns the fit of the whole data.
 
+    Of an iterable of batches (:data:`~contmix.distributed.Data`), each iteration is one
+    pass through the batches, in which the E-step and the sums of the M-step of a batch
+    are computed and dropped (three more passes come first: two for the reference
+    point, one for :math:`N`): the fit of their concatenation, up to the rounding of
+    the float64 sums, holding a batch at a time.
+
     References:
         | The EM Algorithm for Mixtures of Factor Analyzers (Ghahramani et al., 1996)
         | http://mlg.eng.cam.ac.uk/zoubin/papers/tr-96-1.pdf
 
     Arguments:
-        x: The samples, with shape :math:`(N, M)`.
+        x: The samples, with shape :math:`(N, M)`, or an iterable of batches.
         logits: The initial log-weights, with shape :math:`(K,)`.
         loc: The initial means, with shape :math:`(K, M)`.
         factor: The initial loadings, with shape :math:`(K, M, R)`.
@@ -277,7 +287,8 @@ def fit_mfa(
         tol: The tolerance on the mean log-likelihood.
         max_iter: The maximum number of iterations.
         reg: The floor of the diagonals, a variance in the units of :math:`x^2`.
-        resp: Fixed responsibilities, with shape :math:`(N, K)`. If given, only the
+        resp: Fixed responsibilities, with shape :math:`(N, K)`, or a function that
+            returns those of a batch (for an iterable of batches). If given, only the
             factor analyzers are fitted (to the weighted samples of each component), and
             the history is the mean of :math:`\sum_k r_{nk} \log \pi_k p_k(x_n)`, a
             lower bound of the mean log-likelihood.
@@ -301,38 +312,53 @@ def fit_mfa(
     check_reg(reg)
     check_em(tol, max_iter)
     check_progress(progress)
+    check_batches(x)
     _check_diagonals(diag)
+    if resp is not None and not callable(resp) and not isinstance(x, Tensor):
+        raise TypeError(
+            "For an iterable of batches, resp must be a function of a batch that returns "
+            f"its responsibilities, with shape (B, K), got {type(resp).__name__}."
+        )
+
     shift, N = reference(x), samples(x)
-    centered = x - shift
-    floor = _floor(x, reg)
+    fixed = None if resp is None else as_labeller(resp)
+    floor = _floor(shift, reg)
     params = (logits, loc - shift, factor, diag)
 
     def step() -> float:
         nonlocal params
         logits, loc, factor, diag = params
-        joint = GaussianMixture(LowRankNormal(loc, factor, diag), logits).joint(centered)
-        log_p = torch.logsumexp(joint, dim=-1, keepdim=True)
+        mixture = GaussianMixture(LowRankNormal(loc, factor, diag), logits)
+        posterior, beta = _posterior(factor, diag)  # (K, R, R), (K, R, M)
 
-        if resp is None:
-            r, bound = (joint - log_p).exp(), _average(log_p, N)
-        else:
-            r, bound = resp, _average((resp * joint).sum(dim=-1), N)
+        def block(batch: Tensor) -> tuple[Tensor, ...]:
+            centered = batch - shift
+            joint = mixture.joint(centered)
+            log_p = torch.logsumexp(joint, dim=-1, keepdim=True)
+            if fixed is None:
+                r, bound = (joint - log_p).exp(), log_p.sum(dtype=torch.float64)
+            else:
+                r = fixed(batch)
+                bound = (r * joint).sum(dtype=torch.float64)
+            z = _latent(centered, loc, beta)
+            return (*_statistics(centered, r, z), bound)
 
-        params = _m_step(centered, r, loc, factor, diag, floor, N)
+        *sums, bound = accumulate(block, x)
+        params = _m_step(sums, posterior, loc, factor, diag, floor, N)
         _check_diagonals(params[-1])
-        return float(bound)  # the one host transfer of the iteration
+        return float(bound / N)  # the one host transfer of the iteration
 
     what = "EM" if resp is None else "EM of the factor analyzers"
     history, converged = iterate(step, tol, max_iter, what, progress)
     logits, loc, factor, diag = params
-    history = torch.tensor(history, dtype=x.dtype, device=x.device)
+    history = torch.tensor(history, dtype=dtype_of(x), device=shift.device)
 
     return MFAFit(logits, loc + shift, factor, diag, history, converged)
 
 
 @torch.no_grad()
 def mfa_log_likelihood(
-    x: Tensor, logits: Tensor, loc: Tensor, factor: Tensor, diag: Tensor
+    x: Data, logits: Tensor, loc: Tensor, factor: Tensor, diag: Tensor
 ) -> Tensor:
     r"""Returns the mean log-likelihood of a mixture of factor analyzers,
 
@@ -340,7 +366,8 @@ def mfa_log_likelihood(
         A_k A_k^T) ,
 
     evaluated around :func:`~contmix.cluster.reference` as :func:`fit_mfa` does, over
-    all shards within :func:`~contmix.distributed.sharded`.
+    all shards within :func:`~contmix.distributed.sharded`; of an iterable of batches,
+    over the batches (four passes).
 
     Example:
         >>> x = torch.randn(100, 3)
@@ -351,10 +378,12 @@ def mfa_log_likelihood(
         True
     """
 
+    check_batches(x)
     shift, N = reference(x), samples(x)
     mixture = GaussianMixture(LowRankNormal(loc - shift, factor, diag), logits)
+    (total,) = accumulate(lambda b: (mixture.log_prob(b - shift).sum(dtype=torch.float64),), x)
 
-    return _average(mixture.log_prob(x - shift), N)
+    return (total / N).to(dtype_of(x))
 
 
 def mfa_shapes(components: int, features: int, rank: int) -> list[Size]:
@@ -459,7 +488,7 @@ class MFA(LazyDistribution):
     @torch.no_grad()
     def initialize(
         self,
-        x: Tensor,
+        x: Data,
         strategy: Literal["random", "kmeans", "kmeans++", "fa", "em"] = "fa",
         tol: float = 1e-3,
         max_iter: int = 100,
@@ -495,8 +524,15 @@ class MFA(LazyDistribution):
         and the iterations (:func:`~contmix.report.progress_bar`). Nothing changes if
         an error is raised.
 
+        :math:`x` may be an iterable of batches (:data:`~contmix.distributed.Data`, e.g.
+        a :class:`~torch.utils.data.DataLoader` over a memory-mapped array) for data
+        larger than memory: every strategy passes through the batches as often as it
+        needs, holding a batch at a time, and gives the fit of their concatenation (up
+        to the rounding of the sums), as :meth:`~contmix.GMM.initialize` does.
+
         Arguments:
-            x: The samples, with shape :math:`(N, M)` and :math:`N > K`.
+            x: The samples, with shape :math:`(N, M)` and :math:`N > K`, or a
+                re-iterable of batches with shape :math:`(B, M)`.
             strategy: ``"random"``, ``"kmeans"``, ``"kmeans++"``, ``"fa"`` or ``"em"``.
             tol: The tolerance of EM on the mean log-likelihood.
             max_iter: The maximum number of EM iterations.
@@ -527,8 +563,8 @@ class MFA(LazyDistribution):
         check_em(tol, max_iter)
         check_progress(progress)
         reference = next(self.parameters())
-        check_samples(x, self.features, self.components + 1, reference)
-        check_scale(x, max(self.epsilon, reg), "epsilon and reg")
+        floor = max(self.epsilon, reg)
+        check_data(x, self.features, self.components + 1, reference, floor, "epsilon and reg")
 
         args = (x, strategy, tol, max_iter, reg, generator, progress)
         params, report = best_of(lambda: self._fit(*args), n_init, progress)
@@ -541,7 +577,7 @@ class MFA(LazyDistribution):
     @torch.no_grad()
     def em(
         self,
-        x: Tensor,
+        x: Data,
         tol: float = 1e-3,
         max_iter: int = 100,
         reg: float = 1e-6,
@@ -559,14 +595,16 @@ class MFA(LazyDistribution):
         log-likelihood; EM never lowers the likelihood, and warns with a
         :class:`~contmix.report.ConvergenceWarning` if it stops at ``max_iter``. Only an
         unconditional model: a conditional model's parameters are the outputs of its
-        hypernetwork. Nothing changes if an error is raised.
+        hypernetwork. Nothing changes if an error is raised. For data larger than memory,
+        :math:`x` may be an iterable of batches: one pass through them per iteration.
 
         References:
             | The EM Algorithm for Mixtures of Factor Analyzers (Ghahramani et al., 1996)
             | http://mlg.eng.cam.ac.uk/zoubin/papers/tr-96-1.pdf
 
         Arguments:
-            x: The samples, with shape :math:`(N, M)` and :math:`N > K`.
+            x: The samples, with shape :math:`(N, M)` and :math:`N > K`, or a
+                re-iterable of batches with shape :math:`(B, M)`.
             tol: The tolerance on the mean log-likelihood.
             max_iter: The maximum number of iterations.
             reg: The floor of the diagonals, a variance in the units of :math:`x^2`.
@@ -590,8 +628,8 @@ class MFA(LazyDistribution):
         check_em(tol, max_iter)
         check_progress(progress)
         reference = next(self.parameters())
-        check_samples(x, self.features, self.components + 1, reference)
-        check_scale(x, max(self.epsilon, reg), "epsilon and reg")
+        floor = max(self.epsilon, reg)
+        check_data(x, self.features, self.components + 1, reference, floor, "epsilon and reg")
 
         fit = fit_mfa(x, *self._natural(), tol, max_iter, reg, progress=progress)
         set_parameters(self, self._layout(*(p.to(reference) for p in fit[:4])))
@@ -700,40 +738,52 @@ class MFA(LazyDistribution):
 
     def _clusters(
         self,
-        x: Tensor,
+        x: Data,
         strategy: str,
         reg: float,
         generator: torch.Generator | None,
         progress: bool | None = None,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        r"""Returns the hard responsibilities of the clusters of ``strategy`` and the
+    ) -> tuple[Callable[[Tensor], Tensor], Tensor, Tensor, Tensor, Tensor]:
+        r"""Returns the hard responsibilities of the clusters of ``strategy`` (a function
+        of a batch, two passes through the data for an iterable of batches) and the
         weights, means, variances (floored) and small random loadings of the clusters."""
 
         K, R = self.components, self.rank
         centers, labels = initial_clusters(x, K, strategy, generator, progress)
-        resp = nn.functional.one_hot(labels, K).to(x.dtype)
+        label = as_labeller(labels)
+        resp = lambda batch: nn.functional.one_hot(label(batch), K).to(batch.dtype)
 
         shift, N = reference(x), samples(x)
-        centred = x - shift
-        nk, sx, sq = all_reduce(resp.sum(dim=0), resp.mT @ centred, centred.square().sum(dim=0))
+
+        def sums(batch: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            r, centred = resp(batch), batch - shift
+            return r.sum(dim=0), r.mT @ centred, centred.square().sum(dim=0)
+
+        nk, sx, sq = accumulate(sums, x)
         filled = (nk > 0).unsqueeze(-1)
         means = sx / nk.clamp(min=1).unsqueeze(-1)  # around the data mean, no cancellation
-        residual = centred - means[labels]
-        var = all_reduce(resp.mT @ residual.square()) / nk.clamp(min=1).unsqueeze(-1)
+
+        def squares(batch: Tensor) -> tuple[Tensor]:
+            residual = batch - shift - means[label(batch)]
+            return (resp(batch).mT @ residual.square(),)
+
+        var = accumulate(squares, x)[0] / nk.clamp(min=1).unsqueeze(-1)
         loc = torch.where(filled, means + shift, centers)
         var = torch.where(filled, var, sq / N)
-        diag = torch.maximum(var, _floor(x, reg))
+        diag = torch.maximum(var, _floor(shift, reg))
 
-        device = x.device if generator is None else generator.device
-        noise = torch.randn(diag.shape + (R,), generator=generator, device=device, dtype=x.dtype)
-        factor = 0.1 * diag.sqrt().unsqueeze(-1) * noise.to(x.device) / R**0.5
-        logits = (nk / N).clamp(min=torch.finfo(x.dtype).tiny).log()
+        device = shift.device if generator is None else generator.device
+        noise = torch.randn(
+            diag.shape + (R,), generator=generator, device=device, dtype=diag.dtype
+        )
+        factor = 0.1 * diag.sqrt().unsqueeze(-1) * noise.to(shift.device) / R**0.5
+        logits = (nk / N).clamp(min=torch.finfo(diag.dtype).tiny).log()
 
         return resp, logits, loc, factor, diag
 
     def _fit(
         self,
-        x: Tensor,
+        x: Data,
         strategy: str,
         tol: float,
         max_iter: int,
