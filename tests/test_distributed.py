@@ -94,6 +94,22 @@ def draws(x: torch.Tensor, rank: int, n: int = 400) -> torch.Tensor:
     return torch.cat([_draw(x, w) for _ in range(n)])
 
 
+def batched(p: dict[str, torch.Tensor], x: torch.Tensor) -> dict[str, object]:
+    r"""Fits of a shard given as batches of 40 samples (the whole data, one process)."""
+
+    parts, out = list(x.split(40)), {}
+    torch.manual_seed(7)
+    out["kmeans++"] = kmeans_plusplus(parts, K)
+    out["kmeans empty"] = kmeans(parts, K, centers=p["empty"])[0]
+    gmm, mfa = GMM(D, components=K).double(), MFA(D, components=K, rank=1).double()
+    for name, model in (("initialize", gmm), ("mfa initialize", mfa)):
+        torch.manual_seed(7)
+        report = model.initialize(parts, "em")
+        out[name] = ([t.detach() for t in model.phi], report.lower_bounds)
+
+    return out
+
+
 def worker(rank: int, init: str, results: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
@@ -123,6 +139,7 @@ def worker(rank: int, init: str, results: str) -> None:
         torch.manual_seed(7)
         out["kmeans seeded"] = kmeans(x, K)[0]
         out["draws"] = draws(x, rank)
+        out["batched"] = batched(p, x)
         out["size"] = distributed.samples(x)
         out["mean"] = distributed.mean(x)
 
@@ -255,6 +272,22 @@ def test_single_process_is_identity():
         assert not distributed.is_sharded()
         assert distributed.all_reduce(x) is x
         assert distributed.samples(x) == 10
+
+
+def test_batches_of_shards(results):
+    # each process passes through the batches of its shard: the fits of the whole data
+    expected = batched(data(), data()["x"])
+    assert torch.equal(expected["kmeans++"], results[0]["kmeans++"])  # the same draws
+
+    for out in results:
+        assert torch.equal(out["batched"]["kmeans++"], expected["kmeans++"])
+        assert_close(out["batched"]["kmeans empty"], expected["kmeans empty"])
+        for name in ("initialize", "mfa initialize"):
+            params, bounds = out["batched"][name]
+            assert_close(params, expected[name][0])
+            assert len(bounds) == len(expected[name][1])
+            torch.testing.assert_close(torch.tensor(bounds), torch.tensor(expected[name][1]))
+        assert_close(out["batched"]["initialize"][0], out["initialize"])
 
 
 def test_mfa_initialize_is_global(results):
