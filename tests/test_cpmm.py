@@ -20,7 +20,8 @@ from contmix.cpmm import (
     soft_clip,
 )
 from contmix.datasets import two_circles
-from contmix.hierarchical import order_path
+from contmix.hierarchical import group_labels, order_path
+from contmix.paths import path_components
 
 
 def small(cls=CPMM, **kwargs):
@@ -569,10 +570,46 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="Unknown activation"):
         small(activation="relu")
     with pytest.raises(ValueError, match="no context"):
-        small()(torch.randn(3))
+        small().solve(torch.linspace(0, 1, 3), torch.randn(3))
+    x = torch.randn(5, 2)  # the forward pass ignores a context, as zuko's unconditional ones
+    model = small().eval()
+    assert torch.equal(model(torch.randn(3)).log_prob(x), model().log_prob(x))
 
 
 # initialization
+
+
+@pytest.mark.parametrize("cls", [CPMM, HierarchicalCPMM])
+def test_initialize_em_passes_through_the_components(cls):
+    # the trajectories are regressed on MFAs fitted by EM, one per group, laid out along
+    # paths: the extracted components are those MFAs' (the divergence per feature from
+    # each to the trajectory's is small) and the likelihood theirs with equal weights
+    torch.manual_seed(0)
+    x, _ = two_circles(1024)
+    x = x.double()
+    options = {"trajectories": 2} if cls is HierarchicalCPMM else {}
+    model = small(cls, components=8, hidden_features=(64, 64), **options).double()
+    generator = torch.Generator().manual_seed(0)
+    model.initialize(x, steps=400, generator=generator)
+
+    generator = torch.Generator().manual_seed(0)
+    labels = group_labels(x, model.trajectories, "kmeans", None, generator)
+    paths = path_components(x, labels, model.trajectories, 8, 1, generator=generator)
+    model.eval()
+    with torch.no_grad():
+        q = LowRankMultivariateNormal(*paths[2:])
+        d = model()
+        base = d.base.base if cls is HierarchicalCPMM else d.base
+        p = LowRankMultivariateNormal(base.loc, base.cov_factor, base.cov_diag)
+        divergence = torch.distributions.kl_divergence(q, p) / 2
+        assert divergence.mean() < 0.05, divergence
+
+        mfa = HierarchicalMFA(2, groups=model.trajectories, components=8, rank=1).double()
+        values = (paths.logits, torch.zeros(model.trajectories, 8), *paths[2:4], paths.diag.log())
+        for param, value in zip(mfa.phi, values, strict=True):
+            param.copy_(value)
+        direct = mfa().log_prob(x).mean()
+        assert abs(d.log_prob(x).mean() - direct) < 0.1  # 0.06 here, nats with steps=0
 
 
 def test_initialize_kmeans_places_trajectory_on_data():
