@@ -19,43 +19,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
+from cpmm_spiral import draw_trajectories, train  # the recipe, shared with the tutorial
+
 import contmix
 
-from contmix.figures import ellipse, plot_density
+from contmix.figures import plot_density
 
 
-def train(model: torch.nn.Module, x: torch.Tensor, steps: int, seed: int) -> torch.nn.Module:
-    model.initialize(x, generator=torch.Generator().manual_seed(seed))
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
-
-    for step in range(steps):
-        loss = -model().log_prob(x[torch.randint(len(x), (256,))]).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if step % 500 == 0:
-            print(f"step {step}: loss {loss.item():.3f}", flush=True)
-
-    return model.eval()
-
-
-def draw(ax, model, x: torch.Tensor, title: str) -> None:
+def draw(ax, model: torch.nn.Module, x: torch.Tensor, title: str) -> None:
     mixture = model.extract()
     with torch.no_grad():
         print(f"{title}: mean log-likelihood {mixture().log_prob(x).mean().item():.3f}")
         plot_density(mixture, ax=ax, extent=(-1.6, 1.6, -1.6, 1.6), scale=None, log=True)
-        base = mixture().base
-        while hasattr(base, "base"):  # the components of a mixture of mixtures
-            base = base.base
-        loc = base.loc.reshape(-1, model.components, 2)
-        cov = base.covariance_matrix.reshape(-1, model.components, 2, 2)
-
-    colors = plt.get_cmap("viridis")(torch.linspace(0, 1, model.components).tolist())
-    for c in range(len(loc)):
-        for j in range(model.components):
-            ax.add_patch(ellipse(loc[c, j], cov[c, j], color=colors[j], lw=1.0))
-        ax.plot(*loc[c].T, color="white", lw=0.5, alpha=0.6)
-
+    draw_trajectories(ax, mixture)
     ax.set_title(title)
     ax.set_aspect("equal")
 
