@@ -57,6 +57,16 @@ def align_loadings(factor: Tensor) -> Tensor:
     return torch.stack(aligned, dim=-3)
 
 
+def _shrink(log_weight: Tensor, factor: Tensor, diag: Tensor, n: int, prior: float) -> Tensor:
+    r"""The diagonals shrunk towards the pooled within-component variances."""
+
+    weight = log_weight.softmax(dim=-1)
+    pooled = weight @ (factor.square().sum(dim=-1) + diag)
+    counts = (n * weight)[:, None]
+
+    return (counts * diag + prior * pooled) / (counts + prior)
+
+
 @torch.no_grad()
 def path_components(
     x: Tensor,
@@ -66,6 +76,7 @@ def path_components(
     rank: int,
     n_init: int = 1,
     generator: torch.Generator | None = None,
+    prior: float = 4.0,
     **kwargs,
 ) -> PathComponents:
     r"""Fits a mixture of factor analyzers by EM to each group of samples and lays its
@@ -78,6 +89,17 @@ def path_components(
     (:func:`align_loadings`). A group of :math:`n \leq G` samples gets :math:`n - 1`
     components (at least one) and repeats its last one.
 
+    With few samples per component, EM drives the diagonals to the floor (a component
+    of six samples in 64 dimensions is its samples); as in
+    :func:`~contmix.hierarchical.group_statistics`, the diagonal of each component,
+    :math:`n_k = n \pi_k` samples, is shrunk towards the pooled within-component
+    variances :math:`\bar{S} = \sum_k \pi_k \operatorname{diag}(A_k A_k^T + D_k)` of its
+    group with ``prior`` pseudo-samples,
+
+    .. math:: D_k \leftarrow \frac{n_k D_k + \kappa \bar{S}}{n_k + \kappa} ,
+
+    which leaves well-populated components as they are.
+
     Arguments:
         x: The samples, with shape :math:`(N, M)`.
         labels: The group of each sample, in :math:`[0, C)`, with shape :math:`(N,)`;
@@ -87,6 +109,7 @@ def path_components(
         rank: The rank :math:`R` of the loadings.
         n_init: The number of EM restarts per group, of which the best is kept.
         generator: The random generator (torch's global generator if :py:`None`).
+        prior: The shrinkage weight :math:`\kappa` of the diagonals.
         kwargs: The other arguments of :meth:`MFA.initialize <contmix.MFA.initialize>`
             (``tol``, ``max_iter``, ``reg``).
 
@@ -112,11 +135,11 @@ def path_components(
         mfa = mfa.to_empty(device=x.device).to(x.dtype)
         mfa.initialize(xc, "em", n_init=n_init, generator=generator, **kwargs)
         log_weight, loc, factor, log_diag = (p.detach() for p in mfa.phi)
+        diag = _shrink(log_weight, factor, log_diag.exp() + mfa.epsilon, len(xc), prior)
         order = order_path(loc)
         pad = torch.arange(components, device=x.device).clamp(max=len(order) - 1)
         order = order[pad]
-        diag = log_diag[order].exp() + mfa.epsilon
-        fits.append((log_weight[order], loc[order], align_loadings(factor[order]), diag))
+        fits.append((log_weight[order], loc[order], align_loadings(factor[order]), diag[order]))
 
     log_weights, loc, factor, diag = (torch.stack(values) for values in zip(*fits, strict=True))
     logits = (sizes.to(x.dtype) / len(x)).log()
