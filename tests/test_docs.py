@@ -26,7 +26,7 @@ NOT_RUN = {"guide/getting_started.md": 1}
 
 # Pages that take minutes, run with -m slow
 SLOW = {
-    "tutorials/cpmm_spiral.md": "600 steps of a neural-ODE model (about 90 s on 1 CPU core)",
+    "tutorials/cpmm_spiral.md": "2000 steps of a neural-ODE model (about 40 s on 1 CPU core)",
 }
 
 
