@@ -190,8 +190,8 @@ def test_shapes_with_context_and_batch():
 
     with pytest.raises(ValueError, match="context"):
         mfa()
-    with pytest.raises(ValueError, match="context"):
-        MFA(features=5)(c)
+    unconditional, x = MFA(features=5), torch.randn(2, 6, 5)  # a context is ignored
+    assert torch.equal(unconditional(c).log_prob(x), unconditional().log_prob(x))
 
 
 def test_em_never_lowers_likelihood():
