@@ -41,9 +41,18 @@ from zuko.nn import MLP
 from zuko.transforms import ComposedTransform
 from zuko.utils import unpack
 
+from .conditional import (
+    LR,
+    STEPS,
+    check_contexts,
+    check_steps,
+    initialize_context,
+    restore_on_error,
+)
 from .distributions import DiagNormal, _check_event
-from .em import _factor
-from .gmm import STRATEGIES, check_fit, fit_mixture
+from .em import _factor, check_em
+from .gmm import STRATEGIES, check_fit, check_strategy, fit_start
+from .report import FitReport, best_of, check_progress
 from .utils import check_context, check_samples, check_scale, check_sizes, set_parameters
 
 MapType = Literal["diagonal", "affine"]
@@ -416,7 +425,9 @@ class CWM(LazyDistribution):
     with :math:`\Sigma_k = \operatorname{diag}(\sigma_k^2)` or :math:`L_k L_k^T`, which
     is how :meth:`initialize` starts it. With a context, the map parameters come
     from a hypernetwork :math:`c \mapsto (\mu, \phi, \dots)` and the classifier
-    reads :math:`[z, c]`.
+    reads :math:`[z, c]`. The record of the last :meth:`initialize` is ``fit_report``
+    (a :class:`~contmix.report.FitReport`, :py:`None` before any fit; not part of the
+    state dict), and :meth:`predict_proba` gives the posterior of the components.
 
     The parameters of the unconditional maps are ``phi = [loc (K, D), log_diag (K, D)]``
     (plus ``tril (K, D (D - 1) / 2)`` for ``"affine"``), as in :class:`contmix.GMM`.
@@ -440,7 +451,7 @@ class CWM(LazyDistribution):
     Example:
         >>> cwm = CWM(features=2, components=3)
         >>> x = torch.randn(256, 2)
-        >>> cwm.initialize(x, strategy="em")
+        >>> report = cwm.initialize(x, strategy="em")
         >>> cwm().log_prob(x).shape
         torch.Size([256])
         >>> cwm().sample((4,)).shape
@@ -474,6 +485,7 @@ class CWM(LazyDistribution):
 
         self.shapes = cwm_shapes(components, features, maps)
         self.total = sum(prod(s) for s in self.shapes)
+        self.fit_report: FitReport | None = None
 
         if context > 0:
             self.hyper = MLP(context, self.total, **kwargs)
@@ -530,6 +542,45 @@ class CWM(LazyDistribution):
 
         return CWMDistribution(base, transform, classifier)
 
+    def predict_proba(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        r"""Returns the posterior of the components, with shape :math:`(*, K)`, whose
+        rows sum to one, as scikit-learn's ``predict_proba``.
+
+        A CWM is the marginal of a latent-variable model, :math:`Z \sim p_0`, :math:`R
+        \mid Z \sim \operatorname{Categorical}(w(Z))`, :math:`X = T_R^{-1}(Z)`, whose
+        component :math:`R` has, by Bayes' rule, the posterior
+
+        .. math:: p(R = k \mid x) = \frac{w_k(T_k(x)) \, p_0(T_k(x)) \,
+            |\det J_{T_k}(x)|}{\sum_j w_j(T_j(x)) \, p_0(T_j(x)) \, |\det J_{T_j}(x)|}
+
+        the probability that :math:`x` was drawn through the map of component
+        :math:`k`: each weight is that of the classifier at the component's own latent
+        point :math:`T_k(x)`, not a constant :math:`\pi_k`. With a constant classifier
+        and no extra transformations (as :meth:`initialize` leaves it), it is the
+        posterior of the Gaussian mixture, :meth:`contmix.GMM.predict_proba`. It is the
+        exponential of the distribution's :meth:`CWMDistribution.posterior`, which
+        returns :math:`\log p(R = k \mid x)`.
+
+        Example:
+            >>> cwm = CWM(features=2, components=3)
+            >>> cwm.predict_proba(torch.randn(5, 2)).sum(dim=-1).allclose(torch.ones(5))
+            True
+        """
+
+        return self(c).posterior(x).exp()
+
+    def predict(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        r"""Returns the most probable component :math:`\arg\max_k p(R = k \mid x)` of
+        each sample (see :meth:`predict_proba`), with shape :math:`(*)`, as
+        scikit-learn's ``predict``.
+
+        Example:
+            >>> CWM(features=2, components=3).predict(torch.randn(5, 2)).shape
+            torch.Size([5])
+        """
+
+        return self(c).predict(x)
+
     def _layout(self, logits: Tensor, means: Tensor, covariances: Tensor) -> list[Tensor]:
         r"""Turns Gaussian mixture parameters into the layout of :attr:`shapes`."""
 
@@ -555,7 +606,12 @@ class CWM(LazyDistribution):
         reg: float = 1e-6,
         n_init: int = 1,
         generator: torch.Generator | None = None,
-    ) -> None:
+        progress: bool | None = None,
+        *,
+        c: Tensor | None = None,
+        steps: int = STEPS,
+        lr: float = LR,
+    ) -> FitReport:
         r"""Initializes the mixture from data as a Gaussian mixture.
 
         ``"random"``, ``"kmeans"`` and ``"kmeans++"`` pick centres (random samples, the
@@ -570,7 +626,18 @@ class CWM(LazyDistribution):
         are, and for a conditional model up to the hypernetwork's output weights,
         scaled by :math:`10^{-2}`). With ``n_init`` restarts, each from its own centres,
         the Gaussian mixture of the highest mean log-likelihood is kept, as in
-        :meth:`contmix.GMM.initialize` (whose default ``n_init=1`` this follows).
+        :meth:`contmix.GMM.initialize` (whose default ``n_init=1`` this follows). EM or
+        k-means that stop without converging warn with a
+        :class:`~contmix.report.ConvergenceWarning`; progress bars count the restarts
+        and the iterations.
+
+        For a conditional model, the mixture fitted is the unconditional :math:`p(x)`,
+        whatever the context. Given the contexts ``c`` of the samples, the hypernetwork
+        of the maps and the classifier (which reads the context too) are then fitted
+        to :math:`p(x \mid c)`: from the Gaussian mixture, the weights of the
+        hypernetwork's last layer at zero, ``steps`` full-batch Adam steps of the mean
+        conditional log-likelihood, of which the best parameters are kept, never worse
+        than the Gaussian mixture on :math:`(x, c)` (:mod:`contmix.conditional`).
 
         Nothing changes if an error is raised.
 
@@ -584,35 +651,55 @@ class CWM(LazyDistribution):
             generator: The random generator of the centres (torch's global generator
                 if :py:`None`): the same seed gives the same fit, and the global seed
                 is left alone.
+            progress: Whether to show progress bars (:py:`None`: only in a terminal).
+            c: The contexts of the samples of a conditional model, with shape
+                :math:`(N, C)`; :py:`None` fits the unconditional mixture, whatever
+                the context.
+            steps: The number of Adam steps of the context fit (with ``c``).
+            lr: The learning rate of the context fit (with ``c``).
+
+        Returns:
+            The :class:`~contmix.report.FitReport` of the Gaussian mixture, also kept
+            as ``fit_report``: its lower bound is the mean log-likelihood of the
+            Gaussian mixture, the CWM's at the start (without extra ``transforms``);
+            with ``c``, the mean conditional log-likelihoods of the context fit.
+
+        Example:
+            >>> x = torch.cat((torch.randn(100, 2) - 3, torch.randn(100, 2) + 3))
+            >>> cwm = CWM(features=2, components=2)
+            >>> report = cwm.initialize(x, generator=torch.Generator().manual_seed(0))
+            >>> report is cwm.fit_report, report.strategy, report.converged
+            (True, 'em', True)
+            >>> torch.allclose(cwm().log_prob(x).mean(), torch.tensor(report.lower_bound))
+            True
         """
 
-        if strategy not in STRATEGIES:
-            raise ValueError(f"Unknown strategy '{strategy}': choose one of {STRATEGIES}.")
-
+        check_strategy(strategy, STRATEGIES)
         check_fit(n_init, generator, reg)
+        check_em(tol, max_iter)
+        check_progress(progress)
         reference = next(self.parameters())
         check_samples(x, self.features, self.components + 1, reference)
         check_scale(x, max(self.epsilon**2, reg), "epsilon and reg")
+        check_contexts(self, x, c)
+        check_steps(steps, lr)
 
         covariance_type = "full" if self.maps == "affine" else "diagonal"
-        logits, *params = fit_mixture(
-            x,
-            self.components,
-            strategy,
-            covariance_type,
-            False,
-            tol,
-            max_iter,
-            reg,
-            n_init,
-            generator,
-        )
-        params = self._layout(logits, *params)
+        args = (x, self.components, strategy, covariance_type, False, tol, max_iter, reg)
+        fit = lambda: fit_start(*args, generator, progress)
+        (logits, *params), report = best_of(fit, n_init, progress)
 
         if not torch.isfinite(logits).all():
             raise ValueError("The fitted weights are not finite: the data is degenerate.")
 
-        set_parameters(self, params)
+        with restore_on_error(self):
+            set_parameters(self, self._layout(logits, *params))
+            self.classifier[-1].weight.zero_()
+            self.classifier[-1].bias.copy_(logits)
+            trained = (
+                None if c is None else [*self.hyper.parameters(), *self.classifier.parameters()]
+            )
+            report = initialize_context(self, x, c, report, trained, steps, lr, progress)
+        self.fit_report = report
 
-        self.classifier[-1].weight.zero_()
-        self.classifier[-1].bias.copy_(logits)
+        return report

@@ -19,6 +19,14 @@ from zuko.nn import MLP
 from zuko.utils import unpack
 
 from .cluster import assign, check_generator, kmeans, kmeans_plusplus, labeller, random_centers
+from .conditional import (
+    LR,
+    STEPS,
+    check_contexts,
+    check_steps,
+    initialize_context,
+    restore_on_error,
+)
 from .distributed import Data, batches, check_batches
 from .distributions import DiagNormal, FullNormal, GaussianMixture
 from .em import (
@@ -47,8 +55,17 @@ def check_strategy(strategy: str, choices: tuple[str, ...]) -> None:
         Traceback (most recent call last):
             ...
         ValueError: Unknown strategy 'kmedoids': choose one of 'random', ... or 'em'.
+        >>> check_strategy(torch.randn(5, 3), STRATEGIES)
+        Traceback (most recent call last):
+            ...
+        TypeError: strategy must be a string, got a tensor: pass the contexts ... c=c).
     """
 
+    if isinstance(strategy, Tensor):
+        raise TypeError(
+            "strategy must be a string, got a tensor: pass the contexts of a conditional "
+            "model by name, initialize(x, c=c)."
+        )
     if not isinstance(strategy, str) or strategy not in choices:
         names = [repr(choice) for choice in choices]
         names = ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
@@ -235,29 +252,6 @@ def fit_start(
     return params, FitReport.of(strategy, gmm_log_likelihood(x, *params, covariance_type))
 
 
-def fit_mixture(
-    x: Data,
-    components: int,
-    strategy: str,
-    covariance_type: CovarianceType,
-    tied: bool,
-    tol: float,
-    max_iter: int,
-    reg: float,
-    n_init: int = 1,
-    generator: torch.Generator | None = None,
-    progress: bool | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    r"""Returns the log-weights, means and covariances of the best of ``n_init`` fits
-    of :func:`fit_start`, each from its own centres: the one of the highest mean
-    log-likelihood (for ``"em"``, that of its last E-step, as scikit-learn's lower
-    bound)."""
-
-    args = (x, components, strategy, covariance_type, tied, tol, max_iter, reg)
-
-    return best_of(lambda: fit_start(*args, generator, progress), n_init, progress)[0]
-
-
 def gmm_shapes(
     components: int, features: int, covariance_type: CovarianceType, tied: bool
 ) -> list[Size]:
@@ -403,6 +397,10 @@ class GMM(LazyDistribution):
         n_init: int = 1,
         generator: torch.Generator | None = None,
         progress: bool | None = None,
+        *,
+        c: Tensor | None = None,
+        steps: int = STEPS,
+        lr: float = LR,
     ) -> FitReport:
         r"""Initializes the mixture from data.
 
@@ -418,8 +416,18 @@ class GMM(LazyDistribution):
         overlapping clusters in 8 dimensions). With ``n_init`` restarts, each
         from its own centres, the fit of the highest mean log-likelihood on :math:`x`
         is kept (for ``"em"``, that of its last E-step, as scikit-learn keeps the best
-        lower bound). For a conditional model, the hypernetwork starts out producing the
-        fitted mixture whatever the context.
+        lower bound).
+
+        For a conditional model, the mixture fitted is the unconditional :math:`p(x)`,
+        written as the bias of the hypernetwork's last layer (its weights scaled by
+        :math:`10^{-2}`, as zuko does), so that the network starts out producing it
+        whatever the context. Given the contexts ``c`` of the samples, the network is
+        then fitted to :math:`p(x \mid c)`: from the fitted bias, the weights of the
+        last layer at zero, ``steps`` full-batch Adam steps of the mean conditional
+        log-likelihood :math:`\frac{1}{N} \sum_n \log p(x_n \mid c_n)`, of which the
+        best parameters are kept, never worse than the unconditional mixture on
+        :math:`(x, c)` (:mod:`contmix.conditional`). The restarts pick the
+        unconditional fit; the context fit runs once, from it.
 
         The default ``n_init=1`` is scikit-learn's: one run of greedy k-means++,
         k-means and EM reaches the best optimum about as often as scikit-learn's
@@ -454,11 +462,18 @@ class GMM(LazyDistribution):
                 is left alone.
             progress: Whether to show progress bars (:py:`None`: only in a terminal,
                 see :func:`~contmix.report.progress_bar`).
+            c: The contexts of the samples of a conditional model, with shape
+                :math:`(N, C)`, for :math:`x` a tensor; :py:`None` fits the
+                unconditional mixture, whatever the context.
+            steps: The number of Adam steps of the context fit (with ``c``).
+            lr: The learning rate of the context fit (with ``c``).
 
         Returns:
             The :class:`~contmix.report.FitReport` of the kept fit, also kept as
             ``fit_report``: for ``"em"``, whether EM converged, its iterations and
-            its mean log-likelihood at each E-step.
+            its mean log-likelihood at each E-step; with ``c``, the mean conditional
+            log-likelihoods of the context fit (``context_history``,
+            ``context_log_likelihood``).
 
         Example:
             >>> x = torch.cat((torch.randn(100, 2) - 3, torch.randn(100, 2) + 3))
@@ -470,6 +485,11 @@ class GMM(LazyDistribution):
             >>> _ = b.initialize(x, "em", n_init=2, generator=g.manual_seed(0))
             >>> torch.equal(a().log_prob(x), b().log_prob(x))
             True
+            >>> c = torch.randn(200, 1)  # a context that shifts the samples
+            >>> conditional = GMM(features=2, context=1, components=2)
+            >>> report = conditional.initialize(x + 2 * c, "em", c=c, steps=50)
+            >>> report.context_log_likelihood > report.context_history[0]  # p(x | c) > p(x)
+            True
         """
 
         check_strategy(strategy, STRATEGIES)
@@ -479,11 +499,15 @@ class GMM(LazyDistribution):
         reference = next(self.parameters())
         floor = max(self.epsilon**2, reg)
         check_data(x, self.features, self.components + 1, reference, floor, "epsilon and reg")
+        check_contexts(self, x, c)
+        check_steps(steps, lr)
 
         args = (x, self.components, strategy, self.covariance_type, self.tied, tol, max_iter, reg)
         params, report = best_of(lambda: fit_start(*args, generator, progress), n_init, progress)
 
-        set_parameters(self, self._layout(*params))
+        with restore_on_error(self):
+            set_parameters(self, self._layout(*params))
+            report = initialize_context(self, x, c, report, None, steps, lr, progress)
         self.fit_report = report
 
         return report

@@ -20,6 +20,14 @@ from zuko.nn import MLP
 from zuko.utils import unpack
 
 from .cluster import _distances, assign, kmeans, kmeans_plusplus, random_centers
+from .conditional import (
+    LR,
+    STEPS,
+    check_contexts,
+    check_steps,
+    initialize_context,
+    restore_on_error,
+)
 from .distributions import GaussianMixture, LowRankNormal
 from .em import check_em, check_reg
 from .gmm import check_fit, check_strategy, check_unconditional
@@ -338,6 +346,10 @@ class HierarchicalMFA(LazyDistribution):
         max_iter: int = 100,
         reg: float = 1e-6,
         progress: bool | None = None,
+        *,
+        c: Tensor | None = None,
+        steps: int = STEPS,
+        lr: float = LR,
     ) -> FitReport:
         r"""Initializes the mixture from data.
 
@@ -349,8 +361,12 @@ class HierarchicalMFA(LazyDistribution):
         until the mean log-likelihood changes by less than ``tol``. With ``n_init``
         restarts, each from its own centres, the mixture of the highest mean
         log-likelihood on :math:`x` is kept (the default, 1, is that of
-        :meth:`contmix.GMM.initialize`). For a conditional model, the hypernetwork
-        starts out producing this mixture whatever the context. EM or k-means that stop
+        :meth:`contmix.GMM.initialize`). For a conditional model, the mixture fitted is
+        the unconditional :math:`p(x)`: the hypernetwork starts out producing it
+        whatever the context; given the contexts ``c`` of the samples, it is then
+        fitted to :math:`p(x \mid c)` by ``steps`` Adam steps from there, never ending
+        worse than the unconditional mixture on :math:`(x, c)`, as in
+        :meth:`contmix.GMM.initialize` (:mod:`contmix.conditional`). EM or k-means that stop
         without converging warn with a :class:`~contmix.report.ConvergenceWarning`;
         progress bars count the restarts and the iterations. Nothing changes if an
         error is raised.
@@ -368,10 +384,16 @@ class HierarchicalMFA(LazyDistribution):
             reg: The floor of the diagonals of EM (``"em"``), a variance in the units of
                 :math:`x^2`.
             progress: Whether to show progress bars (:py:`None`: only in a terminal).
+            c: The contexts of the samples of a conditional model, with shape
+                :math:`(N, C)`, for :math:`x` a tensor; :py:`None` fits the
+                unconditional mixture, whatever the context.
+            steps: The number of Adam steps of the context fit (with ``c``).
+            lr: The learning rate of the context fit (with ``c``).
 
         Returns:
             The :class:`~contmix.report.FitReport` of the kept mixture, also kept as
-            ``fit_report``.
+            ``fit_report``; with ``c``, with the mean conditional log-likelihoods of the
+            context fit.
 
         Example:
             >>> x = torch.cat((torch.randn(100, 3) - 4, torch.randn(100, 3) + 4))
@@ -393,11 +415,15 @@ class HierarchicalMFA(LazyDistribution):
             check_scale(x, max(self.epsilon, reg), "epsilon and reg")
         else:
             check_scale(x, 2 * self.epsilon, "epsilon")
+        check_contexts(self, x, c)
+        check_steps(steps, lr)
 
         args = (x, strategy, y, generator, tol, max_iter, reg, progress)
         params, report = best_of(lambda: self._fit(*args), n_init, progress)
 
-        set_parameters(self, params)
+        with restore_on_error(self):
+            set_parameters(self, params)
+            report = initialize_context(self, x, c, report, None, steps, lr, progress)
         self.fit_report = report
 
         return report

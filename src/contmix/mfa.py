@@ -22,6 +22,14 @@ from zuko.nn import MLP
 from zuko.utils import unpack
 
 from .cluster import reference
+from .conditional import (
+    LR,
+    STEPS,
+    check_contexts,
+    check_steps,
+    initialize_context,
+    restore_on_error,
+)
 from .distributed import Data, accumulate, check_batches, samples
 from .distributions import GaussianMixture, LowRankNormal
 from .em import BLOCK, check_em, check_reg, degenerate, dtype_of, iterate
@@ -496,6 +504,10 @@ class MFA(LazyDistribution):
         n_init: int = 1,
         generator: torch.Generator | None = None,
         progress: bool | None = None,
+        *,
+        c: Tensor | None = None,
+        steps: int = STEPS,
+        lr: float = LR,
     ) -> FitReport:
         r"""Initializes the mixture from data.
 
@@ -510,8 +522,14 @@ class MFA(LazyDistribution):
         until the mean log-likelihood changes by less than ``tol``. With ``n_init``
         restarts, each from its own centres and loadings, the fit of the highest mean
         log-likelihood on :math:`x` is kept (for ``"em"``, that of its last E-step, as
-        scikit-learn keeps the best lower bound). For a conditional model, the
-        hypernetwork starts out producing the fitted mixture whatever the context.
+        scikit-learn keeps the best lower bound).
+
+        For a conditional model, the mixture fitted is the unconditional :math:`p(x)`:
+        the hypernetwork starts out producing it whatever the context. Given the
+        contexts ``c`` of the samples, the network is then fitted to :math:`p(x \mid
+        c)` by ``steps`` Adam steps from there, never ending worse than the
+        unconditional mixture on :math:`(x, c)`, as in :meth:`contmix.GMM.initialize`
+        (:mod:`contmix.conditional`).
 
         The default ``n_init=1`` is scikit-learn's: on 16 well-separated clusters in 16
         dimensions (``benchmarks/init_quality.py``), one run ends in the basin of the
@@ -542,11 +560,17 @@ class MFA(LazyDistribution):
                 generator if :py:`None`): the same seed gives the same fit, and the
                 global seed is left alone.
             progress: Whether to show progress bars (:py:`None`: only in a terminal).
+            c: The contexts of the samples of a conditional model, with shape
+                :math:`(N, C)`, for :math:`x` a tensor; :py:`None` fits the
+                unconditional mixture, whatever the context.
+            steps: The number of Adam steps of the context fit (with ``c``).
+            lr: The learning rate of the context fit (with ``c``).
 
         Returns:
             The :class:`~contmix.report.FitReport` of the kept fit, also kept as
             ``fit_report``: the EM of ``"em"``, or that of the factor analyzers for
-            ``"fa"`` (whose lower bounds hold the assignments fixed).
+            ``"fa"`` (whose lower bounds hold the assignments fixed); with ``c``, the
+            mean conditional log-likelihoods of the context fit.
 
         Example:
             >>> mfa = MFA(features=4, components=2, rank=1)
@@ -565,11 +589,15 @@ class MFA(LazyDistribution):
         reference = next(self.parameters())
         floor = max(self.epsilon, reg)
         check_data(x, self.features, self.components + 1, reference, floor, "epsilon and reg")
+        check_contexts(self, x, c)
+        check_steps(steps, lr)
 
         args = (x, strategy, tol, max_iter, reg, generator, progress)
         params, report = best_of(lambda: self._fit(*args), n_init, progress)
 
-        set_parameters(self, self._layout(*params))
+        with restore_on_error(self):
+            set_parameters(self, self._layout(*params))
+            report = initialize_context(self, x, c, report, None, steps, lr, progress)
         self.fit_report = report
 
         return report

@@ -93,6 +93,15 @@ class FitReport:
             after EM (scikit-learn's ``lower_bound_``), of the fitted mixture otherwise.
         restart: The index of the kept restart, in :math:`[0, n_{init})`.
         n_init: The number of restarts.
+        context_history: For a conditional model given contexts :math:`c_n`
+            (``initialize(x, c=c)``), the mean conditional log-likelihood
+            :math:`\frac{1}{N} \sum_n \log p(x_n \mid c_n)` before each Adam step of
+            the fit of the context network and after the last, the start (the
+            unconditional mixture) first (see :mod:`contmix.conditional`); :py:`()`
+            without contexts.
+        context_log_likelihood: The mean conditional log-likelihood of the kept
+            context network, the highest of ``context_history``; :py:`None` without
+            contexts. The other attributes are those of the unconditional fit.
 
     Example:
         >>> import torch
@@ -108,6 +117,8 @@ class FitReport:
     lower_bound: float
     restart: int = 0
     n_init: int = 1
+    context_history: tuple[float, ...] = ()
+    context_log_likelihood: float | None = None
 
     @classmethod
     def of(
