@@ -494,3 +494,87 @@ def test_initialize_bad_restarts():
         cwm.initialize(x, n_init=0)
     with unchanged(cwm), pytest.raises(TypeError, match=r"torch\.Generator"):
         cwm.initialize(x, generator="0")
+
+
+# fit reports and posteriors
+
+
+@pytest.mark.parametrize("strategy", ["kmeans", "em"])
+def test_initialize_report_is_the_gmm_report(strategy: str):
+    r"""The report of the CWM is that of the Gaussian mixture it starts from: the GMM
+    fitted from the same generator, its lower bound the CWM's mean log-likelihood."""
+
+    torch.manual_seed(0)
+    x = torch.cat((torch.randn(150, 2) - 2, torch.randn(150, 2) + 2))
+    gmm, cwm = GMM(2, components=3, covariance_type="diagonal"), CWM(2, components=3)
+
+    expected = gmm.initialize(x, strategy, n_init=2, generator=torch.Generator().manual_seed(3))
+    report = cwm.initialize(x, strategy, n_init=2, generator=torch.Generator().manual_seed(3))
+
+    assert report is cwm.fit_report
+    assert (report.strategy, report.converged, report.iterations, report.n_init) == (
+        expected.strategy,
+        expected.converged,
+        expected.iterations,
+        2,
+    )
+    assert report.restart == expected.restart
+    assert math.isclose(report.lower_bound, expected.lower_bound, rel_tol=1e-5)
+    if strategy == "kmeans":  # the bound of the fitted mixture (for EM, of its last E-step)
+        with torch.no_grad():
+            mean = float(cwm().log_prob(x).mean())
+        assert math.isclose(report.lower_bound, mean, rel_tol=1e-4)
+
+
+def test_initialize_report_before_and_after():
+    cwm = CWM(2, components=2)
+    assert cwm.fit_report is None
+    assert "fit_report" not in cwm.state_dict()
+
+    with pytest.warns(UserWarning, match="did not converge"):
+        report = cwm.initialize(torch.randn(100, 2), "em", max_iter=1, tol=1e-12, progress=False)
+    assert not report.converged and report.iterations == 1
+    with unchanged(cwm), pytest.raises(ValueError, match="max_iter"):
+        cwm.initialize(torch.randn(100, 2), max_iter=0)
+    with unchanged(cwm), pytest.raises(TypeError, match="progress"):
+        cwm.initialize(torch.randn(100, 2), progress="yes")
+
+
+def test_predict_proba_brute_force():
+    r"""Bayes' rule on the latent-variable model, one component at a time, with a
+    strongly non-constant classifier."""
+
+    cwm = random_cwm(2, components=3, seed=4)
+    x = torch.randn(7, 2, dtype=torch.float64) * 2
+    loc, scale = cwm.phi[0], cwm.phi[1].exp() + cwm.epsilon
+
+    with torch.no_grad():
+        joint = torch.empty(7, 3, dtype=torch.float64)
+        for n, xi in enumerate(x):
+            for k in range(3):
+                z = (xi - loc[k]) / scale[k]
+                log_w = cwm.classifier(z).log_softmax(dim=-1)[k]
+                log_p0 = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum()
+                joint[n, k] = log_w + log_p0 - scale[k].log().sum()
+        expected = joint.exp() / joint.exp().sum(dim=-1, keepdim=True)
+
+        assert torch.allclose(cwm.predict_proba(x), expected)
+        assert torch.equal(cwm.predict(x), expected.argmax(dim=-1))
+
+
+def test_predict_proba_after_initialize_is_the_gmm_posterior():
+    torch.manual_seed(0)
+    x = torch.cat((torch.randn(200, 2) * 0.5 + 2, torch.randn(200, 2) - 1))
+    gmm, cwm = GMM(2, components=2, covariance_type="full"), CWM(2, components=2, maps="affine")
+    gmm.initialize(x, "em", generator=torch.Generator().manual_seed(0))
+    cwm.initialize(x, "em", generator=torch.Generator().manual_seed(0))
+
+    test = torch.randn(100, 2) * 3
+    with torch.no_grad():
+        assert torch.allclose(cwm.predict_proba(test), gmm.predict_proba(test), atol=1e-4)
+
+    conditional = CWM(2, context=3, components=2)
+    c = torch.randn(5, 3)
+    proba = conditional.predict_proba(torch.randn(5, 2), c)
+    assert proba.shape == (5, 2) and torch.allclose(proba.sum(dim=-1), torch.ones(5))
+    assert conditional.predict(torch.randn(5, 2), c).shape == (5,)
