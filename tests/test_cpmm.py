@@ -225,7 +225,7 @@ def test_dynamics_copies_match_loop():
 def test_extract_equals_eval():
     torch.manual_seed(0)
     x = torch.randn(50, 2)
-    model = small(learn_weights=True, rtol=1e-5, atol=1e-6)
+    model = small(learn_weights=True, method="dopri5", rtol=1e-5, atol=1e-6)
     model.initialize(x, steps=5)
     model.eval()
 

@@ -1230,6 +1230,9 @@ class CPMM(_ContinuousMixture):
         r"""Returns a :class:`~contmix.MFA` holding the components at the evaluation grid
         (or at ``components`` evenly spaced pseudotimes): no ODE in its forward, the same
         :meth:`log_prob` as the CPMM in evaluation mode, saved and loaded on its own.
+        With a fixed-step solver (Euler by default), another number of components is
+        another discretization: its states follow the ODE to the order of the step, not
+        of a tolerance.
 
         Arguments:
             components: The number of components :math:`G'` (:math:`G` by default).
