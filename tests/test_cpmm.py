@@ -808,7 +808,7 @@ def test_n_init_keeps_the_best_clusters():
 def test_initialize_solver_failure_restores():
     torch.manual_seed(0)
     x = torch.randn(40, 2)
-    model = small(max_steps=2, rtol=1e-10, atol=1e-10)
+    model = small(method="dopri5", max_steps=2, rtol=1e-10, atol=1e-10)
 
     with unchanged(model), pytest.raises(SolverError):
         model.initialize(x, steps=50, lr=10.0)

@@ -47,8 +47,9 @@ def test_check_samples_device():
 
 def test_check_context():
     assert check_context(None, 0) is None
-    assert check_context(torch.randn(3), 3) is None
-    assert check_context(torch.randn(4, 5, 3), 3) is None
+    c = torch.randn(4, 5, 3)
+    assert check_context(c, 3) is c and check_context(c[0, 0], 3) is not None
+    assert check_context(c, 0, ignore=True) is None  # ignored, as zuko's unconditional ones
 
     with pytest.raises(ValueError, match="no context"):
         check_context(torch.randn(4, 3), 0)
