@@ -1040,3 +1040,28 @@ def test_double_precision():
     model.initialize(x, steps=3)
     assert model().log_prob(x).dtype == torch.float64
     assert model.eval().extract().phi[2].dtype == torch.float64
+
+
+@pytest.mark.parametrize("cls", [CPMM, HierarchicalCPMM])
+def test_initialize_reports_the_fit(cls):
+    torch.manual_seed(0)
+    x, _ = blobs(60)
+    model = small(cls, trajectories=2) if cls is HierarchicalCPMM else small()
+    report = model.initialize(x, steps=20, progress=False)
+    assert report is model.fit_report and report.strategy == "em"
+    with torch.no_grad():  # the mean log-likelihood of x at the grid, once initialized
+        expected = model.eval()().log_prob(x).double().mean().item()
+    assert math.isclose(report.lower_bound, expected, rel_tol=1e-4, abs_tol=1e-4)
+
+    with unchanged(model), pytest.raises(TypeError, match="progress"):
+        model.initialize(x, steps=1, progress="yes")
+
+
+def test_cpmm_predict_proba_is_bayes():
+    torch.manual_seed(0)
+    model = small().double().eval()
+    x = torch.randn(20, 2, dtype=torch.float64)
+    d = model()
+    joint = d.logits.log_softmax(dim=-1) + d.base.log_prob(x[:, None])
+    assert torch.allclose(model.predict_proba(x), joint.softmax(dim=-1), atol=1e-12)
+    assert torch.equal(model.predict(x), model.predict_proba(x).argmax(dim=-1))

@@ -43,6 +43,7 @@ from .distributions import GaussianMixture, LowRankNormal
 from .hierarchical import GroupStatistics, HierarchicalMFA, group_labels, group_statistics
 from .mfa import MFA
 from .paths import PathComponents, path_components
+from .report import FitReport, check_progress, progress_bar
 from .utils import check_context, check_samples, check_scale, check_sizes
 
 ADAPTIVE = ("dopri8", "dopri5", "bosh3", "fehlberg2", "adaptive_heun")
@@ -582,6 +583,7 @@ class _ContinuousMixture(LazyDistribution):
             self.start = nn.Parameter(self._default_start(torch.zeros(self.features, 1)))
 
         self._cache = None
+        self.fit_report: FitReport | None = None
 
     def _layout(self, rank: int, augment: float, learn_weights: bool) -> StateLayout:
         r"""The state layout: an augmented part of ``augment`` times the mixture part,
@@ -814,9 +816,10 @@ class _ContinuousMixture(LazyDistribution):
         lr: float,
         n_init: int,
         generator: torch.Generator | None,
-    ) -> Tensor:
+        progress: bool | None,
+    ) -> tuple[Tensor, FitReport]:
         r"""Initializes the initial states and the dynamics; returns the log-sizes of
-        the groups."""
+        the groups and the report of the fit."""
 
         if strategy not in STRATEGIES:
             raise ValueError(f"Unknown strategy '{strategy}': choose one of {STRATEGIES}.")
@@ -828,6 +831,7 @@ class _ContinuousMixture(LazyDistribution):
         if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr < math.inf:
             raise ValueError(f"lr must be a positive finite number, got {lr!r}.")
         check_generator(generator)
+        check_progress(progress)
         reference = self._reference()
         check_samples(x, self.features, self.trajectories + 1, reference)
         if x.dtype != reference.dtype:
@@ -868,14 +872,29 @@ class _ContinuousMixture(LazyDistribution):
                 log_var = self._log_diag(paths.diag)
                 self._fit_path(paths.loc, log_var, x.var(dim=0).mean(), steps, lr)
             elif strategy == "em" and self.context == 0 and steps > 0:
-                self._fit_components(paths, steps, lr)
-        except Exception:
+                self._fit_components(paths, steps, lr, progress)
+        except BaseException:
             self.load_state_dict(backup)
             raise
         finally:
             self._cache = None
 
-        return paths.logits
+        return paths.logits, self._report(x, strategy, paths.logits)
+
+    @torch.no_grad()
+    def _report(self, x: Tensor, strategy: str, logits: Tensor) -> FitReport:
+        r"""The report of an initialization, with the mean log-likelihood of :math:`x` at
+        the grid (the outer weights set to ``logits``), kept as ``fit_report``."""
+
+        inner = self._inner(
+            self._grid_states(None)
+            if self.context == 0
+            else self.solve(torch.linspace(0, 1, self.components), x.new_zeros(self.context))
+        )
+        mixture = GaussianMixture(inner, logits) if inner.batch_shape else inner
+        self.fit_report = FitReport.of(strategy, mixture.log_prob(x).mean())
+
+        return self.fit_report
 
     def _log_diag(self, diag: Tensor) -> Tensor:
         r"""The state's :math:`\log d` of diagonals ``diag``, above the soft floor."""
@@ -953,7 +972,9 @@ class _ContinuousMixture(LazyDistribution):
 
         return GaussianMixture(inner, stats.logits).log_prob(x - shift).mean()
 
-    def _fit_components(self, paths: PathComponents, steps: int, lr: float) -> None:
+    def _fit_components(
+        self, paths: PathComponents, steps: int, lr: float, progress: bool | None = None
+    ) -> None:
         r"""Regresses the trajectories on the paths' components at the evaluation grid:
         minimizes the mean of :math:`\log(1 + \mathrm{KL}(q_{cj} \,\|\, p_{cj}) / M)` over
         the components, with :math:`q_{cj}` the path's component and :math:`p_{cj}` the
@@ -978,11 +999,14 @@ class _ContinuousMixture(LazyDistribution):
         parameters = list(self.parameters())
         optimizer, schedule = _warm_cosine_adam(parameters, lr, steps)
         best, kept = math.inf, None
+        bar = progress_bar(steps, "CPMM regression", progress)
 
         for step in range(steps):
             with torch.enable_grad():
                 loss = self._divergence(target, paths.log_weights, grid)
             value = loss.item()  # one sync per regression step, not in training
+            bar.update()
+            bar.set_postfix(loss=f"{value:.4f}", refresh=False)
             if value < best:
                 best, kept = value, [p.detach().clone() for p in parameters]
             elif value > best + 1:  # (1 + KL) e times its best: a divergence, not noise
@@ -996,6 +1020,7 @@ class _ContinuousMixture(LazyDistribution):
             optimizer.step()
             schedule.step()
 
+        bar.close()
         if kept is not None:
             _restore(parameters, kept)
 
@@ -1132,7 +1157,7 @@ class CPMM(_ContinuousMixture):
     Example:
         >>> model = CPMM(features=2, components=8, rank=1, hidden_features=(32,))
         >>> x = torch.randn(64, 2)
-        >>> model.initialize(x, steps=5)
+        >>> report = model.initialize(x, steps=5)  # the "em" start
         >>> model().log_prob(x).shape
         torch.Size([64])
         >>> mfa = model.eval().extract()
@@ -1160,6 +1185,24 @@ class CPMM(_ContinuousMixture):
         c = check_context(c, self.context, self._reference(), ignore=True)
         return self._inner(self.states(c).squeeze(-3))
 
+    def predict_proba(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        r"""Returns the posterior of the components :math:`p(j \mid x)` by Bayes' rule,
+        with shape :math:`(*, G)`, whose rows sum to one (the exponential of the
+        distribution's :meth:`~contmix.distributions.GaussianMixture.posterior`).
+
+        Example:
+            >>> model = CPMM(2, components=4, rank=1, hidden_features=(8,))
+            >>> model.predict_proba(torch.randn(5, 2)).sum(dim=-1).allclose(torch.ones(5))
+            True
+        """
+
+        return self(c).posterior(x).exp()
+
+    def predict(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        r"""Returns the most probable component :math:`\arg\max_j p(j \mid x)`."""
+
+        return self(c).predict(x)
+
     def initialize(
         self,
         x: Tensor,
@@ -1169,7 +1212,8 @@ class CPMM(_ContinuousMixture):
         *,
         n_init: int = 1,
         generator: torch.Generator | None = None,
-    ) -> None:
+        progress: bool | None = None,
+    ) -> FitReport:
         r"""Initializes the trajectory from data.
 
         ``"em"`` (the default): an :class:`~contmix.MFA` with :math:`G` components is
@@ -1212,18 +1256,28 @@ class CPMM(_ContinuousMixture):
                 hundredth of it for ``"em"``, a tenth for ``"kmeans"``).
             n_init: The number of sets of clusters, of which the best is kept.
             generator: The random generator (torch's global generator if :py:`None`).
+            progress: Whether to show progress bars (:py:`None`: only in a terminal, see
+                :func:`~contmix.report.progress_bar`).
+
+        Returns:
+            The :class:`~contmix.report.FitReport` of the fit, also kept as
+            ``fit_report``: the strategy and the mean log-likelihood of :math:`x` at the
+            grid once initialized (for a conditional model, at a zero context).
 
         Example:
             >>> x = torch.randn(64, 2)
             >>> a = CPMM(2, components=4, rank=1, hidden_features=(8,))
             >>> b = CPMM(2, components=4, rank=1, hidden_features=(8,))
-            >>> a.initialize(x, steps=3, n_init=2, generator=torch.Generator().manual_seed(0))
-            >>> b.initialize(x, steps=3, n_init=2, generator=torch.Generator().manual_seed(0))
+            >>> _ = a.initialize(x, steps=3, n_init=2, generator=torch.Generator().manual_seed(0))
+            >>> report = b.initialize(x, 'em', steps=3, n_init=2,
+            ...     generator=torch.Generator().manual_seed(0))
+            >>> report is b.fit_report and report.strategy
+            'em'
             >>> all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
             True
         """
 
-        self._initialize(x, strategy, None, steps, lr, n_init, generator)
+        return self._initialize(x, strategy, None, steps, lr, n_init, generator, progress)[1]
 
     @torch.no_grad()
     def extract(self, components: int | None = None, c: Tensor | None = None) -> MFA:
@@ -1287,7 +1341,7 @@ class HierarchicalCPMM(_ContinuousMixture):
     Example:
         >>> model = HierarchicalCPMM(2, trajectories=3, components=5, hidden_features=(32,))
         >>> x = torch.randn(64, 2)
-        >>> model.initialize(x, steps=5)
+        >>> report = model.initialize(x, steps=5)  # the "em" start
         >>> model().log_prob(x).shape
         torch.Size([64])
         >>> model.predict_proba(x).shape
@@ -1408,7 +1462,8 @@ class HierarchicalCPMM(_ContinuousMixture):
         *,
         n_init: int = 1,
         generator: torch.Generator | None = None,
-    ) -> None:
+        progress: bool | None = None,
+    ) -> FitReport:
         r"""Initializes the trajectories from data.
 
         The samples are split into :math:`C` groups: by the labels ``y`` when given
@@ -1437,23 +1492,30 @@ class HierarchicalCPMM(_ContinuousMixture):
                 hundredth of it for ``"em"``, a tenth for ``"kmeans"``).
             n_init: The number of sets of clusters, of which the best is kept.
             generator: The random generator (torch's global generator if :py:`None`).
+            progress: Whether to show progress bars (:py:`None`: only in a terminal).
+
+        Returns:
+            The :class:`~contmix.report.FitReport` of the fit, also kept as
+            ``fit_report`` (see :meth:`CPMM.initialize`).
 
         Example:
             >>> x = torch.randn(64, 2)
             >>> model = HierarchicalCPMM(2, trajectories=2, components=3, hidden_features=(8,))
             >>> state = torch.random.get_rng_state()
-            >>> model.initialize(x, steps=3, generator=torch.Generator().manual_seed(0))
+            >>> _ = model.initialize(x, steps=3, generator=torch.Generator().manual_seed(0))
             >>> torch.equal(torch.random.get_rng_state(), state)  # the global seed is left alone
             True
         """
 
-        logits = self._initialize(x, strategy, y, steps, lr, n_init, generator)
+        logits, report = self._initialize(x, strategy, y, steps, lr, n_init, generator, progress)
 
         with torch.no_grad():
             if self.context > 0:  # the group sizes, whatever the context at first
                 self.logits[-1].bias.copy_(logits)
             else:
                 self.logits.copy_(logits)
+
+        return report
 
     @torch.no_grad()
     def extract(self, components: int | None = None, c: Tensor | None = None) -> HierarchicalMFA:
