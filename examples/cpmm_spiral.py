@@ -48,8 +48,8 @@ def components(mixture: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     base = mixture().base
     while hasattr(base, "base"):  # the components of a mixture of mixtures
         base = base.base
-    G = base.loc.shape[-2]
-    return base.loc.reshape(-1, G, 2), base.covariance_matrix.reshape(-1, G, 2, 2)
+    G, loc, cov = base.loc.shape[-2], base.loc.detach(), base.covariance_matrix.detach()
+    return loc.reshape(-1, G, 2), cov.reshape(-1, G, 2, 2)
 
 
 def draw_trajectories(ax, mixture: torch.nn.Module) -> None:

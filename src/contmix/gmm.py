@@ -4,7 +4,6 @@ __all__ = [
     "GMM",
 ]
 
-import math
 
 from collections.abc import Callable
 from math import prod
@@ -27,6 +26,7 @@ from .conditional import (
     initialize_context,
     restore_on_error,
 )
+from .criteria import InformationCriteria
 from .distributed import Data, batches, check_batches
 from .distributions import DiagNormal, FullNormal, GaussianMixture
 from .em import (
@@ -277,7 +277,7 @@ def gmm_shapes(
     return shapes
 
 
-class GMM(LazyDistribution):
+class GMM(InformationCriteria, LazyDistribution):
     r"""Creates a Gaussian mixture model (GMM).
 
     .. math:: p(X \mid c) = \sum_{k = 1}^K \pi_k(c) \, \mathcal{N}(X \mid \mu_k(c), \Sigma_k(c))
@@ -655,39 +655,3 @@ class GMM(LazyDistribution):
         """
 
         return sum(p.numel() for p in self.parameters()) - (self.context == 0)
-
-    def bic(self, x: Tensor, c: Tensor | None = None) -> Tensor:
-        r"""Returns the Bayesian information criterion on :math:`x` (lower is better).
-
-        .. math:: \text{BIC} = -2 \sum_n \log p(x_n) + P \log N
-
-        where :math:`P` is the number of free parameters (:meth:`free_parameters`).
-
-        Wikipedia:
-            https://wikipedia.org/wiki/Bayesian_information_criterion
-
-        Example:
-            >>> gmm, x = GMM(features=2, components=3), torch.randn(50, 2)
-            >>> bool(gmm.bic(x) > gmm.aic(x))  # log 50 > 2
-            True
-        """
-
-        check_samples(x, self.features)
-        return -2 * self(c).log_prob(x).sum() + self.free_parameters() * math.log(len(x))
-
-    def aic(self, x: Tensor, c: Tensor | None = None) -> Tensor:
-        r"""Returns the Akaike information criterion on :math:`x` (lower is better).
-
-        .. math:: \text{AIC} = -2 \sum_n \log p(x_n) + 2 P
-
-        Wikipedia:
-            https://wikipedia.org/wiki/Akaike_information_criterion
-
-        Example:
-            >>> gmm, x = GMM(features=2, components=3), torch.randn(50, 2)
-            >>> bool(gmm.aic(x) > -2 * gmm().log_prob(x).sum())
-            True
-        """
-
-        check_samples(x, self.features)
-        return -2 * self(c).log_prob(x).sum() + 2 * self.free_parameters()

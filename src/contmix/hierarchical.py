@@ -6,7 +6,6 @@ __all__ = [
     "order_path",
 ]
 
-import math
 
 from math import prod
 from typing import Literal, NamedTuple
@@ -28,10 +27,11 @@ from .conditional import (
     initialize_context,
     restore_on_error,
 )
+from .criteria import InformationCriteria
 from .distributions import GaussianMixture, LowRankNormal
 from .em import check_em, check_reg
 from .gmm import check_fit, check_strategy, check_unconditional
-from .mfa import fit_mfa
+from .mfa import fit_mfa, mfa_free_parameters
 from .report import FitReport, best_of, check_progress
 from .utils import check_context, check_samples, check_scale, check_sizes, set_parameters
 
@@ -212,7 +212,7 @@ def hierarchical_shapes(groups: int, components: int, features: int, rank: int) 
     ]
 
 
-class HierarchicalMFA(LazyDistribution):
+class HierarchicalMFA(InformationCriteria, LazyDistribution):
     r"""Creates a hierarchical mixture of factor analyzers: a mixture of :math:`C` MFAs
     with :math:`G` components each.
 
@@ -502,44 +502,7 @@ class HierarchicalMFA(LazyDistribution):
         if self.context > 0:
             return sum(p.numel() for p in self.parameters())
 
-        K, M, R = self.groups * self.components, self.features, self.rank
-        return (K - 1) + K * (2 * M + min(M * R - R * (R - 1) // 2, M * (M - 1) // 2))
-
-    def bic(self, x: Tensor, c: Tensor | None = None) -> Tensor:
-        r"""Returns the Bayesian information criterion on :math:`x` (lower is better).
-
-        .. math:: \text{BIC} = -2 \sum_n \log p(x_n) + P \log N
-
-        where :math:`P` is the number of free parameters (:meth:`free_parameters`).
-
-        Wikipedia:
-            https://wikipedia.org/wiki/Bayesian_information_criterion
-
-        Example:
-            >>> model, x = HierarchicalMFA(features=3), torch.randn(50, 3)
-            >>> bool(model.bic(x) > model.aic(x))  # log 50 > 2
-            True
-        """
-
-        check_samples(x, self.features)
-        return -2 * self(c).log_prob(x).sum() + self.free_parameters() * math.log(len(x))
-
-    def aic(self, x: Tensor, c: Tensor | None = None) -> Tensor:
-        r"""Returns the Akaike information criterion on :math:`x` (lower is better).
-
-        .. math:: \text{AIC} = -2 \sum_n \log p(x_n) + 2 P
-
-        Wikipedia:
-            https://wikipedia.org/wiki/Akaike_information_criterion
-
-        Example:
-            >>> model, x = HierarchicalMFA(features=3), torch.randn(50, 3)
-            >>> bool(model.aic(x) > -2 * model().log_prob(x).sum())
-            True
-        """
-
-        check_samples(x, self.features)
-        return -2 * self(c).log_prob(x).sum() + 2 * self.free_parameters()
+        return mfa_free_parameters(self.groups * self.components, self.features, self.rank)
 
     def _flat(self, params: list[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         r"""Turns parameters in the layout of :attr:`shapes` into the log-weights, means,

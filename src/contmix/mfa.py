@@ -4,10 +4,10 @@ __all__ = [
     "MFA",
     "MFAFit",
     "fit_mfa",
+    "mfa_free_parameters",
     "mfa_log_likelihood",
 ]
 
-import math
 
 from collections.abc import Callable
 from math import prod
@@ -30,6 +30,7 @@ from .conditional import (
     initialize_context,
     restore_on_error,
 )
+from .criteria import InformationCriteria
 from .distributed import Data, accumulate, check_batches, samples
 from .distributions import GaussianMixture, LowRankNormal
 from .em import BLOCK, check_em, check_reg, degenerate, dtype_of, iterate
@@ -42,7 +43,7 @@ from .gmm import (
     initial_clusters,
 )
 from .report import FitReport, best_of, check_progress
-from .utils import check_context, check_samples, check_sizes, set_parameters
+from .utils import check_context, check_sizes, set_parameters
 
 STRATEGIES = ("random", "kmeans", "kmeans++", "fa", "em")
 
@@ -394,6 +395,23 @@ def mfa_log_likelihood(
     return (total / N).to(dtype_of(x))
 
 
+def mfa_free_parameters(components: int, features: int, rank: int) -> int:
+    r"""Returns the number of free parameters of an MFA of :math:`K` components in
+    :math:`M` dimensions with loadings of rank :math:`R`: the weights, the means, the
+    diagonals and the loadings less their rotations, never more than a full covariance,
+
+    .. math:: P = (K - 1) + K \left(2 M + \min\left(M R - \frac{R (R - 1)}{2},
+        \frac{M (M - 1)}{2}\right)\right) .
+
+    Example:
+        >>> mfa_free_parameters(components=2, features=5, rank=2)  # 1 + 2 * (10 + 9)
+        39
+    """
+
+    K, M, R = components, features, rank
+    return (K - 1) + K * (2 * M + min(M * R - R * (R - 1) // 2, M * (M - 1) // 2))
+
+
 def mfa_shapes(components: int, features: int, rank: int) -> list[Size]:
     r"""The shapes of the parameters: logits, means, loadings and log-diagonals."""
 
@@ -405,7 +423,7 @@ def mfa_shapes(components: int, features: int, rank: int) -> list[Size]:
     ]
 
 
-class MFA(LazyDistribution):
+class MFA(InformationCriteria, LazyDistribution):
     r"""Creates a mixture of factor analyzers (MFA).
 
     .. math:: p(X \mid c) = \sum_{k = 1}^K \pi_k(c) \,
@@ -725,44 +743,7 @@ class MFA(LazyDistribution):
         if self.context > 0:
             return sum(p.numel() for p in self.parameters())
 
-        K, M, R = self.components, self.features, self.rank
-        return (K - 1) + K * (2 * M + min(M * R - R * (R - 1) // 2, M * (M - 1) // 2))
-
-    def bic(self, x: Tensor, c: Tensor | None = None) -> Tensor:
-        r"""Returns the Bayesian information criterion on :math:`x` (lower is better).
-
-        .. math:: \text{BIC} = -2 \sum_n \log p(x_n) + P \log N
-
-        where :math:`P` is the number of free parameters (:meth:`free_parameters`).
-
-        Wikipedia:
-            https://wikipedia.org/wiki/Bayesian_information_criterion
-
-        Example:
-            >>> mfa, x = MFA(features=3, components=2), torch.randn(50, 3)
-            >>> bool(mfa.bic(x) > mfa.aic(x))  # log 50 > 2
-            True
-        """
-
-        check_samples(x, self.features)
-        return -2 * self(c).log_prob(x).sum() + self.free_parameters() * math.log(len(x))
-
-    def aic(self, x: Tensor, c: Tensor | None = None) -> Tensor:
-        r"""Returns the Akaike information criterion on :math:`x` (lower is better).
-
-        .. math:: \text{AIC} = -2 \sum_n \log p(x_n) + 2 P
-
-        Wikipedia:
-            https://wikipedia.org/wiki/Akaike_information_criterion
-
-        Example:
-            >>> mfa, x = MFA(features=3, components=2), torch.randn(50, 3)
-            >>> bool(mfa.aic(x) > -2 * mfa().log_prob(x).sum())
-            True
-        """
-
-        check_samples(x, self.features)
-        return -2 * self(c).log_prob(x).sum() + 2 * self.free_parameters()
+        return mfa_free_parameters(self.components, self.features, self.rank)
 
     def _clusters(
         self,
