@@ -30,7 +30,7 @@ def draw(ax, model: torch.nn.Module, x: torch.Tensor, title: str) -> None:
     mixture = model.extract()
     with torch.no_grad():
         print(f"{title}: mean log-likelihood {mixture().log_prob(x).mean().item():.3f}")
-        plot_density(mixture, ax=ax, extent=(-1.6, 1.6, -1.6, 1.6), scale=None, log=True)
+        plot_density(mixture, ax=ax, extent=(-1.6, 1.6, -1.6, 1.6), scale=None)
     draw_trajectories(ax, mixture)
     ax.set_title(title)
     ax.set_aspect("equal")
