@@ -90,11 +90,11 @@ def references(name: str, model, x, x_test, y_test, seed: int) -> dict:
     return refs
 
 
-def train(name: str, seed: int, steps: int, every: int, lr: float) -> dict:
+def train(name: str, seed: int, steps: int, every: int, lr: float, entropy: float) -> dict:
     x, x_test, y_test = load(name, seed)
     torch.manual_seed(seed)
     model = model_of(name)
-    row = {"data": name, "seed": seed, "lr": lr}
+    row = {"data": name, "seed": seed, "lr": lr, "entropy": entropy}
     row["references"] = references(name, model, x, x_test, y_test, seed)
 
     start = time.perf_counter()
@@ -117,7 +117,10 @@ def train(name: str, seed: int, steps: int, every: int, lr: float) -> dict:
 
     for step in range(1, steps + 1):
         batch = x[torch.randint(len(x), (256,))]
-        loss = -model().log_prob(batch).mean()
+        d = model()
+        loss = -d.log_prob(batch).mean()
+        if entropy:  # the paper's regularizer across trajectories, for clustering
+            loss = loss - entropy * model.entropy(batch, d=d)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -173,6 +176,7 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--every", type=int, default=100)
     parser.add_argument("--lr", type=float, default=LR)
+    parser.add_argument("--entropy", type=float, default=0.0, help="weight of the entropy")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=str, default=None, help="JSON file for the rows")
     parser.add_argument("--plot", type=str, default=None, help="plot a JSON file")
@@ -187,7 +191,7 @@ if __name__ == "__main__":
     rows = []
     for name in args.data:
         for seed in args.seeds:
-            rows.append(train(name, seed, args.steps, args.every, args.lr))
+            rows.append(train(name, seed, args.steps, args.every, args.lr, args.entropy))
             if args.out:
                 with open(args.out, "w") as f:
                     json.dump({"args": vars(args), "rows": rows}, f, indent=1)
