@@ -51,9 +51,13 @@ def load(name: str, seed: int) -> tuple:
     return x, x_test, y_test
 
 
-def model_of(name: str) -> torch.nn.Module:
+def model_of(name: str, other: bool = False) -> torch.nn.Module:
+    if name == "circles" and other:  # one trajectory per circle
+        return contmix.HierarchicalCPMM(2, trajectories=2, components=13, rank=1)
     if name == "circles":
         return contmix.CPMM(2, components=25, rank=1)
+    if name == "spiral" and other:  # one trajectory through every arm
+        return contmix.CPMM(2, components=50)
     if name == "spiral":
         return contmix.HierarchicalCPMM(2, trajectories=5, components=10)
 
@@ -90,11 +94,13 @@ def references(name: str, model, x, x_test, y_test, seed: int) -> dict:
     return refs
 
 
-def train(name: str, seed: int, steps: int, every: int, lr: float, entropy: float) -> dict:
+def train(name: str, seed: int, args: argparse.Namespace) -> dict:
     x, x_test, y_test = load(name, seed)
     torch.manual_seed(seed)
-    model = model_of(name)
+    model = model_of(name, args.other)
+    steps, every, lr, entropy = args.steps, args.every, args.lr, args.entropy
     row = {"data": name, "seed": seed, "lr": lr, "entropy": entropy}
+    row["model"] = type(model).__name__
     row["references"] = references(name, model, x, x_test, y_test, seed)
 
     start = time.perf_counter()
@@ -177,6 +183,9 @@ if __name__ == "__main__":
     parser.add_argument("--every", type=int, default=100)
     parser.add_argument("--lr", type=float, default=LR)
     parser.add_argument("--entropy", type=float, default=0.0, help="weight of the entropy")
+    parser.add_argument(
+        "--other", action="store_true", help="HierarchicalCPMM(2 x 13) / CPMM(50) on the 2-D sets"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=str, default=None, help="JSON file for the rows")
     parser.add_argument("--plot", type=str, default=None, help="plot a JSON file")
@@ -191,7 +200,7 @@ if __name__ == "__main__":
     rows = []
     for name in args.data:
         for seed in args.seeds:
-            rows.append(train(name, seed, args.steps, args.every, args.lr, args.entropy))
+            rows.append(train(name, seed, args))
             if args.out:
                 with open(args.out, "w") as f:
                     json.dump({"args": vars(args), "rows": rows}, f, indent=1)
