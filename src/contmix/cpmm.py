@@ -39,6 +39,7 @@ from zuko.lazy import LazyDistribution
 from zuko.nn import MLP
 
 from .cluster import check_generator
+from .conditional import restore_on_error
 from .distributions import GaussianMixture, LowRankNormal
 from .hierarchical import GroupStatistics, HierarchicalMFA, group_labels, group_statistics
 from .mfa import MFA
@@ -858,9 +859,9 @@ class _ContinuousMixture(LazyDistribution):
             )
 
         h0 = self._path_start(paths)
-        backup = {k: v.detach().clone() for k, v in self.state_dict().items()}
+        self._cache = None
 
-        try:
+        with restore_on_error(self):
             with torch.no_grad():
                 self._reset(generator)
                 if self.context > 0:
@@ -873,11 +874,6 @@ class _ContinuousMixture(LazyDistribution):
                 self._fit_path(paths.loc, log_var, x.var(dim=0).mean(), steps, lr)
             elif strategy == "em" and self.context == 0 and steps > 0:
                 self._fit_components(paths, steps, lr, progress)
-        except BaseException:
-            self.load_state_dict(backup)
-            raise
-        finally:
-            self._cache = None
 
         return paths.logits, self._report(x, strategy, paths.logits)
 

@@ -23,8 +23,7 @@ from .conditional import (
     STEPS,
     check_contexts,
     check_steps,
-    initialize_context,
-    restore_on_error,
+    keep_fit,
 )
 from .criteria import InformationCriteria
 from .distributed import Data, batches, check_batches
@@ -505,12 +504,7 @@ class GMM(InformationCriteria, LazyDistribution):
         args = (x, self.components, strategy, self.covariance_type, self.tied, tol, max_iter, reg)
         params, report = best_of(lambda: fit_start(*args, generator, progress), n_init, progress)
 
-        with restore_on_error(self):
-            set_parameters(self, self._layout(*params))
-            report = initialize_context(self, x, c, report, None, steps, lr, progress)
-        self.fit_report = report
-
-        return report
+        return keep_fit(self, self._layout(*params), x, c, report, steps, lr, progress)
 
     @torch.no_grad()
     def em(

@@ -24,8 +24,7 @@ from .conditional import (
     STEPS,
     check_contexts,
     check_steps,
-    initialize_context,
-    restore_on_error,
+    keep_fit,
 )
 from .criteria import InformationCriteria
 from .distributions import GaussianMixture, LowRankNormal
@@ -421,12 +420,7 @@ class HierarchicalMFA(InformationCriteria, LazyDistribution):
         args = (x, strategy, y, generator, tol, max_iter, reg, progress)
         params, report = best_of(lambda: self._fit(*args), n_init, progress)
 
-        with restore_on_error(self):
-            set_parameters(self, params)
-            report = initialize_context(self, x, c, report, None, steps, lr, progress)
-        self.fit_report = report
-
-        return report
+        return keep_fit(self, params, x, c, report, steps, lr, progress)
 
     @torch.no_grad()
     def em(

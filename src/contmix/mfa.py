@@ -27,8 +27,7 @@ from .conditional import (
     STEPS,
     check_contexts,
     check_steps,
-    initialize_context,
-    restore_on_error,
+    keep_fit,
 )
 from .criteria import InformationCriteria
 from .distributed import Data, accumulate, check_batches, samples
@@ -613,12 +612,7 @@ class MFA(InformationCriteria, LazyDistribution):
         args = (x, strategy, tol, max_iter, reg, generator, progress)
         params, report = best_of(lambda: self._fit(*args), n_init, progress)
 
-        with restore_on_error(self):
-            set_parameters(self, self._layout(*params))
-            report = initialize_context(self, x, c, report, None, steps, lr, progress)
-        self.fit_report = report
-
-        return report
+        return keep_fit(self, self._layout(*params), x, c, report, steps, lr, progress)
 
     @torch.no_grad()
     def em(
