@@ -12,7 +12,7 @@ from contmix import GMM, MFA, HierarchicalMFA
 from contmix.cluster import kmeans, kmeans_plusplus, labeller, random_centers, reference
 from contmix.distributed import accumulate, batches, check_batches, mean, samples
 from contmix.em import fit_gmm, gmm_log_likelihood, gmm_m_step
-from contmix.mfa import fit_mfa, mfa_log_likelihood
+from contmix.mixtures.mfa import fit_mfa, mfa_log_likelihood
 from contmix.report import ConvergenceWarning
 
 

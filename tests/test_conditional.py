@@ -1,5 +1,5 @@
 r"""Tests for the fit of the context network of the conditional models
-(contmix.conditional, ``initialize(x, c=c)``)."""
+(contmix.mixtures.conditional, ``initialize(x, c=c)``)."""
 
 import math
 
@@ -9,10 +9,10 @@ import torch
 from helpers import snapshot, unchanged
 from torch import Tensor
 
-import contmix.conditional
+import contmix.mixtures.conditional
 
 from contmix import CWM, GMM, MFA, HierarchicalMFA
-from contmix.conditional import check_steps, fit_context, initialize_context
+from contmix.mixtures.conditional import check_steps, fit_context, initialize_context
 
 D, C = 2, 2
 
@@ -215,7 +215,7 @@ def test_interrupted_context_fit_changes_nothing(name, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(contmix.conditional, "fit_context", interrupted)
+    monkeypatch.setattr(contmix.mixtures.conditional, "fit_context", interrupted)
     with unchanged(model), pytest.raises(KeyboardInterrupt):
         fit(model, x, c=c)
     assert model.fit_report is None

@@ -1,4 +1,4 @@
-r"""Tests for contmix.cpmm and contmix.hierarchical."""
+r"""Tests for contmix.mixtures.cpmm and contmix.mixtures.hierarchical."""
 
 import io
 import math
@@ -10,7 +10,7 @@ from helpers import unchanged
 from torch.distributions import LowRankMultivariateNormal
 
 from contmix import CPMM, GMM, MFA, HierarchicalCPMM, HierarchicalMFA, SolverError
-from contmix.cpmm import (
+from contmix.mixtures.cpmm import (
     FIXED,
     SOLVERS,
     Dynamics,
@@ -20,8 +20,8 @@ from contmix.cpmm import (
     soft_clip,
 )
 from contmix.datasets import two_circles
-from contmix.hierarchical import group_labels, order_path
-from contmix.paths import path_components
+from contmix.mixtures.hierarchical import group_labels, order_path
+from contmix.mixtures.paths import path_components
 
 
 def small(cls=CPMM, **kwargs):

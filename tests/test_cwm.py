@@ -1,4 +1,4 @@
-r"""Tests for classifier-weighted mixtures (contmix.cwm)."""
+r"""Tests for classifier-weighted mixtures (contmix.mixtures.cwm)."""
 
 import math
 
@@ -11,7 +11,7 @@ from helpers import changed, snapshot, unchanged
 from torch import Tensor
 
 from contmix import CWM, GMM
-from contmix.cwm import CWMDistribution, LocScaleTransform
+from contmix.mixtures.cwm import CWMDistribution, LocScaleTransform
 
 
 def sharpen(cwm: CWM, gain: float = 6.0) -> CWM:

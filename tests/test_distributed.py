@@ -17,8 +17,8 @@ from contmix import CPMM, GMM, Curriculum, distributed
 from contmix.cluster import kmeans, kmeans_plusplus
 from contmix.curriculum import std
 from contmix.em import fit_gmm, gmm_m_step
-from contmix.gmm import hard_responsibilities
-from contmix.mfa import MFA, fit_mfa
+from contmix.mixtures.gmm import hard_responsibilities
+from contmix.mixtures.mfa import MFA, fit_mfa
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()),

@@ -70,7 +70,7 @@ def test_known():
 
 
 CACHE_REASON = (
-    "contmix/cpmm.py _Resolve, which makes the cached states of an unconditional CPMM in "
+    "contmix/mixtures/cpmm.py _Resolve, which makes the cached states of an unconditional CPMM in "
     "evaluation mode differentiable, is an autograd.Function without setup_context, "
     "which vmap refuses"
 )
@@ -220,7 +220,7 @@ CPMM_BREAKS = (
     "torchdiffeq's solvers branch on tensor values in Python (even the fixed-step rk4: "
     "the grid size by .item() in _impl/solvers.py, t == t0 in its interpolation, the "
     "assertions on t in _impl/misc.py; dopri5 also its step control in rk_common.py), "
-    "and contmix/cpmm.py's solve reads bool(times[0] > 0) and isfinite(h).all()"
+    "and contmix/mixtures/cpmm.py's solve reads bool(times[0] > 0) and isfinite(h).all()"
 )
 
 

@@ -6,7 +6,7 @@ import torch
 from torch.autograd import gradcheck
 
 from contmix import CPMM, HierarchicalCPMM
-from contmix.cpmm import ConvDynamics, StateLayout
+from contmix.mixtures.cpmm import ConvDynamics, StateLayout
 
 SHAPE = (2, 5, 6)  # (C, H, W)
 

@@ -1,4 +1,4 @@
-r"""Tests for contmix.mfa and the low-rank components."""
+r"""Tests for contmix.mixtures.mfa and the low-rank components."""
 
 import math
 
@@ -16,7 +16,7 @@ from torch.distributions import (
 from contmix import GMM, MFA, ConvergenceWarning, FitReport, HierarchicalMFA
 from contmix.datasets import digits
 from contmix.distributions import GaussianMixture, LowRankNormal
-from contmix.mfa import fit_mfa, mfa_log_likelihood
+from contmix.mixtures.mfa import fit_mfa, mfa_log_likelihood
 
 
 def random_mfa(K: int = 3, D: int = 6, R: int = 2, dtype=torch.float64):
@@ -412,7 +412,7 @@ def test_outlier_leaves_the_inliers_alone(outlier, strategy):
 
 
 def test_floor_is_absolute():
-    from contmix.mfa import _floor
+    from contmix.mixtures.mfa import _floor
 
     x, _ = two_blobs()
     far, _ = two_blobs(1e6)
@@ -439,7 +439,7 @@ def test_posterior_at_the_floor_float32():
     positive definite (its Cholesky decomposition fails) and its inverse was off by
     500%; by QR, G and beta are within 1e-4 (relative)."""
 
-    from contmix.mfa import _posterior
+    from contmix.mixtures.mfa import _posterior
 
     g = torch.Generator().manual_seed(0)
     K, M, R = 8, 150, 4
@@ -497,7 +497,7 @@ def test_initialize_at_the_floor_float32(strategy):
 
 
 def test_solve_guard():
-    from contmix.mfa import _solve
+    from contmix.mixtures.mfa import _solve
 
     v = torch.tensor([[1.0, 2.0, 3.0]])  # singular moments: the outer product of one sample
     moments = (v.T @ v).unsqueeze(0)
@@ -642,7 +642,7 @@ def test_order_path_does_not_depend_on_rounding():
     decided by rounding (a float32 and a float64 fit of the same data ordered their
     sub-clusters differently). Near ties now go to the smallest first coordinate."""
 
-    from contmix.hierarchical import order_path
+    from contmix.mixtures.hierarchical import order_path
 
     g = torch.Generator().manual_seed(0)
     for _ in range(20):
@@ -658,7 +658,7 @@ def test_order_path_does_not_depend_on_rounding():
 
 
 def test_hierarchical_statistics_build_no_graph():
-    from contmix.hierarchical import factor_analyzers, group_labels, group_statistics
+    from contmix.mixtures.hierarchical import factor_analyzers, group_labels, group_statistics
 
     x = torch.randn(80, 3, requires_grad=True)
     labels = group_labels(x, 2, "kmeans")

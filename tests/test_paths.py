@@ -1,4 +1,4 @@
-r"""Tests of contmix.paths: MFAs fitted by EM and laid out along paths."""
+r"""Tests of contmix.mixtures.paths: MFAs fitted by EM and laid out along paths."""
 
 import math
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from contmix import MFA
-from contmix.hierarchical import order_path
-from contmix.paths import align_loadings, path_components
+from contmix.mixtures.hierarchical import order_path
+from contmix.mixtures.paths import align_loadings, path_components
 
 
 def test_align_loadings_keeps_covariances_and_follows_the_path():

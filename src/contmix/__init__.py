@@ -10,15 +10,16 @@ from . import (
     em,
     figures,
     metrics,
+    mixtures,
     report,
     transforms,
     utils,
 )
-from .cpmm import CPMM, HierarchicalCPMM, SolverError
 from .curriculum import Curriculum
-from .cwm import CWM, CWMDistribution
 from .distributions import GaussianMixture
-from .gmm import GMM
-from .hierarchical import HierarchicalMFA
-from .mfa import MFA
+from .mixtures.cpmm import CPMM, HierarchicalCPMM, SolverError
+from .mixtures.cwm import CWM, CWMDistribution
+from .mixtures.gmm import GMM
+from .mixtures.hierarchical import HierarchicalMFA
+from .mixtures.mfa import MFA
 from .report import ConvergenceWarning, FitReport

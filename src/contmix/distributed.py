@@ -2,7 +2,7 @@ r"""Fitting across processes with :mod:`torch.distributed`.
 
 Inside :func:`sharded`, each process holds a shard of the data and the fitting
 algorithms (:func:`~contmix.em.fit_gmm`, :func:`~contmix.em.gmm_m_step`,
-:func:`~contmix.mfa.fit_mfa`, :func:`~contmix.cluster.kmeans`,
+:func:`~contmix.mixtures.mfa.fit_mfa`, :func:`~contmix.cluster.kmeans`,
 :func:`~contmix.cluster.kmeans_plusplus`) sum their statistics over the processes of
 the group with :func:`torch.distributed.all_reduce`: every process ends with the same
 parameters, those of a fit on the concatenation of the shards. The curriculum
@@ -67,7 +67,7 @@ def sharded(group: dist.ProcessGroup | None = None) -> Iterator[None]:
 
     All processes of the group must make the same calls in the same order, with the
     same arguments except the data. Randomized steps (k-means++ seeding, the random
-    loadings of :class:`~contmix.mfa.MFA`) draw from the global random generator, which
+    loadings of :class:`~contmix.mixtures.mfa.MFA`) draw from the global random generator, which
     must therefore be seeded identically on every process (e.g.
     ``torch.manual_seed(0)``). A shard may hold fewer samples than there are
     components, but not zero samples.

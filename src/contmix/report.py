@@ -97,7 +97,7 @@ class FitReport:
             (``initialize(x, c=c)``), the mean conditional log-likelihood
             :math:`\frac{1}{N} \sum_n \log p(x_n \mid c_n)` before each Adam step of
             the fit of the context network and after the last, the start (the
-            unconditional mixture) first (see :mod:`contmix.conditional`); :py:`()`
+            unconditional mixture) first (see :mod:`contmix.mixtures.conditional`); :py:`()`
             without contexts.
         context_log_likelihood: The mean conditional log-likelihood of the kept
             context network, the highest of ``context_history``; :py:`None` without

@@ -38,14 +38,14 @@ from torch.distributions import LowRankMultivariateNormal, kl_divergence
 from zuko.lazy import LazyDistribution
 from zuko.nn import MLP
 
-from .cluster import check_generator
 from .conditional import restore_on_error
-from .distributions import GaussianMixture, LowRankNormal
 from .hierarchical import GroupStatistics, HierarchicalMFA, group_labels, group_statistics
 from .mfa import MFA
 from .paths import PathComponents, path_components
-from .report import FitReport, check_progress, progress_bar
-from .utils import check_context, check_samples, check_scale, check_sizes
+from ..cluster import check_generator
+from ..distributions import GaussianMixture, LowRankNormal
+from ..report import FitReport, check_progress, progress_bar
+from ..utils import check_context, check_samples, check_scale, check_sizes
 
 ADAPTIVE = ("dopri8", "dopri5", "bosh3", "fehlberg2", "adaptive_heun")
 FIXED = (
@@ -1214,7 +1214,7 @@ class CPMM(_ContinuousMixture):
 
         ``"em"`` (the default): an :class:`~contmix.MFA` with :math:`G` components is
         fitted to :math:`x` by EM, its components are ordered along a path and their
-        loadings aligned along it (:func:`~contmix.paths.path_components`); the initial
+        loadings aligned along it (:func:`~contmix.mixtures.paths.path_components`); the initial
         state gets the first component, the dynamics are drawn afresh with their last
         layer scaled down, and the trajectory is regressed on the components at the
         evaluation grid for ``steps`` Adam steps (1000 by default), by the
@@ -1223,7 +1223,7 @@ class CPMM(_ContinuousMixture):
         the MFA's are not).
         ``"kmeans"`` (the paper's heuristic, extended): the data is split by k-means
         into :math:`G` clusters whose centres are ordered along a path
-        (:func:`~contmix.hierarchical.order_path`); the initial state gets the first
+        (:func:`~contmix.mixtures.hierarchical.order_path`); the initial state gets the first
         centre, the log-variances of its cluster as :math:`\log d`, small random
         loadings and a zero augmented part; the dynamics are drawn afresh with their
         last layer scaled down, so that the trajectory starts slow, and then, for

@@ -18,7 +18,6 @@ from zuko.lazy import LazyDistribution
 from zuko.nn import MLP
 from zuko.utils import unpack
 
-from .cluster import _distances, assign, kmeans, kmeans_plusplus, random_centers
 from .conditional import (
     LR,
     STEPS,
@@ -27,12 +26,13 @@ from .conditional import (
     keep_fit,
 )
 from .criteria import InformationCriteria
-from .distributions import GaussianMixture, LowRankNormal
-from .em import check_em, check_reg
 from .gmm import check_fit, check_strategy, check_unconditional
 from .mfa import fit_mfa, mfa_free_parameters
-from .report import FitReport, best_of, check_progress
-from .utils import check_context, check_samples, check_scale, check_sizes, set_parameters
+from ..cluster import _distances, assign, kmeans, kmeans_plusplus, random_centers
+from ..distributions import GaussianMixture, LowRankNormal
+from ..em import check_em, check_reg
+from ..report import FitReport, best_of, check_progress
+from ..utils import check_context, check_samples, check_scale, check_sizes, set_parameters
 
 STRATEGIES = ("random", "kmeans", "kmeans++", "em")
 
@@ -365,7 +365,7 @@ class HierarchicalMFA(InformationCriteria, LazyDistribution):
         whatever the context; given the contexts ``c`` of the samples, it is then
         fitted to :math:`p(x \mid c)` by ``steps`` Adam steps from there, never ending
         worse than the unconditional mixture on :math:`(x, c)`, as in
-        :meth:`contmix.GMM.initialize` (:mod:`contmix.conditional`). EM or k-means that stop
+        :meth:`contmix.GMM.initialize` (:mod:`contmix.mixtures.conditional`). EM or k-means that stop
         without converging warn with a :class:`~contmix.report.ConvergenceWarning`;
         progress bars count the restarts and the iterations. Nothing changes if an
         error is raised.
@@ -436,7 +436,7 @@ class HierarchicalMFA(InformationCriteria, LazyDistribution):
         than ``tol`` or for ``max_iter`` iterations.
 
         The hierarchical mixture is the mixture of the :math:`C G` factor analyzers of
-        weights :math:`\eta_c \pi_{cj}`, and EM for it is :func:`~contmix.mfa.fit_mfa` on
+        weights :math:`\eta_c \pi_{cj}`, and EM for it is :func:`~contmix.mixtures.mfa.fit_mfa` on
         these: the M-step of the weights, :math:`\eta_c \pi_{cj} = N_{cj} / N`, gives
         :math:`\eta_c = \sum_j N_{cj} / N` and :math:`\pi_{cj} = N_{cj} / \sum_{j'}
         N_{cj'}`. EM never lowers the likelihood, and warns with a
@@ -501,7 +501,7 @@ class HierarchicalMFA(InformationCriteria, LazyDistribution):
     def _flat(self, params: list[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         r"""Turns parameters in the layout of :attr:`shapes` into the log-weights, means,
         loadings and diagonals of the flat mixture of :math:`C G` factor analyzers, in
-        the layout of :func:`~contmix.mfa.fit_mfa`."""
+        the layout of :func:`~contmix.mixtures.mfa.fit_mfa`."""
 
         eta, logits, loc, factor, log_diag = params
         weights = eta.log_softmax(dim=-1).unsqueeze(-1) + logits.log_softmax(dim=-1)

@@ -41,8 +41,8 @@ import torch.nn as nn
 
 from torch import Tensor
 
-from .report import FitReport, _better, progress_bar
-from .utils import check_context, check_sizes, set_parameters
+from ..report import FitReport, _better, progress_bar
+from ..utils import check_context, check_sizes, set_parameters
 
 STEPS = 100  # Adam steps of the context fit, by default
 LR = 1e-2  # their learning rate, by default

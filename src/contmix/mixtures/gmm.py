@@ -17,7 +17,6 @@ from zuko.lazy import LazyDistribution
 from zuko.nn import MLP
 from zuko.utils import unpack
 
-from .cluster import assign, check_generator, kmeans, kmeans_plusplus, labeller, random_centers
 from .conditional import (
     LR,
     STEPS,
@@ -26,9 +25,10 @@ from .conditional import (
     keep_fit,
 )
 from .criteria import InformationCriteria
-from .distributed import Data, batches, check_batches
-from .distributions import DiagNormal, FullNormal, GaussianMixture
-from .em import (
+from ..cluster import assign, check_generator, kmeans, kmeans_plusplus, labeller, random_centers
+from ..distributed import Data, batches, check_batches
+from ..distributions import DiagNormal, FullNormal, GaussianMixture
+from ..em import (
     COVARIANCE_TYPES,
     CovarianceType,
     _factor,
@@ -38,8 +38,8 @@ from .em import (
     gmm_log_likelihood,
     gmm_m_step,
 )
-from .report import FitReport, best_of, check_progress
-from .utils import check_context, check_samples, check_scale, check_sizes, set_parameters
+from ..report import FitReport, best_of, check_progress
+from ..utils import check_context, check_samples, check_scale, check_sizes, set_parameters
 
 STRATEGIES = ("random", "kmeans", "kmeans++", "em")
 
@@ -425,7 +425,7 @@ class GMM(InformationCriteria, LazyDistribution):
         last layer at zero, ``steps`` full-batch Adam steps of the mean conditional
         log-likelihood :math:`\frac{1}{N} \sum_n \log p(x_n \mid c_n)`, of which the
         best parameters are kept, never worse than the unconditional mixture on
-        :math:`(x, c)` (:mod:`contmix.conditional`). The restarts pick the
+        :math:`(x, c)` (:mod:`contmix.mixtures.conditional`). The restarts pick the
         unconditional fit; the context fit runs once, from it.
 
         The default ``n_init=1`` is scikit-learn's: one run of greedy k-means++,

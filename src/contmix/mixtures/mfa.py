@@ -21,7 +21,6 @@ from zuko.lazy import LazyDistribution
 from zuko.nn import MLP
 from zuko.utils import unpack
 
-from .cluster import reference
 from .conditional import (
     LR,
     STEPS,
@@ -30,9 +29,6 @@ from .conditional import (
     keep_fit,
 )
 from .criteria import InformationCriteria
-from .distributed import Data, accumulate, check_batches, samples
-from .distributions import GaussianMixture, LowRankNormal
-from .em import BLOCK, check_em, check_reg, degenerate, dtype_of, iterate
 from .gmm import (
     as_labeller,
     check_data,
@@ -41,8 +37,12 @@ from .gmm import (
     check_unconditional,
     initial_clusters,
 )
-from .report import FitReport, best_of, check_progress
-from .utils import check_context, check_sizes, set_parameters
+from ..cluster import reference
+from ..distributed import Data, accumulate, check_batches, samples
+from ..distributions import GaussianMixture, LowRankNormal
+from ..em import BLOCK, check_em, check_reg, degenerate, dtype_of, iterate
+from ..report import FitReport, best_of, check_progress
+from ..utils import check_context, check_sizes, set_parameters
 
 STRATEGIES = ("random", "kmeans", "kmeans++", "fa", "em")
 
@@ -546,7 +546,7 @@ class MFA(InformationCriteria, LazyDistribution):
         contexts ``c`` of the samples, the network is then fitted to :math:`p(x \mid
         c)` by ``steps`` Adam steps from there, never ending worse than the
         unconditional mixture on :math:`(x, c)`, as in :meth:`contmix.GMM.initialize`
-        (:mod:`contmix.conditional`).
+        (:mod:`contmix.mixtures.conditional`).
 
         The default ``n_init=1`` is scikit-learn's: on 16 well-separated clusters in 16
         dimensions (``benchmarks/init_quality.py``), one run ends in the basin of the

@@ -7,7 +7,7 @@ import math
 
 from torch import Tensor
 
-from .utils import check_samples
+from ..utils import check_samples
 
 
 class InformationCriteria:

@@ -49,11 +49,11 @@ from .conditional import (
     initialize_context,
     restore_on_error,
 )
-from .distributions import DiagNormal, _check_event
-from .em import _factor, check_em
 from .gmm import STRATEGIES, check_fit, check_strategy, fit_start
-from .report import FitReport, best_of, check_progress
-from .utils import check_context, check_samples, check_scale, check_sizes, set_parameters
+from ..distributions import DiagNormal, _check_event
+from ..em import _factor, check_em
+from ..report import FitReport, best_of, check_progress
+from ..utils import check_context, check_samples, check_scale, check_sizes, set_parameters
 
 MapType = Literal["diagonal", "affine"]
 MAP_TYPES = ("diagonal", "affine")
@@ -637,7 +637,7 @@ class CWM(LazyDistribution):
         to :math:`p(x \mid c)`: from the Gaussian mixture, the weights of the
         hypernetwork's last layer at zero, ``steps`` full-batch Adam steps of the mean
         conditional log-likelihood, of which the best parameters are kept, never worse
-        than the Gaussian mixture on :math:`(x, c)` (:mod:`contmix.conditional`).
+        than the Gaussian mixture on :math:`(x, c)` (:mod:`contmix.mixtures.conditional`).
 
         Nothing changes if an error is raised.
 
