@@ -10,6 +10,7 @@ from helpers import unchanged
 from torch.distributions import LowRankMultivariateNormal
 
 from contmix import CPMM, GMM, MFA, HierarchicalCPMM, HierarchicalMFA, SolverError
+from contmix.datasets import two_circles
 from contmix.mixtures.cpmm import (
     FIXED,
     SOLVERS,
@@ -19,7 +20,6 @@ from contmix.mixtures.cpmm import (
     pseudotimes,
     soft_clip,
 )
-from contmix.datasets import two_circles
 from contmix.mixtures.hierarchical import group_labels, order_path
 from contmix.mixtures.paths import path_components
 

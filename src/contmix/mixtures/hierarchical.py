@@ -365,8 +365,8 @@ class HierarchicalMFA(InformationCriteria, LazyDistribution):
         whatever the context; given the contexts ``c`` of the samples, it is then
         fitted to :math:`p(x \mid c)` by ``steps`` Adam steps from there, never ending
         worse than the unconditional mixture on :math:`(x, c)`, as in
-        :meth:`contmix.GMM.initialize` (:mod:`contmix.mixtures.conditional`). EM or k-means that stop
-        without converging warn with a :class:`~contmix.report.ConvergenceWarning`;
+        :meth:`contmix.GMM.initialize` (:mod:`contmix.mixtures.conditional`). EM or k-means
+        that stop without converging warn with a :class:`~contmix.report.ConvergenceWarning`;
         progress bars count the restarts and the iterations. Nothing changes if an
         error is raised.
 
