@@ -51,7 +51,7 @@ from .conditional import (
 )
 from .gmm import STRATEGIES, check_fit, check_strategy, fit_start
 from ..distributions import DiagNormal, _check_event
-from ..em import _factor, check_em
+from ..em.gmm import _factor, check_em
 from ..report import FitReport, best_of, check_progress
 from ..utils import check_context, check_samples, check_scale, check_sizes, set_parameters
 

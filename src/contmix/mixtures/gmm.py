@@ -28,7 +28,7 @@ from .criteria import InformationCriteria
 from ..cluster import assign, check_generator, kmeans, kmeans_plusplus, labeller, random_centers
 from ..distributed import Data, batches, check_batches
 from ..distributions import DiagNormal, FullNormal, GaussianMixture
-from ..em import (
+from ..em.gmm import (
     COVARIANCE_TYPES,
     CovarianceType,
     _factor,

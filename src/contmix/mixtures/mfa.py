@@ -40,7 +40,7 @@ from .gmm import (
 from ..cluster import reference
 from ..distributed import Data, accumulate, check_batches, samples
 from ..distributions import GaussianMixture, LowRankNormal
-from ..em import BLOCK, check_em, check_reg, degenerate, dtype_of, iterate
+from ..em.base import BLOCK, check_em, check_reg, degenerate, dtype_of, iterate
 from ..report import FitReport, best_of, check_progress
 from ..utils import check_context, check_sizes, set_parameters
 
