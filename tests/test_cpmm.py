@@ -20,7 +20,7 @@ from contmix.mixtures.cpmm import (
     pseudotimes,
     soft_clip,
 )
-from contmix.mixtures.hierarchical import group_labels, order_path
+from contmix.mixtures.groups import group_labels, order_path
 from contmix.mixtures.paths import path_components
 
 

@@ -642,7 +642,7 @@ def test_order_path_does_not_depend_on_rounding():
     decided by rounding (a float32 and a float64 fit of the same data ordered their
     sub-clusters differently). Near ties now go to the smallest first coordinate."""
 
-    from contmix.mixtures.hierarchical import order_path
+    from contmix.mixtures.groups import order_path
 
     g = torch.Generator().manual_seed(0)
     for _ in range(20):
@@ -658,7 +658,7 @@ def test_order_path_does_not_depend_on_rounding():
 
 
 def test_hierarchical_statistics_build_no_graph():
-    from contmix.mixtures.hierarchical import factor_analyzers, group_labels, group_statistics
+    from contmix.mixtures.groups import factor_analyzers, group_labels, group_statistics
 
     x = torch.randn(80, 3, requires_grad=True)
     labels = group_labels(x, 2, "kmeans")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from contmix import MFA
-from contmix.mixtures.hierarchical import order_path
+from contmix.mixtures.groups import order_path
 from contmix.mixtures.paths import align_loadings, path_components
 
 

@@ -39,7 +39,8 @@ from zuko.lazy import LazyDistribution
 from zuko.nn import MLP
 
 from .conditional import restore_on_error
-from .hierarchical import GroupStatistics, HierarchicalMFA, group_labels, group_statistics
+from .groups import GroupStatistics, group_labels, group_statistics
+from .hierarchical import HierarchicalMFA
 from .mfa import MFA
 from .paths import PathComponents, path_components
 from ..cluster import check_generator
@@ -1223,7 +1224,7 @@ class CPMM(_ContinuousMixture):
         the MFA's are not).
         ``"kmeans"`` (the paper's heuristic, extended): the data is split by k-means
         into :math:`G` clusters whose centres are ordered along a path
-        (:func:`~contmix.mixtures.hierarchical.order_path`); the initial state gets the first
+        (:func:`~contmix.mixtures.groups.order_path`); the initial state gets the first
         centre, the log-variances of its cluster as :math:`\log d`, small random
         loadings and a zero augmented part; the dynamics are drawn afresh with their
         last layer scaled down, so that the trajectory starts slow, and then, for

@@ -1,14 +1,10 @@
 r"""Hierarchical mixtures of factor analyzers: a mixture of :math:`C` MFAs."""
 
-__all__ = [
-    "HierarchicalMFA",
-    "group_statistics",
-    "order_path",
-]
+__all__ = ["HierarchicalMFA"]
 
 
 from math import prod
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -27,175 +23,14 @@ from .conditional import (
 )
 from .criteria import InformationCriteria
 from .gmm import check_fit, check_strategy, check_unconditional
+from .groups import factor_analyzers, group_labels, group_statistics
 from .mfa import fit_mfa, mfa_free_parameters
-from ..cluster import _distances, assign, kmeans, kmeans_plusplus, random_centers
 from ..distributions import GaussianMixture, LowRankNormal
 from ..em import check_em, check_reg
 from ..report import FitReport, best_of, check_progress
 from ..utils import check_context, check_samples, check_scale, check_sizes, set_parameters
 
 STRATEGIES = ("random", "kmeans", "kmeans++", "em")
-
-
-class GroupStatistics(NamedTuple):
-    r"""The result of :func:`group_statistics`."""
-
-    logits: Tensor
-    means: Tensor
-    variances: Tensor
-    covariances: Tensor
-
-
-def order_path(centers: Tensor) -> Tensor:
-    r"""Returns an order of the centres along a path: it starts at the centre farthest
-    from their mean and goes to the nearest centre not visited yet. Centres within 0.1%
-    of the farthest distance tie (two centres are always equally far from their mean),
-    and the tie goes to the smallest first coordinate: the order does not depend on
-    rounding, in float32 as in float64.
-
-    Example:
-        >>> order_path(torch.tensor([[1.0], [3.0], [0.0], [2.0]])).tolist()
-        [2, 0, 3, 1]
-    """
-
-    distances = _distances(centers, centers, centers.median(dim=0).values)  # squared
-    visited = torch.zeros(len(centers), dtype=torch.bool, device=centers.device)
-    spread = (centers - centers.mean(dim=0)).square().sum(dim=-1)
-    far = spread >= (1 - 2e-3) * spread.max()
-    current = centers[:, 0].masked_fill(~far, float("inf")).argmin()
-    order = [current]
-
-    for _ in range(1, len(centers)):
-        visited[current] = True
-        current = distances[current].masked_fill(visited, float("inf")).argmin()
-        order.append(current)
-
-    return torch.stack(order)
-
-
-def _sub_clusters(
-    x: Tensor,
-    components: int,
-    strategy: str,
-    generator: torch.Generator | None = None,
-    progress: bool | None = None,
-) -> tuple[Tensor, Tensor]:
-    r"""Splits a group into at most ``components`` sub-clusters ordered along a path;
-    a group with fewer samples repeats its last centre. Returns the centres, with shape
-    :math:`(G, M)`, and the sub-cluster of each sample."""
-
-    k = min(components, len(x))
-
-    if strategy in ("kmeans", "em"):
-        centers, _ = kmeans(x, k, generator=generator, progress=progress)
-    elif strategy == "kmeans++":
-        centers = kmeans_plusplus(x, k, generator)
-    else:
-        centers = random_centers(x, k, generator)
-
-    order = order_path(centers)
-    centers = centers[order]
-    labels = assign(x, centers)
-    pad = torch.arange(components, device=x.device).clamp(max=k - 1)
-
-    return centers[pad], labels
-
-
-@torch.no_grad()
-def group_statistics(
-    x: Tensor,
-    labels: Tensor,
-    groups: int,
-    components: int,
-    strategy: Literal["random", "kmeans", "kmeans++"] = "kmeans",
-    prior: float = 4.0,
-    generator: torch.Generator | None = None,
-    progress: bool | None = None,
-) -> GroupStatistics:
-    r"""Returns the statistics of :math:`G` sub-clusters in each of :math:`C` groups.
-
-    Each group :math:`c` (the samples with ``labels == c``) is split by k-means (or
-    around random samples, or k-means++ seeds) into :math:`G` sub-clusters whose centres
-    are ordered along a path (:func:`order_path`). The covariance of each sub-cluster is
-    shrunk towards the pooled within-sub-cluster covariance :math:`\bar{S}_c` of its
-    group with ``prior`` pseudo-samples,
-
-    .. math:: \Sigma_{cj} = \frac{n_{cj} S_{cj} + \kappa \bar{S}_c}{n_{cj} + \kappa} ,
-
-    so that small sub-clusters keep a sensible covariance.
-
-    Arguments:
-        x: The samples, with shape :math:`(N, M)`.
-        labels: The group of each sample, in :math:`[0, C)`, with shape :math:`(N,)`.
-        groups: The number of groups :math:`C`; every group must have samples.
-        components: The number of sub-clusters :math:`G` per group.
-        strategy: ``"kmeans"``, ``"random"`` or ``"kmeans++"`` sub-cluster centres
-            (``"em"`` is ``"kmeans"``).
-        prior: The shrinkage weight :math:`\kappa`.
-        generator: The random generator of the centres (torch's global generator if
-            :py:`None`).
-        progress: Whether to show the progress bars of k-means (:py:`None`: only in a
-            terminal).
-
-    Returns:
-        The log-weights of the groups, with shape :math:`(C,)`, the sub-cluster centres,
-        with shape :math:`(C, G, M)`, their diagonal variances, with shape
-        :math:`(C, G, M)`, and covariances, with shape :math:`(C, G, M, M)`.
-
-    Example:
-        >>> x = torch.randn(200, 3)
-        >>> stats = group_statistics(x, torch.arange(200) % 2, groups=2, components=4)
-        >>> stats.means.shape, stats.covariances.shape
-        (torch.Size([2, 4, 3]), torch.Size([2, 4, 3, 3]))
-    """
-
-    N = len(x)
-    means, covariances = [], []
-
-    for c in range(groups):
-        xc = x[labels == c]
-        centers, sub = _sub_clusters(xc, components, strategy, generator, progress)
-        counts = torch.bincount(sub, minlength=components).to(x.dtype)
-        one_hot = nn.functional.one_hot(sub, components).to(x.dtype)
-
-        residual = xc - centers[sub]
-        pooled = residual.T @ residual / len(xc)
-        diff = xc[:, None, :] - centers  # (n, G, M)
-        scatter = torch.einsum("ng,ngi,ngj->gij", one_hot, diff, diff)
-        cov = (scatter + prior * pooled) / (counts + prior)[:, None, None]
-
-        means.append(centers)
-        covariances.append(cov)
-
-    means, covariances = torch.stack(means), torch.stack(covariances)
-    sizes = torch.bincount(labels, minlength=groups).to(x.dtype)
-
-    return GroupStatistics(
-        (sizes / N).log(),
-        means,
-        covariances.diagonal(dim1=-2, dim2=-1),
-        covariances,
-    )
-
-
-@torch.no_grad()
-def factor_analyzers(covariances: Tensor, rank: int, floor: float = 1e-6) -> tuple[Tensor, Tensor]:
-    r"""Returns loadings :math:`A` and diagonals :math:`d` with
-    :math:`D + A A^T \approx \Sigma` from the top :math:`R` eigenpairs of each
-    covariance (probabilistic PCA): :math:`A = U_R (\Lambda_R - \sigma^2 I)^{1/2}`,
-    with :math:`\sigma^2` the mean of the other eigenvalues, and
-    :math:`d = \operatorname{diag}(\Sigma - A A^T)`, which keeps the variances exact.
-    """
-
-    values, vectors = torch.linalg.eigh(covariances)
-    values, vectors = values.flip(-1), vectors.flip(-1)
-    M = values.shape[-1]
-    noise = values[..., rank:].mean(dim=-1, keepdim=True) if rank < M else 0 * values[..., :1]
-    factor = vectors[..., :rank] * (values[..., :rank] - noise).clamp(min=0).sqrt().unsqueeze(-2)
-    diag = covariances.diagonal(dim1=-2, dim2=-1) - factor.square().sum(dim=-1)
-    scale = covariances.diagonal(dim1=-2, dim2=-1).mean(dim=-1, keepdim=True)
-
-    return factor, diag.clamp(min=floor * scale)
 
 
 def hierarchical_shapes(groups: int, components: int, features: int, rank: int) -> list[Size]:
@@ -576,65 +411,3 @@ class HierarchicalMFA(InformationCriteria, LazyDistribution):
         mixture = GaussianMixture(GaussianMixture(base, logits), eta)
 
         return mixture.log_prob(x - shift).mean()
-
-
-def check_labels(y: Tensor, samples: int, groups: int) -> None:
-    r"""Raises a :class:`ValueError` unless ``y`` holds one label in :math:`[0, C)` per
-    sample and every label has samples."""
-
-    if not isinstance(y, Tensor) or y.dtype.is_floating_point or y.dtype == torch.bool:
-        raise TypeError("y must be an integer tensor of labels, e.g. torch.as_tensor(y).long().")
-    if y.shape != (samples,):
-        raise ValueError(
-            f"y must have shape ({samples},), one label per sample, got {tuple(y.shape)}."
-        )
-    if y.min() < 0 or y.max() >= groups:
-        raise ValueError(
-            f"y must lie in [0, {groups}), got labels in [{int(y.min())}, {int(y.max())}]: "
-            "relabel them or change the number of groups."
-        )
-
-    counts = torch.bincount(y, minlength=groups)
-    if (counts == 0).any():
-        missing = (counts == 0).nonzero().squeeze(-1).tolist()
-        raise ValueError(f"The labels {missing} have no samples: every group needs samples.")
-
-
-@torch.no_grad()
-def group_labels(
-    x: Tensor,
-    groups: int,
-    strategy: str,
-    y: Tensor | None = None,
-    generator: torch.Generator | None = None,
-    progress: bool | None = None,
-) -> Tensor:
-    r"""Returns the group of each sample: the labels ``y`` when given (checked), else the
-    k-means clusters (``"kmeans"``, and ``"em"`` which starts from them) or the nearest
-    of random samples (``"random"``) or of greedy k-means++ seeds (``"kmeans++"``),
-    drawn from ``generator`` (torch's global generator if :py:`None`).
-
-    Example:
-        >>> x = torch.tensor([[0.0], [0.1], [5.0], [5.1]])
-        >>> group_labels(x, 2, "kmeans++", generator=torch.Generator().manual_seed(0)).bincount()
-        tensor([2, 2])
-    """
-
-    if y is not None:
-        check_labels(y, len(x), groups)
-        return y.to(x.device)
-
-    if strategy in ("kmeans", "em"):
-        return kmeans(x, groups, generator=generator, progress=progress)[1]
-
-    seeds = kmeans_plusplus if strategy == "kmeans++" else random_centers
-    labels = assign(x, seeds(x, groups, generator))
-    counts = torch.bincount(labels, minlength=groups)
-
-    # a centre duplicated in x leaves a group empty: give it its own sample
-    empty = (counts == 0).nonzero().squeeze(-1)
-    device = x.device if generator is None else generator.device
-    order = torch.randperm(len(x), generator=generator, device=device).to(x.device)
-    labels[order[: len(empty)]] = empty
-
-    return labels

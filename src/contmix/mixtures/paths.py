@@ -13,7 +13,7 @@ import torch
 
 from torch import Tensor
 
-from .hierarchical import order_path
+from .groups import order_path
 from .mfa import MFA
 
 
@@ -85,13 +85,13 @@ def path_components(
     The samples with ``labels == c`` are fitted by :meth:`MFA.initialize
     <contmix.MFA.initialize>` with ``strategy="em"`` (k-means, then EM to convergence);
     its components are ordered along a path through their means
-    (:func:`~contmix.mixtures.hierarchical.order_path`) and their loadings aligned along it
+    (:func:`~contmix.mixtures.groups.order_path`) and their loadings aligned along it
     (:func:`align_loadings`). A group of :math:`n \leq G` samples gets :math:`n - 1`
     components (at least one) and repeats its last one.
 
     With few samples per component, EM drives the diagonals to the floor (a component
     of six samples in 64 dimensions is its samples); as in
-    :func:`~contmix.mixtures.hierarchical.group_statistics`, the diagonal of each component,
+    :func:`~contmix.mixtures.groups.group_statistics`, the diagonal of each component,
     :math:`n_k = n \pi_k` samples, is shrunk towards the pooled within-component
     variances :math:`\bar{S} = \sum_k \pi_k \operatorname{diag}(A_k A_k^T + D_k)` of its
     group, with ``prior`` pseudo-samples per feature,
