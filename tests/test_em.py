@@ -257,3 +257,54 @@ def test_degenerate_message():
 
     with pytest.raises(ValueError, match="reg must be a finite number"):
         fit_gmm(data(), torch.zeros(1), torch.zeros(1, 3), torch.eye(3)[None], reg=-1e-6)
+
+
+def blobs(K: int = 12, D: int = 20, n: int = 40, spread: float = 6.0) -> torch.Tensor:
+    r"""K blobs in D dimensions, ``spread`` standard deviations apart per coordinate."""
+
+    generator = torch.Generator().manual_seed(2)
+    centers = spread * torch.randn(K, D, generator=generator, dtype=torch.float64)
+    z = torch.randn(K * n, D, generator=generator, dtype=torch.float64)
+    return centers.repeat_interleave(n, 0) + z * torch.rand(D, generator=generator).double()
+
+
+@pytest.mark.parametrize("spread", [6.0, 0.3])  # nearly hard responsibilities, then soft
+@pytest.mark.parametrize("cov", COV_TYPES)
+def test_fit_vs_numpy_many_components(cov, spread):
+    r"""With more components than :data:`contmix.em.gmm.SPARSE` allows to skip, the sums
+    of the M-step over the largest responsibilities only (separated blobs) or over all of
+    them (overlapping ones) give the iterations of a numpy M-step on all of them."""
+
+    x = blobs(spread=spread)
+    K = 12
+    resp = soft(len(x), K, seed=3) ** 8
+    logits, means, covariances = gmm_m_step(x, resp / resp.sum(-1, keepdim=True), cov)
+    fit = fit_gmm(x, logits, means, covariances, cov, tol=0.0, max_iter=5)
+
+    X, params = x.numpy(), [t.numpy() for t in (logits, means, covariances)]
+    history = []
+    for _ in range(5):
+        log_lik, resp = np_e_step(X, *params, cov)
+        history.append(log_lik)
+        params = np_m_step(X, resp, cov, False)
+
+    hard = torch.as_tensor(resp).topk(4, dim=-1).values.sum(-1).min().item()
+    assert (hard > 1 - 1e-13) == (spread > 1)  # the case that the sparse sums cover
+    # the expanded quadratic form of the E-step, at variances down to 1e-4 of the blobs'
+    # spread, rounds the log-likelihood to about 1e-9 of its value (dense sums alike)
+    assert np.allclose(fit.history.numpy(), history, rtol=1e-8, atol=0)
+    assert np.allclose(fit.means.numpy(), params[1], atol=1e-8)
+    assert np.allclose(fit.covariances.numpy(), params[2], rtol=1e-7, atol=1e-10)
+
+
+def test_weighted_sums_sparse_equals_dense():
+    from contmix.em.gmm import SPARSE, weighted_sums
+
+    generator = torch.Generator().manual_seed(0)
+    phi = torch.randn(500, 7, generator=generator, dtype=torch.float64) + 1e4  # far offset
+    logits = 50 * torch.randn(500, 3 * SPARSE, generator=generator, dtype=torch.float64)
+    hard = logits.softmax(-1)  # nearly hard: the sparse sums
+    assert torch.allclose(weighted_sums(hard, phi), hard.T @ phi, rtol=1e-13, atol=0)
+
+    for resp in ((logits / 50).softmax(-1), hard - 1e-3):  # soft; a negative weight
+        assert torch.equal(weighted_sums(resp, phi), resp.T @ phi)  # the product itself
