@@ -82,3 +82,22 @@ def test_frechet_far_from_origin_float32():
 
     assert torch.allclose(d.double(), expected, rtol=1e-4, atol=1e-3)
     assert (d.diagonal() == 0).all()
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e4])
+def test_frechet_diagonal_closed_form(offset):
+    r"""Of variances, the closed form equals the general path on the diagonal matrices,
+    far from the origin in float32 too."""
+
+    g = torch.Generator().manual_seed(2)
+    loc = offset + torch.randn(30, 5, generator=g, dtype=torch.float64)
+    variances = torch.rand(30, 5, generator=g, dtype=torch.float64) * 2 + 1e-3
+
+    expected = frechet_distances(loc, torch.diag_embed(variances))
+    assert torch.allclose(frechet_distances(loc, variances), expected, rtol=1e-9, atol=1e-8)
+
+    loc, variances = loc.float(), variances.float()  # float64 of the float32 inputs
+    expected = frechet_distances(loc.double(), torch.diag_embed(variances.double()))
+    single = frechet_distances(loc, variances).double()
+    assert torch.allclose(single, expected, rtol=1e-4, atol=1e-3)
+    assert (frechet_distances(loc, variances).diagonal() == 0).all()

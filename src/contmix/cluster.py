@@ -712,7 +712,11 @@ def frechet_distances(loc: Tensor, cov: Tensor, chunk: int = 16) -> Tensor:
         - 2 \operatorname{tr} \left( (\Sigma_i^{1/2} \Sigma_j \Sigma_i^{1/2})^{1/2} \right)
 
     The last trace is the sum of the square roots of the eigenvalues of
-    :math:`L_i^T \Sigma_j L_i`, with :math:`\Sigma_i = L_i L_i^T`.
+    :math:`L_i^T \Sigma_j L_i`, with :math:`\Sigma_i = L_i L_i^T`. Of diagonal covariances,
+    given as their variances :math:`\sigma^2_i` with shape :math:`(K, D)`, it is the
+    closed form :math:`d^2_{ij} = \| \mu_i - \mu_j \|^2 + \| \sigma_i - \sigma_j \|^2`,
+    :math:`O(K^2 D)` operations instead of :math:`O(K^2 D^3)` (seconds rather than hours
+    for 250 components in 784 dimensions).
 
     References:
         | The Fréchet distance between multivariate normal distributions
@@ -720,7 +724,8 @@ def frechet_distances(loc: Tensor, cov: Tensor, chunk: int = 16) -> Tensor:
 
     Arguments:
         loc: The means, with shape :math:`(K, D)`.
-        cov: The covariances, with shape :math:`(K, D, D)`.
+        cov: The covariances, with shape :math:`(K, D, D)`, or the variances of diagonal
+            ones, with shape :math:`(K, D)`.
         chunk: The number of rows computed at once, to bound memory.
 
     Example:
@@ -728,7 +733,15 @@ def frechet_distances(loc: Tensor, cov: Tensor, chunk: int = 16) -> Tensor:
         >>> frechet_distances(loc, cov)  # (0 - 3)^2 + (1 - 2)^2
         tensor([[ 0., 10.],
                 [10.,  0.]])
+        >>> frechet_distances(loc, cov.squeeze(-1))  # the same, diagonal
+        tensor([[ 0., 10.],
+                [10.,  0.]])
     """
+
+    if cov.dim() == loc.dim():  # the variances of diagonal covariances
+        points = torch.cat((loc, cov.sqrt()), dim=-1)
+        distances = _distances(points, points, points.median(dim=0).values)
+        return distances * (1 - torch.eye(len(loc), dtype=loc.dtype, device=loc.device))
 
     from .utils import cholesky
 
@@ -777,7 +790,7 @@ def _gaussians(mixture: Distribution) -> tuple[Tensor, Tensor]:
     base = mixture.base
     if hasattr(base, "covariance_matrix"):
         return base.mean, base.covariance_matrix
-    return base.mean, torch.diag_embed(base.variance)
+    return base.mean, base.variance
 
 
 def cluster_components(mixture: Distribution, k: int) -> Tensor:
