@@ -1,7 +1,8 @@
-r"""Tables 1 and 3 of Bender et al. (2023) on scikit-learn's digits (or MNIST idx files).
+r"""Tables 1 and 3 of Bender et al. (2023) on scikit-learn's digits, Fashion-MNIST or MNIST.
 
-The paper's evaluation rebuilt on scikit-learn's 8x8 digits or, from local idx files,
-on MNIST and Fashion-MNIST.
+The paper's evaluation rebuilt on scikit-learn's 8x8 digits, on Fashion-MNIST at its own
+scale (60,000 + 10,000 images of 784 pixels, from the Debian package
+dataset-fashion-mnist: ``--data fashion-mnist``) or, from local idx files, on MNIST.
 
 Table 1 (bits per dimension and clustering accuracy on the test set), for each seed:
 
@@ -15,11 +16,21 @@ Table 1 (bits per dimension and clustering accuracy on the test set), for each s
 5. the CNF teacher itself (trained once, on seed 0; exact trace for the evaluation);
 6. a zuko masked autoregressive flow trained by maximum likelihood;
 7. for reference, the hierarchical CPMM of ``benchmarks/cpmm_digits.py`` trained from a
-   k-means start without the curriculum (with its entropy term across trajectories).
+   k-means start without the curriculum (with its entropy term across trajectories);
+8. beyond the paper, the direct fits a user would reach for: the matched GMM with
+   diagonal covariances (EM), the MFA with as many components as the many-component GMM
+   (EM), and k-means itself (clustering only).
+
+The CNF teacher is trained only when a selected model trains through its spaces (or with
+``--teacher``); each row records its fit time and the peak resident memory of the process
+during the fit (Linux).
 
 Table 3 (out-of-distribution detection): the same models trained on some classes
 (``--inliers``, 0 to 4 by default) score the test samples of all classes by their
-log-likelihood; AUROC and AUPR of telling the held-out classes from the others.
+log-likelihood; AUROC and AUPR of telling the held-out classes from the others. On 784-D
+images, also the paper's own Table 3 task (``--ood-digits-seeds``): the models of Table 1,
+trained on all classes, tell their test images from scikit-learn's digits in MNIST's
+layout (:func:`contmix.datasets.digits_28x28`), preprocessed alike.
 
 Bits per dimension are those of the discrete pixels (17 levels for the digits, 256 for
 MNIST), the logit transform's log-determinant and the dequantization included, as in
@@ -32,12 +43,15 @@ Usage:
     python benchmarks/evaluation.py --out evaluation.json --cache spaces/
     python benchmarks/evaluation.py --quick
     python benchmarks/evaluation.py --data mnist --root ~/data/mnist --limit 5000
+    python benchmarks/evaluation.py --data fashion-mnist --setting fashion \
+        --models gmm-diagonal gmm-many mfa kmeans --out fashion.json
 """
 
 import argparse
 import hashlib
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -53,12 +67,12 @@ from curriculum_quality import TEACHERS
 from machine import add_device_argument, describe
 from tqdm.auto import tqdm
 
-from contmix import GMM, Curriculum, HierarchicalCPMM
-from contmix.cluster import cluster_components, predict_clusters
+from contmix import GMM, MFA, Curriculum, HierarchicalCPMM
+from contmix.cluster import cluster_components, kmeans, labeller, predict_clusters
 from contmix.curriculum import Spaces
-from contmix.datasets import digits, mnist
+from contmix.datasets import digits, digits_28x28, fashion_mnist, mnist
 from contmix.metrics import aupr, auroc, bits_per_dim, clustering_accuracy
-from contmix.transforms import LogitTransform
+from contmix.transforms import LogitTransform, dequantize_logit
 
 ALPHA = 0.05  # the logit transform's squeeze, as in contmix.datasets.digits
 
@@ -127,6 +141,25 @@ SETTINGS = {
         "flow_epochs": 20,
         "flow_lr": 1e-3,
     },
+    "fashion": {  # Fashion-MNIST at the paper's scale: the direct rows, three seeds
+        "seeds": [0, 1, 2],
+        "ood_seeds": [0],
+        "ood_digits_seeds": [0, 1, 2],
+        "teacher": {**TEACHERS["digits"], "batch_size": 256, "atol": 1e-4, "rtol": 1e-3},
+        "steps": 51,
+        "finetune": 25,
+        "batch_size": 256,
+        "many": 250,
+        "mfa": {"components": 250, "rank": 4},
+        "gmm_lr": 1e-2,
+        "cpmm": {"components": 25, "rank": 4, "hidden_features": (256,)},
+        "cnn_channels": (64, 64, 64),
+        "cpmm_lr": 3e-4,
+        "kmeans_cpmm": {},
+        "flow": {"transforms": 3, "hidden_features": (1024, 1024)},
+        "flow_epochs": 20,
+        "flow_lr": 1e-3,
+    },
 }
 
 
@@ -140,6 +173,12 @@ def load(args):
         x, x_test, y, y_test = digits(alpha=ALPHA)
         return x, x_test, y, y_test, 17
 
+    if args.data == "fashion-mnist":  # the Debian package's folder unless --root
+        try:
+            return (*fashion_mnist(args.root, args.limit, alpha=ALPHA), 256)
+        except FileNotFoundError as error:
+            raise SystemExit(f"--data fashion-mnist: {error}") from None
+
     if args.root is None:
         raise SystemExit(f"--data {args.data} needs --root, the folder with its idx files.")
 
@@ -147,6 +186,35 @@ def load(args):
         return (*mnist(args.root, args.limit, alpha=ALPHA), 256)
     except FileNotFoundError as error:
         raise SystemExit(f"--data {args.data}: {error}") from None
+
+
+def outliers(x: torch.Tensor) -> torch.Tensor:
+    r"""scikit-learn's digits in MNIST's layout, dequantized and in logit space as the
+    images, the outliers of the paper's Table 3 (in the dtype and on the device of x)."""
+
+    images, _ = digits_28x28()
+    generator = torch.Generator().manual_seed(0)
+    out = dequantize_logit(images.flatten(1), 256, ALPHA, generator, torch.float64)
+
+    return out.to(x)
+
+
+def peak_gib() -> float:
+    r"""The peak resident memory of this process since :func:`reset_peak`, in GiB."""
+
+    try:
+        status = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return float("nan")
+
+    return next((int(ln.split()[1]) / 2**20 for ln in status if ln.startswith("VmHWM")), math.nan)
+
+
+def reset_peak() -> None:
+    r"""Resets the peak resident memory of this process (Linux ``clear_refs``)."""
+
+    if os.path.exists("/proc/self/clear_refs"):
+        Path("/proc/self/clear_refs").write_text("5")
 
 
 def data_log_prob(log_prob: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -229,6 +297,28 @@ def many_gmm(x, settings, k):
         labels = cluster_components(gmm(), k)
 
     return gmm, lambda x: predict_clusters(gmm(), labels, x)
+
+
+def diagonal_gmm(x, settings, k):
+    gmm = GMM(x.shape[-1], components=k, covariance_type="diagonal")
+    gmm.initialize(x, strategy="em")
+    return gmm, lambda x: gmm().predict(x)
+
+
+def mfa(x, settings, k):
+    r"""The MFA by EM with as many components as the trajectories extract (no clusters:
+    the Fréchet distances of its low-rank covariances in 784-D would take hours)."""
+
+    model = MFA(x.shape[-1], **settings["mfa"])
+    model.initialize(x, strategy="em")
+    return model, None
+
+
+def kmeans_clusters(x, settings, k):
+    r"""k-means (greedy k-means++ start): clusters only, no density."""
+
+    centers, _ = kmeans(x, k)
+    return None, labeller(x, centers)
 
 
 def curriculum_gmm(x, settings, k, curriculum, spaces):
@@ -333,6 +423,9 @@ MODELS = {  # --models key: row name, fit, whether it trains through the spaces
     ),
     "cpmm-kmeans": ("HierarchicalCPMM, k-means start (no curriculum)", kmeans_cpmm, False),
     "maf": ("MAF (zuko, max. likelihood)", flow, False),
+    "gmm-diagonal": ("GMM matched, diagonal (EM)", diagonal_gmm, False),
+    "mfa": ("MFA (EM), as many components as the CPMM", mfa, False),
+    "kmeans": ("k-means (clusters only)", kmeans_clusters, False),
 }
 
 
@@ -354,8 +447,9 @@ def figures(row, log_prob, x_test, inside_test, levels):
 
 
 def run(args) -> dict:
-    settings = dict(SETTINGS["quick" if args.quick else "full"])
-    for key in ("seeds", "ood_seeds", "finetune"):
+    settings = dict(SETTINGS[args.setting])
+    settings.setdefault("ood_digits_seeds", [])
+    for key in ("seeds", "ood_seeds", "ood_digits_seeds", "finetune"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     if args.teacher_epochs is not None:
@@ -377,6 +471,9 @@ def run(args) -> dict:
         reference = digits_metrics(log_prob, x_test)["bits_per_dim"]
         assert math.isclose(bpd(log_prob, x_test, levels), reference, rel_tol=1e-5)
 
+    images = x.shape[-1] == 784  # the paper's Table 3 outliers need MNIST's layout
+    x_digits = outliers(x) if images and settings["ood_digits_seeds"] else None
+
     tasks = {"table1": (x, k), "ood": (x[inside], len(args.inliers))}
     jobs = [(seed, "table1") for seed in settings["seeds"]]
     jobs += [(seed, "ood") for seed in settings["ood_seeds"]]
@@ -385,7 +482,7 @@ def run(args) -> dict:
 
     results = {
         "data": args.data,
-        "setting": "quick" if args.quick else "full",
+        "setting": args.setting,
         "settings": settings,
         "inliers": args.inliers,
         "threads": args.threads,
@@ -394,7 +491,9 @@ def run(args) -> dict:
         "rows": [],
     }
     rows = results["rows"]
-    bar = tqdm(total=len(tasks) + len(jobs) * len(models), desc="evaluation", position=0)
+    needs_teacher = args.teacher or any(spaces for _, _, spaces in models.values())
+    teaching = tasks if needs_teacher else {}
+    bar = tqdm(total=len(teaching) + len(jobs) * len(models), desc="evaluation", position=0)
     teachers = {}
 
     def save():
@@ -402,7 +501,7 @@ def run(args) -> dict:
             with open(args.out, "w") as f:
                 json.dump(results, f, indent=1)
 
-    for task, (x_fit, _) in tasks.items():  # one teacher per training set, seed 0
+    for task, (x_fit, _) in teaching.items():  # one teacher per training set, seed 0
         start = time.perf_counter()
         name = f"{args.data}_{task}"
         teachers[task] = teacher(x_fit, x_test, settings, args.cache, name, bar)
@@ -425,20 +524,32 @@ def run(args) -> dict:
         for name, fit, needs_spaces in models.values():
             bar.set_postfix(stage=f"{task}: {name}, seed {seed}")
             torch.manual_seed(seed)
+            reset_peak()
             start = time.perf_counter()
             extra = teachers[task] if needs_spaces else ()
             model, predict = fit(x_fit, settings, classes, *extra)
             row = {"task": task, "model": name, "seed": seed}
             row["seconds"] = time.perf_counter() - start
+            row["peak_gib"] = peak_gib()
 
             with torch.no_grad():
-                log_prob = model().log_prob(x_test)
+                log_prob = None if model is None else model().log_prob(x_test)
                 if task == "table1" and predict is not None:
                     clusters = predict(x_test)
                     row["accuracy"] = clustering_accuracy(y_test, clusters)
                     row["clusters_used"] = clusters.unique().numel()
+                    row["predictions"] = clusters.tolist()  # the confusion matrix's
+                digits_ood = task == "table1" and seed in settings["ood_digits_seeds"]
+                if model is not None and x_digits is not None and digits_ood:
+                    inside, outside = (
+                        data_log_prob(model().log_prob(z), z) for z in (x_test, x_digits)
+                    )
+                    row["digits_auroc"] = auroc(inside, outside)
+                    row["digits_aupr"] = aupr(inside, outside)
 
-            rows.append(figures(row, log_prob, x_test, inside_test, levels))
+            if log_prob is not None:
+                figures(row, log_prob, x_test, inside_test, levels)
+            rows.append(row)
             bar.update()
             save()
 
@@ -465,6 +576,10 @@ COLUMNS = {  # task: the header and the figures of a row
             stat(rows, "clusters_used", digits=1),
         ],
     ),
+    "digits": (
+        "AUROC | AUPR",
+        lambda rows: [stat(rows, "digits_auroc", 100, 2), stat(rows, "digits_aupr", 100, 2)],
+    ),
     "ood": (
         "AUROC | AUPR | bits/dim (test inliers)",
         lambda rows: [
@@ -480,12 +595,17 @@ def table(groups: dict, task: str) -> list[str]:
     r"""The markdown lines of one table: a row per model, mean ± std over seeds."""
 
     header, figures = COLUMNS[task]
-    lines = [f"| model | seeds | {header} | train time (s) |", "| --- " * 6 + "|"]
+    columns = 4 + header.count("|") + 1
+    lines = [f"| model | seeds | {header} | train time (s) | peak memory (GiB) |"]
+    lines.append("| --- " * columns + "|")
+    kind_of = {"digits": "table1"}.get(task, task)
+    key = {"digits": "digits_auroc"}.get(task)
 
     for (kind, model), rows in groups.items():
-        if kind == task:
+        rows = [r for r in rows if key is None or key in r]
+        if kind == kind_of and rows:
             cells = [model, str(len(rows)), *figures(rows), stat(rows, "seconds", digits=0)]
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append("| " + " | ".join(cells) + f" | {stat(rows, 'peak_gib', digits=2)} |")
 
     return lines
 
@@ -506,6 +626,14 @@ def tables(results: dict) -> str:
         "",
         *table(groups, "ood"),
     ]
+    if any("digits_auroc" in row for row in results["rows"]):
+        lines += [
+            "",
+            "Table 3: OOD detection by log-likelihood, trained on all classes, scikit-learn's "
+            "digits in MNIST's layout out (%)",
+            "",
+            *table(groups, "digits"),
+        ]
 
     return "\n".join(lines)
 
@@ -516,6 +644,9 @@ def main():
     parser.add_argument("--root", default=None, help="the folder of the idx files (MNIST)")
     parser.add_argument("--limit", type=int, default=None, help="at most N train/test samples")
     parser.add_argument("--quick", action="store_true", help="1 seed, small models, few epochs")
+    parser.add_argument("--setting", choices=list(SETTINGS), default=None, help="default: full")
+    parser.add_argument("--teacher", action="store_true", help="train the CNF teacher anyway")
+    parser.add_argument("--ood-digits-seeds", type=int, nargs="*", default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="Table 1 seeds")
     parser.add_argument("--ood-seeds", type=int, nargs="*", default=None, help="Table 3 seeds")
     parser.add_argument("--inliers", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -528,6 +659,7 @@ def main():
     parser.add_argument("--out", default=None, help="a JSON file for the results")
     add_device_argument(parser)
     args = parser.parse_args()
+    args.setting = args.setting or ("quick" if args.quick else "full")
 
     torch.set_num_threads(args.threads)
     print("device:", describe(args.device))
