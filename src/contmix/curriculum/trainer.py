@@ -373,14 +373,14 @@ class Curriculum:
         every epoch; if the file exists when training starts, training resumes from it,
         and ends with the same model as an uninterrupted run with the same seed. The
         spaces are not saved there: pass the same data again (or save the spaces with
-        :meth:`Spaces.save`).
+        :meth:`~contmix.curriculum.spaces.Spaces.save`).
 
         Inside :func:`~contmix.distributed.sharded`, the spaces are this process's shard
         (e.g. from :meth:`spaces` called on the shard, inside the same context). The
         model is initialized on the Gaussian space of all shards (by the sharded EM and
         k-means of the models that use them), then copied from the process of rank 0
         to the others; every step draws its batch from each shard (one batch per step
-        per process, the ``batch_size`` samples of a step split over the processes by
+        per process, the ``settings.batch_size`` samples of a step split over the processes by
         their shard sizes) and the gradients of the loss of the whole batch are summed
         over the processes (:func:`~contmix.distributed.all_reduce_gradients`), so
         that every process holds the same model throughout. Only the process of rank 0
@@ -392,10 +392,12 @@ class Curriculum:
         Arguments:
             model: Any lazy distribution (a contmix model, a zuko flow), conditional
                 when the spaces have contexts.
-            x: The :class:`Spaces`, or the samples, with shape :math:`(N, D)`, mapped
-                by :meth:`spaces` with its defaults (call :meth:`spaces` for others).
+            x: The :class:`~contmix.curriculum.spaces.Spaces`, or the samples, with
+                shape :math:`(N, D)`, mapped by :meth:`spaces` with its defaults (call
+                :meth:`spaces` for others).
             c: The contexts, with shape :math:`(N, C)`, when ``x`` is a tensor.
-            settings: The schedule, the optimizer and the loss, :py:`Settings()` if
+            settings: The schedule, the optimizer and the loss
+                (:class:`~contmix.curriculum.settings.Settings`), :py:`Settings()` if
                 :py:`None`.
             callbacks: Functions called as :py:`callback(model, info)` after every
                 optimizer step, where ``info`` has the keys ``"step"``, ``"epoch"``,
