@@ -36,7 +36,7 @@ from machine import add_device_argument, clock, describe
 
 from contmix import CPMM, GMM, MFA, Curriculum, HierarchicalCPMM
 from contmix.cluster import kmeans
-from contmix.curriculum import Spaces
+from contmix.curriculum import Settings, Spaces
 from contmix.datasets import digits, spiral, two_circles
 from contmix.metrics import clustering_accuracy
 
@@ -240,29 +240,25 @@ def run(dataset: str, models: list[str], args: argparse.Namespace) -> dict:
                 start = clock(device)
 
                 if regime == "curriculum":
-                    curriculum.train(
-                        model,
-                        spaces,
+                    settings = Settings(
                         epochs_per_space=per_space,
                         finetune_epochs=finetune,
                         lr=lr,
                         batch_size=args.batch_size,
                         strategy=args.start,
-                        progress=False,
                         scheduler=scheduler,
                     )
+                    curriculum.train(model, spaces, settings=settings, progress=False)
                 else:
-                    curriculum.train(
-                        model,
-                        data,
+                    settings = Settings(
                         epochs_per_space=total,
                         finetune_epochs=0,
                         lr=lr,
                         batch_size=args.batch_size,
                         strategy="kmeans",
-                        progress=False,
                         scheduler=scheduler,
                     )
+                    curriculum.train(model, data, settings=settings, progress=False)
 
                 row = {"model": name, "regime": regime, "seed": seed}
                 row.update(evaluate(name, model, x_test, y_test))

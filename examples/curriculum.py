@@ -23,7 +23,7 @@ import torch
 import zuko
 
 from contmix import GMM, Curriculum
-from contmix.curriculum import Spaces
+from contmix.curriculum import Settings, Spaces
 from contmix.datasets import two_circles
 
 
@@ -82,14 +82,8 @@ def main():
         snapshots[info["space"]] = copy.deepcopy(model.state_dict())
 
     gmm = GMM(features=2, components=12)
-    curriculum.train(
-        gmm,
-        spaces,
-        finetune_epochs=args.finetune,
-        lr=1e-2,
-        batch_size=64,
-        callbacks=[snapshot],
-    )
+    settings = Settings(finetune_epochs=args.finetune, lr=1e-2, batch_size=64)
+    curriculum.train(gmm, spaces, settings=settings, callbacks=[snapshot])
 
     # Figure 2: evenly spaced spaces, from the Gaussian (v = 1) to the data (v = 0)
     shown = [0, 7, 14, 21, 29, 36, 43, 50]
@@ -116,11 +110,13 @@ def main():
     curriculum.train(
         direct,
         Spaces(torch.zeros(1), x[None]),  # the data alone: a schedule of one space
-        epochs_per_space=len(spaces) + args.finetune,
-        finetune_epochs=0,
-        lr=1e-2,
-        batch_size=64,
-        strategy="kmeans",
+        settings=Settings(
+            epochs_per_space=len(spaces) + args.finetune,
+            finetune_epochs=0,
+            lr=1e-2,
+            batch_size=64,
+            strategy="kmeans",
+        ),
     )
 
     grid = torch.linspace(-2.2, 2.2, 200)

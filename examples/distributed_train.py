@@ -107,9 +107,7 @@ def main(args):
         history = curriculum.train(
             gmm,
             spaces,
-            finetune_epochs=5,
-            lr=1e-2,
-            strategy="em",
+            settings=contmix.curriculum.Settings(finetune_epochs=5, lr=1e-2, strategy="em"),
             checkpoint=args.checkpoint,
             progress=False,
         )

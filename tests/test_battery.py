@@ -17,7 +17,7 @@ from helpers import unchanged
 from torch import Tensor
 
 from contmix import CPMM, CWM, GMM, MFA, HierarchicalCPMM, HierarchicalMFA
-from contmix.curriculum import Curriculum, Spaces
+from contmix.curriculum import Curriculum, Settings, Spaces
 
 D = 2
 
@@ -659,8 +659,10 @@ def test_cuda_device_mismatch(name):
 def curriculum(context: int = 0) -> Curriculum:
     torch.manual_seed(0)
     cnf = zuko.flows.CNF(D, context, hidden_features=(8,), atol=1e-4, rtol=1e-3)
-    return Curriculum(cnf)
+    return Curriculum(cnf, context)
 
+
+NO_FINETUNING = Settings(finetune_epochs=0)
 
 CURRICULUM_BAD = {
     k: BAD_SAMPLES[k] for k in BAD_SAMPLES if k not in ("too-few", "tiny", "all-constant")
@@ -679,7 +681,7 @@ def test_curriculum_bad_samples(entry, bad):
     call = {
         "spaces": lambda: cur.spaces(x, steps=3),
         "fit_teacher": lambda: cur.fit_teacher(x, epochs=1, progress=False),
-        "train": lambda: cur.train(model, x, steps=3, finetune_epochs=0, progress=False),
+        "train": lambda: cur.train(model, x, settings=NO_FINETUNING, progress=False),
         "transform": lambda: cur.transform(x, 0.5),
     }[entry]
 
@@ -694,7 +696,7 @@ def test_curriculum_context(entry):
         "spaces": lambda cur, c: cur.spaces(x, c, steps=3),
         "fit_teacher": lambda cur, c: cur.fit_teacher(x, c, epochs=1, progress=False),
         "train": lambda cur, c: cur.train(
-            make("gmm-full", context=2), x, c, steps=3, finetune_epochs=0, progress=False
+            make("gmm-full", context=2), x, c, settings=NO_FINETUNING, progress=False
         ),
     }
 
@@ -724,18 +726,18 @@ def test_curriculum_arguments():
             Curriculum(make("gmm-full"))
         with pytest.raises(ValueError, match=r"steps must be at least 2"):
             cur.spaces(x, steps=1)
-        with pytest.raises(ValueError, match=r"augment must be non-negative"):
-            cur.spaces(x, steps=3, augment=-0.1)
+        with pytest.raises(ValueError, match=r"jitter must be non-negative"):
+            cur.spaces(x, steps=3, jitter=-0.1)
         with pytest.raises(ValueError, match=r"v must be in \[0, 1\], got 1.5"):
             cur.transform(x, 1.5)
         with pytest.raises(TypeError, match=r"model must be a zuko LazyDistribution"):
-            cur.train(torch.nn.Linear(2, 2), x, steps=3, progress=False)
+            cur.train(torch.nn.Linear(2, 2), x, progress=False)
         with pytest.raises(ValueError, match=r"epochs_per_space must be at least 1"):
-            cur.train(model, x, steps=3, epochs_per_space=0, progress=False)
+            cur.train(model, x, settings=Settings(epochs_per_space=0), progress=False)
         with pytest.raises(ValueError, match=r"Pass the contexts with the spaces"):
             cur.train(model, Spaces(torch.linspace(1, 0, 3), x.expand(3, -1, -1)), c=x)
         with pytest.raises(ValueError, match=r"v must decrease, from the Gaussian"):
             Spaces(torch.linspace(0, 1, 3), x.expand(3, -1, -1))
         # a model with more components than samples fails in its initialize, unchanged
         with pytest.raises(ValueError, match=r"x has 3 samples but at least 4 are needed"):
-            cur.train(model, x[:3], steps=3, finetune_epochs=0, progress=False)
+            cur.train(model, x[:3], settings=NO_FINETUNING, progress=False)

@@ -15,6 +15,7 @@ import torch
 import zuko
 
 from contmix import CPMM, CWM, GMM, MFA, Curriculum, HierarchicalCPMM, HierarchicalMFA
+from contmix.curriculum import Settings
 
 DEVICE = torch.device(os.environ.get("CONTMIX_TEST_DEVICE", "cuda"))
 
@@ -173,7 +174,8 @@ def test_curriculum_on_device():
     assert torch.equal(spaces_gpu.u[-1].cpu(), x)  # u_0 = x exactly
 
     model = GMM(3, components=3).to(DEVICE, torch.float64)
-    history = gpu.train(model, spaces_gpu, finetune_epochs=1, batch_size=32, progress=False)
+    settings = Settings(finetune_epochs=1, batch_size=32)
+    history = gpu.train(model, spaces_gpu, settings=settings, progress=False)
     assert len(history) == 6 and all(torch.isfinite(torch.tensor(history)))
     assert all(p.device.type == DEVICE.type for p in model.parameters())
 

@@ -9,7 +9,7 @@ import zuko
 from torch.distributions import Distribution, constraints
 
 from contmix import GMM, MFA, Curriculum
-from contmix.curriculum import Spaces
+from contmix.curriculum import Settings, Spaces
 
 
 @pytest.fixture(autouse=True)
@@ -71,7 +71,7 @@ def test_augmentation_is_shared_across_spaces():
     cnf = make_cnf()
     x = torch.randn(400, 2) * torch.tensor([1.0, 5.0])
     curriculum = Curriculum(cnf)
-    spaces = curriculum.spaces(x, steps=3, augment=0.1)
+    spaces = curriculum.spaces(x, steps=3, jitter=0.1)
     noise = (spaces.u[-1] - x) / x.std(dim=0)
 
     assert torch.allclose(noise.std(dim=0), torch.full((2,), 0.1), rtol=0.15)
@@ -115,10 +115,7 @@ def test_schedule_visits_spaces_in_order_and_ends_on_data():
     Curriculum(cnf).train(
         probe,
         spaces,
-        epochs_per_space=2,
-        finetune_epochs=3,
-        batch_size=16,
-        noise=0.0,
+        settings=Settings(epochs_per_space=2, finetune_epochs=3, batch_size=16, noise=0.0),
         callbacks=[lambda model, info: visits.append((info["epoch"], info["space"]))],
         progress=False,
     )
@@ -143,9 +140,8 @@ def test_noise_on_inputs(noise):
     spaces = Spaces(torch.linspace(1, 0, 3), torch.arange(3.0)[:, None, None].expand(3, 500, 2))
     probe = Probe()
 
-    Curriculum(make_cnf()).train(
-        probe, spaces, finetune_epochs=0, batch_size=500, noise=noise, progress=False
-    )
+    settings = Settings(finetune_epochs=0, batch_size=500, noise=noise)
+    Curriculum(make_cnf()).train(probe, spaces, settings=settings, progress=False)
 
     for t, batch in enumerate(probe.inputs):
         assert torch.allclose(batch.mean(), torch.tensor(float(t)), atol=0.01)
@@ -156,17 +152,9 @@ def run(spaces, path=None, callbacks=(), model_seed=1, scheduler=None):
     torch.manual_seed(model_seed)
     gmm = GMM(features=2, components=3)
     torch.manual_seed(0)
+    settings = Settings(finetune_epochs=3, lr=1e-2, batch_size=16, noise=0.01, scheduler=scheduler)
     history = Curriculum(make_cnf()).train(
-        gmm,
-        spaces,
-        finetune_epochs=3,
-        lr=1e-2,
-        batch_size=16,
-        noise=0.01,
-        callbacks=callbacks,
-        checkpoint=path,
-        progress=False,
-        scheduler=scheduler,
+        gmm, spaces, settings=settings, callbacks=callbacks, checkpoint=path, progress=False
     )
     return gmm, history
 
@@ -188,15 +176,8 @@ def test_regularizer_is_added_to_the_loss():
     gmm, free = run(spaces)
     torch.manual_seed(1)
     pulled = GMM(features=2, components=3)
-    history = Curriculum(make_cnf()).train(
-        pulled,
-        spaces,
-        finetune_epochs=20,
-        lr=1e-1,
-        batch_size=16,
-        progress=False,
-        regularizer=pull,
-    )
+    settings = Settings(finetune_epochs=20, lr=1e-1, batch_size=16, regularizer=pull)
+    history = Curriculum(make_cnf()).train(pulled, spaces, settings=settings, progress=False)
 
     assert all(m is pulled and e == (2,) and s[-1] == 2 for m, e, s in seen)
     assert len(seen) == (3 + 20) * 4  # every step
@@ -264,7 +245,7 @@ def test_context():
     c = torch.randint(0, 2, (200, 1)).float()
     x = 0.3 * torch.randn(200, 2) + 3 * c * torch.tensor([1.0, -1.0])
     cnf = make_cnf(context=1)
-    curriculum = Curriculum(cnf)
+    curriculum = Curriculum(cnf, context=1)
     spaces = curriculum.spaces(x, c, steps=5)
 
     with torch.no_grad():
@@ -276,7 +257,8 @@ def test_context():
 
     torch.manual_seed(0)
     gmm = GMM(features=2, context=1, components=2, hidden_features=(16,))
-    curriculum.train(gmm, spaces, finetune_epochs=30, lr=1e-2, batch_size=50, progress=False)
+    settings = Settings(finetune_epochs=30, lr=1e-2, batch_size=50)
+    curriculum.train(gmm, spaces, settings=settings, progress=False)
 
     with torch.no_grad():
         right = gmm(c).log_prob(x).mean()
@@ -303,9 +285,8 @@ def test_any_lazy_distribution_as_student(make_student):
     with torch.no_grad():
         before = student().log_prob(x).mean()
 
-    history = curriculum.train(
-        student, spaces, finetune_epochs=20, lr=1e-2, batch_size=50, progress=False
-    )
+    settings = Settings(finetune_epochs=20, lr=1e-2, batch_size=50)
+    history = curriculum.train(student, spaces, settings=settings, progress=False)
 
     with torch.no_grad():
         after = student().log_prob(x).mean()
@@ -330,22 +311,16 @@ def test_gaussian_space_initialization():
             with torch.no_grad():
                 seen.append(model().mean.clone())
 
-    curriculum.train(
-        gmm,
-        spaces,
-        finetune_epochs=0,
-        lr=1e-6,
-        batch_size=300,
-        callbacks=[first_step],
-        progress=False,
-    )
+    settings = Settings(finetune_epochs=0, lr=1e-6, batch_size=300)
+    curriculum.train(gmm, spaces, settings=settings, callbacks=[first_step], progress=False)
 
     assert torch.allclose(seen[0], torch.full((2,), 5.0), atol=0.2)  # fitted on u_1, not u_0
 
 
 def test_save_and_load(tmp_path):
     c = torch.randn(30, 3)
-    spaces = Curriculum(make_cnf(context=3)).spaces(torch.randn(30, 2), c, steps=4, augment=0.01)
+    curriculum = Curriculum(make_cnf(context=3), context=3)
+    spaces = curriculum.spaces(torch.randn(30, 2), c, steps=4, jitter=0.01)
     spaces.save(tmp_path / "spaces.pt")
     loaded = Spaces.load(tmp_path / "spaces.pt")
 
@@ -392,3 +367,28 @@ def test_errors():
         curriculum.transform(torch.randn(10, 2), 1.5)
     with pytest.raises(TypeError, match="LazyDistribution"):
         curriculum.train(torch.nn.Linear(2, 2), torch.randn(10, 2))
+    with pytest.raises(TypeError, match=r"settings=Settings"):
+        curriculum.train(GMM(features=2, components=2), torch.randn(10, 2), Settings())
+    with pytest.raises(TypeError, match=r"settings must be a contmix.curriculum.Settings"):
+        curriculum.train(GMM(features=2, components=2), torch.randn(10, 2), settings={})
+    with pytest.raises(ValueError, match=r"epochs_per_space must be at least 1"):
+        Settings(epochs_per_space=0)
+
+
+@pytest.mark.parametrize("built, given", [(0, 2), (2, 0), (2, 3)])
+def test_context_is_checked_by_a_call(built, given):
+    with pytest.raises(ValueError, match=rf"does not take 2 features and {given} context"):
+        Curriculum(make_cnf(context=built), context=given)
+
+
+def test_augment_is_the_former_name_of_jitter():
+    curriculum = Curriculum(make_cnf())
+    x = torch.randn(40, 2)
+
+    torch.manual_seed(0)
+    with pytest.warns(FutureWarning, match=r"now spaces\(jitter=a\)"):
+        old = curriculum.spaces(x, steps=3, augment=0.1)
+    torch.manual_seed(0)
+    new = curriculum.spaces(x, steps=3, jitter=0.1)
+
+    assert torch.equal(old.u, new.u) and old.meta == new.meta == {**new.meta, "jitter": 0.1}

@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from contmix import CPMM, CWM, GMM, MFA, HierarchicalCPMM, HierarchicalMFA
-from contmix.distributed import LogProb
+from contmix.ddp import LogProb
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()),

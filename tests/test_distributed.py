@@ -15,7 +15,7 @@ import zuko
 
 from contmix import CPMM, GMM, Curriculum, distributed
 from contmix.cluster import kmeans, kmeans_plusplus
-from contmix.curriculum import std
+from contmix.curriculum import Settings
 from contmix.em import fit_gmm, gmm_m_step
 from contmix.mixtures.gmm import hard_responsibilities
 from contmix.mixtures.mfa import MFA, fit_mfa
@@ -335,16 +335,8 @@ def full_batch(name: str, curriculum: Curriculum, spaces) -> tuple[list, list]:
 
     torch.manual_seed(2)
     model = STUDENTS[name]().double()
-    history = curriculum.train(
-        model,
-        spaces,
-        finetune_epochs=2,
-        lr=1e-2,
-        batch_size=60,
-        noise=0.0,
-        strategy=None,
-        progress=False,
-    )
+    settings = Settings(finetune_epochs=2, lr=1e-2, batch_size=60, noise=0.0, strategy=None)
+    history = curriculum.train(model, spaces, settings=settings, progress=False)
 
     return [p.detach().clone() for p in model.parameters()], history
 
@@ -363,14 +355,13 @@ def minibatches(curriculum: Curriculum, spaces, path=None, stop=None, seed=3, ba
     torch.manual_seed(seed)
     model = GMM(2, components=3).double()
     torch.manual_seed(seed + 1)
+    settings = Settings(
+        finetune_epochs=2, lr=1e-2, batch_size=batch_size, noise=0.05, strategy="em"
+    )
     history = curriculum.train(
         model,
         spaces,
-        finetune_epochs=2,
-        lr=1e-2,
-        batch_size=batch_size,
-        noise=0.05,
-        strategy="em",
+        settings=settings,
         callbacks=[callback],
         checkpoint=path,
         progress=False,
@@ -402,7 +393,7 @@ def curriculum_worker(rank: int, results: str) -> dict:
     with distributed.sharded():
         spaces = curriculum.spaces(x, steps=4)
         out["spaces"] = spaces.u
-        out["std"] = std(x)
+        out["std"] = distributed.std(x)
 
         for name in STUDENTS:
             out[name] = full_batch(name, curriculum, spaces)
@@ -441,7 +432,7 @@ def test_curriculum_spaces_of_shards(curriculum_results):
         expected = whole.split(CURRICULUM, dim=1)[rank]
         bound = 10 * (1e-6 + 1e-5 * whole.abs().max())
         assert (u - expected).abs().max() < bound
-        assert_close(out["std"], x.std(dim=0))  # the augmentation's scale is global
+        assert_close(out["std"], x.std(dim=0))  # the jitter's scale is global
 
 
 @pytest.mark.parametrize("name", STUDENTS)
@@ -508,3 +499,12 @@ def test_curriculum_resumes_on_every_process(curriculum_results):
         assert history == expected_history
         for a, b in zip(params, expected, strict=True):
             assert torch.equal(a, b)
+
+
+def test_log_prob_moved_to_ddp():
+    from contmix.ddp import LogProb
+    from contmix.distributed import LogProb as old
+
+    assert old is LogProb and "LogProb" not in distributed.__all__
+    with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
+        distributed.Nothing  # noqa: B018

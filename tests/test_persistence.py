@@ -22,7 +22,7 @@ import torch
 import zuko
 
 from contmix import CPMM, CWM, GMM, MFA, Curriculum, HierarchicalCPMM, HierarchicalMFA
-from contmix.curriculum import Spaces
+from contmix.curriculum import Settings, Spaces
 
 D = 3
 
@@ -201,11 +201,7 @@ def curriculum(folder: Path, stop: int = -1, seed: int = 1) -> list[torch.Tensor
     Curriculum(cnf).train(
         gmm,
         spaces,
-        finetune_epochs=2,
-        lr=1e-2,
-        batch_size=32,
-        noise=0.01,
-        strategy="em",
+        settings=Settings(finetune_epochs=2, lr=1e-2, batch_size=32, noise=0.01, strategy="em"),
         callbacks=[kill],
         checkpoint=folder / "checkpoint.pt",
         progress=False,

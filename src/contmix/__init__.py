@@ -5,6 +5,7 @@ __version__ = "0.1.0"
 from . import (
     cluster,
     datasets,
+    ddp,
     distributed,
     distributions,
     em,

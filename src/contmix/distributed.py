@@ -26,7 +26,6 @@ be wrong or would wait forever for the other processes.
 
 __all__ = [
     "Data",
-    "LogProb",
     "accumulate",
     "all_reduce",
     "all_reduce_gradients",
@@ -38,6 +37,7 @@ __all__ = [
     "rank",
     "samples",
     "sharded",
+    "std",
     "world",
 ]
 
@@ -46,12 +46,11 @@ from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
-import torch.nn as nn
 
 from torch import Tensor
-from zuko.lazy import LazyDistribution
 
 _groups: list[dist.ProcessGroup | None] = []
+
 
 Data = Tensor | Iterable[Tensor]
 r"""The samples given to a fit: a tensor with shape :math:`(N, D)`, or a re-iterable of
@@ -240,6 +239,25 @@ def mean(x: Data) -> Tensor:
     return x.mean(dim=0)
 
 
+def std(x: Tensor) -> Tensor:
+    r"""Returns the standard deviation of each feature of the samples of all shards,
+    with shape :math:`(D,)`.
+
+    .. math:: \sigma = \sqrt{\frac{\sum_r \sum_{n \in r} (x_n - \bar{x})^2}{N - 1}}
+
+    Example:
+        >>> std(torch.tensor([[1.0], [3.0]]))
+        tensor([1.4142])
+    """
+
+    if not is_sharded():
+        return x.std(dim=0)
+
+    squares = all_reduce((x - mean(x)).square().sum(dim=0))
+
+    return (squares / (samples(x) - 1)).sqrt()
+
+
 def rank() -> int:
     r"""Returns the rank of this process in the group (0 outside of :func:`sharded`).
 
@@ -327,33 +345,13 @@ def all_reduce_gradients(parameters: Iterable[Tensor], *tensors: Tensor) -> tupl
     return summed[len(parameters) :]
 
 
-class LogProb(nn.Module):
-    r"""Wraps a lazy distribution into a module whose forward returns log-densities.
+def __getattr__(name: str):
+    r"""Keeps :class:`~contmix.ddp.LogProb`, which moved to :mod:`contmix.ddp`,
+    importable from here."""
 
-    .. math:: (x, c) \mapsto \log p_\phi(x \mid c)
+    if name == "LogProb":
+        from .ddp import LogProb
 
-    A model's own forward returns a distribution, in which
-    :class:`~torch.nn.parallel.DistributedDataParallel` finds no tensor: with
-    ``find_unused_parameters=True``, DDP then takes every parameter for unused and
-    fails in the backward pass ("Expected to mark a variable ready only once"). Through
-    this wrapper, DDP sees the log-densities and the graph behind them. Without
-    ``find_unused_parameters``, the model can be wrapped in DDP directly.
+        return LogProb
 
-    Arguments:
-        model: The lazy distribution, available as :py:`self.model` (save its
-            :py:`state_dict`, without the wrapper's prefix).
-
-    Example:
-        >>> from contmix import GMM
-        >>> net = LogProb(GMM(features=2, components=3))
-        >>> net(torch.randn(5, 2)).shape  # with DDP: DistributedDataParallel(net, ...)
-        torch.Size([5])
-    """
-
-    def __init__(self, model: LazyDistribution) -> None:
-        super().__init__()
-
-        self.model = model
-
-    def forward(self, x: Tensor, c: Tensor | None = None) -> Tensor:
-        return self.model(c).log_prob(x)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

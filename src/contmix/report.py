@@ -210,9 +210,9 @@ def check_progress(progress: bool | None) -> None:
         )
 
 
-def progress_bar(total: int, desc: str, progress: bool | None = None) -> tqdm:
-    r"""Returns a :mod:`tqdm` progress bar of ``total`` steps, which clears itself when
-    closed.
+def progress_bar(total: int, desc: str, progress: bool | None = None, initial: int = 0) -> tqdm:
+    r"""Returns a :mod:`tqdm` progress bar of ``total`` steps, ``initial`` of them done
+    (e.g. by a run resumed from a checkpoint), which clears itself when closed.
 
     With ``progress=None``, tqdm's own ``disable=None``: the bar is shown only when
     standard error is a terminal (or in a notebook), and only once the fit has lasted
@@ -223,6 +223,7 @@ def progress_bar(total: int, desc: str, progress: bool | None = None) -> tqdm:
         total: The number of steps, e.g. ``max_iter``.
         desc: What the bar counts, e.g. ``"EM"``.
         progress: Whether to show the bar (:py:`None`: only in a terminal).
+        initial: The number of steps already done.
 
     Example:
         >>> with progress_bar(3, "EM", progress=False) as bar:
@@ -236,4 +237,4 @@ def progress_bar(total: int, desc: str, progress: bool | None = None) -> tqdm:
     disable = None if progress is None else not progress
     delay = DELAY if progress is None else 0.0
 
-    return tqdm(total=total, desc=desc, disable=disable, delay=delay, leave=False)
+    return tqdm(total=total, initial=initial, desc=desc, disable=disable, delay=delay, leave=False)
