@@ -185,12 +185,12 @@ def test_separate_dynamics():
     torch.manual_seed(0)
     # a fixed-step solver: adaptive steps are shared by all trajectories
     model = small(HierarchicalCPMM, trajectories=3, separate=True, solver=Solver("rk4")).eval()
-    assert model.dynamics.weights[0].shape[0] == 3
+    assert model.dynamics.network[0].weight.shape[0] == 3
     h = model.solve(torch.linspace(0, 1, 4))
 
     with torch.no_grad():
-        for w in model.dynamics.weights:
-            w[1].mul_(2.0)
+        for layer in model.dynamics.linears():
+            layer.weight[1].mul_(2.0)
 
     h2 = model.solve(torch.linspace(0, 1, 4))
     # trajectories 0 and 2 are unchanged, up to the rounding of the batched products
@@ -209,7 +209,7 @@ def test_dynamics_copies_match_loop():
         g = Dynamics(state=4, context=2, hidden_features=(8,), activation="tanh")
         with torch.no_grad():
             for p, q in zip(g.parameters(), f.parameters(), strict=True):
-                p.copy_(q[k : k + 1])
+                p.copy_(q[k])
         assert torch.allclose(out[:, k], g(torch.tensor(0.3), y[:, k]), atol=1e-6)
 
     assert (out[..., 4:] == 0).all()  # the context has zero derivative
@@ -287,7 +287,7 @@ def halve_through_data(model, x):
 
 def edit_in_place(model, x):
     with torch.no_grad():
-        model.dynamics.biases[-1].add_(1.0)
+        model.dynamics.output_layer()[1].add_(1.0)
         model.start.add_(0.5)
     return x
 
@@ -521,14 +521,14 @@ def test_step_budget_error():
     torch.manual_seed(0)
     model = small(solver=Solver("dopri5", rtol=1e-8, atol=1e-8, max_steps=3))
     with torch.no_grad():
-        model.dynamics.weights[-1].mul_(100.0)
+        model.dynamics.output_layer()[0].mul_(100.0)
 
     with pytest.raises(SolverError, match=r"max_steps=3.*stiff.*rk4"):
         model()
 
     rk4 = small(solver=Solver("rk4"))
     with torch.no_grad():
-        rk4.dynamics.biases[-1].fill_(float("nan"))
+        rk4.dynamics.output_layer()[1].fill_(float("nan"))
     with pytest.raises(SolverError, match="NaN"):
         rk4()
 
@@ -537,8 +537,8 @@ def test_stiff_solve_stops_at_default_budget():
     torch.manual_seed(0)
     model = small(solver=Solver("dopri5"))
     with torch.no_grad():  # a fast oscillating field: far too many steps for dopri5
-        model.dynamics.weights[0].mul_(1e3)
-        model.dynamics.weights[-1].mul_(1e3)
+        model.dynamics.network[0].weight.mul_(1e3)
+        model.dynamics.output_layer()[0].mul_(1e3)
 
     evaluations = []
     model.dynamics.register_forward_hook(lambda *_: evaluations.append(1))
@@ -783,7 +783,7 @@ def test_initialize_with_a_generator_is_reproducible(index):
         assert torch.equal(p, q), name
 
     initialize(b, torch.Generator().manual_seed(8))  # another seed, other parameters
-    assert not torch.equal(a.dynamics.weights[0], b.dynamics.weights[0])
+    assert not torch.equal(next(a.dynamics.parameters()), next(b.dynamics.parameters()))
 
 
 def test_n_init_keeps_the_best_clusters():

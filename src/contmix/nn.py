@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from torch import Tensor
+from zuko.nn import MLP, Linear
 
 
 def _uniform(p: Tensor, bound: float, generator: torch.Generator | None = None) -> Tensor:
@@ -79,7 +80,10 @@ class Dynamics(nn.Module):
     reach it with the adjoint method too: :meth:`forward` takes :math:`y = [h, c]` and
     returns :math:`[f, 0]`. With ``copies > 1`` (one ODE per trajectory), each of
     :math:`C` trajectories along the second to last dimension of :math:`y` has its own
-    weights.
+    weights. The network is :class:`zuko.nn.MLP` (with ``stack=copies``).
+
+    State dicts of contmix 0.1.0, whose weights were ``weights.i`` with shape
+    :math:`(C, n_{in}, n_{out})` and ``biases.i``, load as they are.
 
     Arguments:
         state: The size of the state :math:`h`.
@@ -105,62 +109,77 @@ class Dynamics(nn.Module):
         super().__init__()
 
         self.state, self.context, self.copies = state, context, copies
-        self.activation = make_activation(activation)
+        make_activation(activation)  # checks the name
 
-        sizes = (state + 1 + context, *hidden_features, state)
-        self.weights = nn.ParameterList()
-        self.biases = nn.ParameterList()
-
-        for before, after in itertools.pairwise(sizes):
-            self.weights.append(nn.Parameter(torch.empty(copies, before, after)))
-            self.biases.append(nn.Parameter(torch.empty(copies, after)))
-
+        with torch.device("meta"):  # drawn once, by reset_parameters
+            network = MLP(
+                state + 1 + context,
+                state,
+                hidden_features,
+                ACTIVATIONS[activation],
+                stack=None if copies == 1 else copies,
+            )
+        self.network = network.to_empty(device=torch.get_default_device())
         self.reset_parameters()
+        self.register_load_state_dict_pre_hook(_load_0_1_0)
+
+    def linears(self) -> list[Linear]:
+        r"""Returns the linear layers of the network, first to last."""
+
+        return [layer for layer in self.network if isinstance(layer, Linear)]
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         r"""Draws the weights and biases of each layer uniformly in
         :math:`[-1 / \sqrt{n}, 1 / \sqrt{n}]`, for :math:`n` inputs, from
-        ``generator`` (torch's global generator if :py:`None`).
+        ``generator`` (torch's global generator if :py:`None`), as
+        :class:`zuko.nn.Linear` does; the draws fill the weights input by input, so
+        that a seed gives the parameters it gave in contmix 0.1.0.
 
         Example:
             >>> f, g = Dynamics(3, hidden_features=(8,)), Dynamics(3, hidden_features=(8,))
             >>> f.reset_parameters(torch.Generator().manual_seed(0))
             >>> g.reset_parameters(torch.Generator().manual_seed(0))
-            >>> torch.equal(f.weights[0], g.weights[0])
+            >>> torch.equal(f.network[0].weight, g.network[0].weight)
             True
         """
 
         with torch.no_grad():
-            for weight, bias in zip(self.weights, self.biases, strict=True):
-                bound = weight.shape[-2] ** -0.5
-                _uniform(weight, bound, generator)
+            for layer in self.linears():
+                weight, bias = layer.weight, layer.bias
+                bound = layer.in_features**-0.5
+                drawn = weight.new_empty(self.copies, layer.in_features, layer.out_features)
+                weight.copy_(_uniform(drawn, bound, generator).mT.reshape(weight.shape))
                 _uniform(bias, bound, generator)
 
     def output_layer(self) -> tuple[nn.Parameter, nn.Parameter]:
         r"""Returns the weight and the bias of the last layer."""
 
-        return self.weights[-1], self.biases[-1]
+        last = self.linears()[-1]
+        return last.weight, last.bias
 
     def extra_repr(self) -> str:
-        sizes = [w.shape[-2] for w in self.weights] + [self.state]
-        return f"sizes={sizes}, activation={self.activation}, copies={self.copies}"
-
-    def _linear(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        if self.copies == 1:
-            return x @ weight[0] + bias[0]
-        return (x.unsqueeze(-2) @ weight).squeeze(-2) + bias
+        return f"state={self.state}, context={self.context}, copies={self.copies}"
 
     def forward(self, t: Tensor, y: Tensor) -> Tensor:
-        h = y[..., : self.state]
         t = t.to(y).expand(*y.shape[:-1], 1)
-        x = torch.cat((h, t, y[..., self.state :]), dim=-1)
+        x = torch.cat((y[..., : self.state], t, y[..., self.state :]), dim=-1)
 
-        for i, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
-            if i > 0:
-                x = self.activation(x)
-            x = self._linear(x, weight, bias)
+        return F.pad(self.network(x), (0, self.context))
 
-        return F.pad(x, (0, self.context))
+
+def _load_0_1_0(module: Dynamics, state_dict: dict, prefix: str, *args) -> None:
+    r"""Maps the keys of a :class:`Dynamics` state dict of contmix 0.1.0 (``weights.i``
+    with shape :math:`(C, n_{in}, n_{out})`, ``biases.i`` with shape :math:`(C,
+    n_{out})`) onto those of its :class:`zuko.nn.MLP`, in place."""
+
+    linears = [(n, m) for n, m in module.network.named_children() if isinstance(m, Linear)]
+
+    for i, (name, layer) in enumerate(linears):
+        weight, bias = f"{prefix}weights.{i}", f"{prefix}biases.{i}"
+        if weight in state_dict:
+            new = f"{prefix}network.{name}"
+            state_dict[f"{new}.weight"] = state_dict.pop(weight).mT.reshape(layer.weight.shape)
+            state_dict[f"{new}.bias"] = state_dict.pop(bias).reshape(layer.bias.shape)
 
 
 class ConvDynamics(nn.Module):
