@@ -155,9 +155,7 @@ def train_step(x: torch.Tensor, args) -> list[str]:
                 components=args.components,
                 rank=2,
                 hidden_features=(256, 256),
-                adjoint=adjoint,
-                rtol=rtol,
-                atol=atol,
+                solver=contmix.Solver(rtol=rtol, atol=atol, adjoint=adjoint),
             ).to(x.device)
             model.initialize(x, steps=0)
             model.train()

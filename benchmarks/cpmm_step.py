@@ -55,7 +55,7 @@ def main(args) -> None:
     models = {}
     for method in METHODS:
         model = copy.deepcopy(cpmm)
-        model.method = method
+        model.solver = contmix.Solver(method)
         models[method] = model
 
     steps = {"MFA(250, rank 4)": step_of(mfa, x)}

@@ -16,7 +16,7 @@ import zuko
 from helpers import unchanged
 from torch import Tensor
 
-from contmix import CPMM, CWM, GMM, MFA, HierarchicalCPMM, HierarchicalMFA
+from contmix import CPMM, CWM, GMM, MFA, HierarchicalCPMM, HierarchicalMFA, Solver
 from contmix.curriculum import Curriculum, Settings, Spaces
 
 D = 2
@@ -134,7 +134,7 @@ def test_constructor_sizes(name, size, value):
     [
         (lambda: GMM(D, covariance_type="tied"), r"Unknown covariance type 'tied'"),
         (lambda: CWM(D, maps="spline"), r"Unknown maps 'spline'"),
-        (lambda: CPMM(D, method="euler-maruyama"), r"Unknown method 'euler-maruyama'"),
+        (lambda: CPMM(D, solver=Solver("euler-maruyama")), r"Unknown method 'euler-maruyama'"),
         (lambda: CPMM(D, activation="relu"), r"Unknown activation 'relu'"),
         (lambda: HierarchicalCPMM(D, activation="relu"), r"Unknown activation 'relu'"),
     ],

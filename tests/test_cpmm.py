@@ -1,4 +1,5 @@
-r"""Tests for contmix.mixtures.cpmm and contmix.mixtures.hierarchical."""
+r"""Tests for contmix.mixtures.cpmm and the modules it is built from (continuous,
+regression, solver, state, contmix.nn)."""
 
 import io
 import math
@@ -9,19 +10,14 @@ import torch
 from helpers import unchanged
 from torch.distributions import LowRankMultivariateNormal
 
-from contmix import CPMM, GMM, MFA, HierarchicalCPMM, HierarchicalMFA, SolverError
+from contmix import CPMM, GMM, MFA, HierarchicalCPMM, HierarchicalMFA, Solver, SolverError
 from contmix.datasets import two_circles
-from contmix.mixtures.cpmm import (
-    FIXED,
-    SOLVERS,
-    Dynamics,
-    StateLayout,
-    inverse_soft_clip,
-    pseudotimes,
-    soft_clip,
-)
+from contmix.mixtures.continuous import pseudotimes
 from contmix.mixtures.groups import group_labels, order_path
 from contmix.mixtures.paths import path_components
+from contmix.mixtures.solver import FIXED, METHODS
+from contmix.mixtures.state import StateLayout, inverse_soft_clip, soft_clip
+from contmix.nn import Dynamics
 
 
 def small(cls=CPMM, **kwargs):
@@ -62,7 +58,7 @@ def assert_same_labels(labels: torch.Tensor, scores: torch.Tensor) -> None:
 
 @pytest.mark.parametrize("weights", [False, True])
 def test_layout_round_trip(weights):
-    layout = StateLayout(features=3, rank=2, augment=5, weights=weights)
+    layout = StateLayout(features=3, rank=2, augmented=5, weights=weights)
     assert layout.size == 3 + 6 + 3 + weights + 5
     assert layout.mixture == layout.size - 5
 
@@ -188,13 +184,13 @@ def test_conditional_outer_weights_follow_the_context():
 def test_separate_dynamics():
     torch.manual_seed(0)
     # a fixed-step solver: adaptive steps are shared by all trajectories
-    model = small(HierarchicalCPMM, trajectories=3, separate=True, method="rk4").eval()
-    assert model.dynamics.weights[0].shape[0] == 3
+    model = small(HierarchicalCPMM, trajectories=3, separate=True, solver=Solver("rk4")).eval()
+    assert model.dynamics.network[0].weight.shape[0] == 3
     h = model.solve(torch.linspace(0, 1, 4))
 
     with torch.no_grad():
-        for w in model.dynamics.weights:
-            w[1].mul_(2.0)
+        for layer in model.dynamics.linears():
+            layer.weight[1].mul_(2.0)
 
     h2 = model.solve(torch.linspace(0, 1, 4))
     # trajectories 0 and 2 are unchanged, up to the rounding of the batched products
@@ -213,7 +209,7 @@ def test_dynamics_copies_match_loop():
         g = Dynamics(state=4, context=2, hidden_features=(8,), activation="tanh")
         with torch.no_grad():
             for p, q in zip(g.parameters(), f.parameters(), strict=True):
-                p.copy_(q[k : k + 1])
+                p.copy_(q[k])
         assert torch.allclose(out[:, k], g(torch.tensor(0.3), y[:, k]), atol=1e-6)
 
     assert (out[..., 4:] == 0).all()  # the context has zero derivative
@@ -225,7 +221,7 @@ def test_dynamics_copies_match_loop():
 def test_extract_equals_eval():
     torch.manual_seed(0)
     x = torch.randn(50, 2)
-    model = small(learn_weights=True, method="dopri5", rtol=1e-5, atol=1e-6)
+    model = small(learn_weights=True, solver=Solver("dopri5", rtol=1e-5, atol=1e-6))
     model.initialize(x, steps=5)
     model.eval()
 
@@ -250,7 +246,7 @@ def test_extract_equals_eval():
     # the trajectory moves by more than that between two pseudotimes of the grid
     coarse = model.extract(components=3)
     loc = mfa.phi[1].detach()
-    bound = 10 * (model.atol + model.rtol * loc.abs().max())
+    bound = 10 * (model.solver.atol + model.solver.rtol * loc.abs().max())
     assert coarse.components == 3
     assert torch.equal(coarse.phi[1][0], loc[0])
     assert (coarse.phi[1][2] - loc[5]).abs().max() < bound
@@ -291,7 +287,7 @@ def halve_through_data(model, x):
 
 def edit_in_place(model, x):
     with torch.no_grad():
-        model.dynamics.biases[-1].add_(1.0)
+        model.dynamics.output_layer()[1].add_(1.0)
         model.start.add_(0.5)
     return x
 
@@ -324,7 +320,7 @@ def to_double(model, x):
 
 
 def change_the_solver(model, x):
-    model.method, model.options = "euler", {"step_size": 0.5}  # coarse: far off
+    model.solver = Solver("euler", options={"step_size": 0.5})  # coarse: far off
     return x
 
 
@@ -364,8 +360,7 @@ def test_cache_follows_every_change(cls, change):
 
         fresh = cls(2, **OPTIONS[cls]).to(x.dtype)
         fresh.load_state_dict(model.state_dict())
-        fresh.method = model.method
-        fresh.options = model.options
+        fresh.solver = model.solver
         assert torch.equal(after, fresh.eval()().log_prob(x))  # the same solve again
 
     if change is to_double:  # the same values, in float64
@@ -404,7 +399,7 @@ def test_cache_is_used_while_nothing_changes(cls):
 
 def test_training_mode_draws_pseudotimes():
     torch.manual_seed(0)
-    model = small(random_times=True)
+    model = small(random_times=6)
     a, b = model().base.loc, model().base.loc
     assert not torch.allclose(a, b)
     model.eval()
@@ -425,7 +420,8 @@ def test_training_mode_uses_the_grid_by_default():
 def test_gradients_reach_everything(adjoint):
     torch.manual_seed(0)
     x = torch.randn(30, 2)
-    model = small(HierarchicalCPMM, trajectories=2, adjoint=adjoint, learn_weights=True)
+    solver = Solver(adjoint=adjoint)
+    model = small(HierarchicalCPMM, trajectories=2, solver=solver, learn_weights=True)
     (-model().log_prob(x).mean()).backward()
 
     assert model.start.grad is not None and (model.start.grad != 0).any()
@@ -462,7 +458,7 @@ def test_eval_mode_trains(cls, context):
     torch.manual_seed(0)
     x = torch.randn(40, 2, dtype=torch.float64)
     c = torch.randn(40, context, dtype=torch.float64) if context else None
-    model = cls(2, context=context, method="rk4", **OPTIONS[cls]).double().eval()
+    model = cls(2, context=context, solver=Solver("rk4"), **OPTIONS[cls]).double().eval()
 
     def loss():
         return -model(c).log_prob(x).mean()
@@ -501,7 +497,7 @@ def test_adjoint_gradients_match():
 
     for adjoint in (False, True):
         torch.manual_seed(0)
-        model = small(adjoint=adjoint, method="dopri5", rtol=1e-9, atol=1e-9).double()
+        model = small(solver=Solver("dopri5", rtol=1e-9, atol=1e-9, adjoint=adjoint)).double()
         h = model.solve(torch.linspace(0, 1, 6)).squeeze(0)
         (-model._inner(h).log_prob(x).mean()).backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
@@ -511,7 +507,7 @@ def test_adjoint_gradients_match():
 
 def test_conditional_gradients_reach_context():
     torch.manual_seed(0)
-    model = small(context=2, adjoint=True)
+    model = small(context=2, solver=Solver(adjoint=True))
     c = torch.randn(4, 2, requires_grad=True)
     h = model.solve(torch.linspace(0, 1, 3), c)
     h[..., -1, 0].sum().backward()  # a mean at t = 1 depends on c through f
@@ -523,26 +519,26 @@ def test_conditional_gradients_reach_context():
 
 def test_step_budget_error():
     torch.manual_seed(0)
-    model = small(method="dopri5", max_steps=3, rtol=1e-8, atol=1e-8)
+    model = small(solver=Solver("dopri5", rtol=1e-8, atol=1e-8, max_steps=3))
     with torch.no_grad():
-        model.dynamics.weights[-1].mul_(100.0)
+        model.dynamics.output_layer()[0].mul_(100.0)
 
     with pytest.raises(SolverError, match=r"max_steps=3.*stiff.*rk4"):
         model()
 
-    rk4 = small(method="rk4")
+    rk4 = small(solver=Solver("rk4"))
     with torch.no_grad():
-        rk4.dynamics.biases[-1].fill_(float("nan"))
+        rk4.dynamics.output_layer()[1].fill_(float("nan"))
     with pytest.raises(SolverError, match="NaN"):
         rk4()
 
 
 def test_stiff_solve_stops_at_default_budget():
     torch.manual_seed(0)
-    model = small(method="dopri5")
+    model = small(solver=Solver("dopri5"))
     with torch.no_grad():  # a fast oscillating field: far too many steps for dopri5
-        model.dynamics.weights[0].mul_(1e3)
-        model.dynamics.weights[-1].mul_(1e3)
+        model.dynamics.network[0].weight.mul_(1e3)
+        model.dynamics.output_layer()[0].mul_(1e3)
 
     evaluations = []
     model.dynamics.register_forward_hook(lambda *_: evaluations.append(1))
@@ -554,19 +550,19 @@ def test_stiff_solve_stops_at_default_budget():
     assert 6 * 100 <= len(evaluations) <= 6 * 101 + 3, len(evaluations)
 
 
-@pytest.mark.parametrize("method", [m for m in SOLVERS if m != "scipy_solver"])
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "scipy_solver"])
 def test_every_torchdiffeq_method(method):
     # the methods accepted are torchdiffeq's (its list is private): each one solves
     torch.manual_seed(0)
-    options = {"step_size": 0.25} if method in FIXED else None
-    model = small(components=3, method=method, options=options, max_steps=1000).eval()
+    options = {"step_size": 0.25} if method in FIXED else {}
+    model = small(components=3, solver=Solver(method, max_steps=1000, options=options)).eval()
     with torch.no_grad():
         assert torch.isfinite(model().log_prob(torch.randn(5, 2))).all()
 
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="Unknown method"):
-        small(method="foo")
+        Solver("foo")
     with pytest.raises(ValueError, match="Unknown activation"):
         small(activation="relu")
     with pytest.raises(ValueError, match="no context"):
@@ -787,7 +783,7 @@ def test_initialize_with_a_generator_is_reproducible(index):
         assert torch.equal(p, q), name
 
     initialize(b, torch.Generator().manual_seed(8))  # another seed, other parameters
-    assert not torch.equal(a.dynamics.weights[0], b.dynamics.weights[0])
+    assert not torch.equal(next(a.dynamics.parameters()), next(b.dynamics.parameters()))
 
 
 def test_n_init_keeps_the_best_clusters():
@@ -808,7 +804,7 @@ def test_n_init_keeps_the_best_clusters():
 def test_initialize_solver_failure_restores():
     torch.manual_seed(0)
     x = torch.randn(40, 2)
-    model = small(method="dopri5", max_steps=2, rtol=1e-10, atol=1e-10)
+    model = small(solver=Solver("dopri5", rtol=1e-10, atol=1e-10, max_steps=2))
 
     with unchanged(model), pytest.raises(SolverError):
         model.initialize(x, steps=50, lr=10.0)
@@ -914,7 +910,7 @@ def test_hierarchical_posterior_is_bayes():
 def test_entropy_by_hand():
     torch.manual_seed(0)
     x = torch.randn(40, 2)
-    model = small(HierarchicalCPMM, trajectories=3, random_times=True).eval()
+    model = small(HierarchicalCPMM, trajectories=3, random_times=6).eval()
 
     proba = model.predict_proba(x).double()
     mean = [sum(proba[n, k].item() for n in range(40)) / 40 for k in range(3)]

@@ -14,7 +14,7 @@ import torch._dynamo  # only for explain(), to count graph breaks
 from test_zuko import MODELS as ZUKO_MODELS
 from torch.func import functional_call, grad, jacrev, stack_module_state, vmap
 
-from contmix import CPMM, GMM, MFA, HierarchicalCPMM, HierarchicalMFA, SolverError
+from contmix import CPMM, GMM, MFA, HierarchicalCPMM, HierarchicalMFA, Solver, SolverError
 from contmix.ops import known
 from contmix.utils import check_context
 
@@ -22,7 +22,7 @@ D, C = 2, 3
 
 # torchdiffeq's adaptive solvers are not torch.func transformable (see the xfail below):
 # the CPMMs here integrate with the fixed-step rk4
-RK4 = dict(method="rk4", options={"step_size": 0.25})
+RK4 = dict(solver=Solver("rk4", options={"step_size": 0.25}))
 MODELS = {
     **ZUKO_MODELS,
     "cpmm": lambda c: CPMM(D, c, components=4, rank=1, hidden_features=(16,), **RK4),
@@ -167,7 +167,7 @@ def test_vmap_over_ensembles(name):
 )
 def test_func_adaptive_cpmm():
     torch.manual_seed(0)
-    model = CPMM(D, components=4, rank=1, hidden_features=(16,), method="dopri5")
+    model = CPMM(D, components=4, rank=1, hidden_features=(16,), solver=Solver("dopri5"))
     model = model.double().eval()
     x = data()[0]
     vmap(grad(lambda x: model().log_prob(x)))(x)
@@ -285,7 +285,7 @@ def test_nan_context_compiled():
     assert out[3].isnan() and torch.isfinite(out[torch.arange(8) != 3]).all()
 
 
-@pytest.mark.parametrize("solver", [dict(method="dopri5"), RK4])
+@pytest.mark.parametrize("solver", [dict(solver=Solver("dopri5")), RK4])
 def test_nan_context_cpmm(solver, monkeypatch):
     r"""A CPMM solves the whole batch at once: unchecked, a NaN context stops the
     solver with an error, not a silent NaN."""

@@ -6,14 +6,15 @@ import torch
 from torch.autograd import gradcheck
 
 from contmix import CPMM, HierarchicalCPMM
-from contmix.mixtures.cpmm import ConvDynamics, StateLayout
+from contmix.mixtures.state import StateLayout
+from contmix.nn import ConvDynamics
 
 SHAPE = (2, 5, 6)  # (C, H, W)
 
 
 def test_layout_image_channels():
     C, H, W = SHAPE
-    layout = StateLayout(features=C * H * W, rank=3, augment=4 * H * W, shape=SHAPE)
+    layout = StateLayout(features=C * H * W, rank=3, augmented=4 * H * W, shape=SHAPE)
     assert layout.channels == (3 + 2) * C + 4
 
     h = torch.randn(7, layout.size)
@@ -30,16 +31,16 @@ def test_layout_image_channels():
 
 
 @pytest.mark.parametrize(
-    "shape, augment, weights, match",
+    "shape, augmented, weights, match",
     [
         ((2, 5), 30, False, "C, H, W"),
         ((2, 5, 6), 31, False, "multiple"),
         (SHAPE, 30, True, "weights"),
     ],
 )
-def test_layout_image_errors(shape, augment, weights, match):
+def test_layout_image_errors(shape, augmented, weights, match):
     with pytest.raises(ValueError, match=match):
-        StateLayout(features=60, rank=1, augment=augment, weights=weights, shape=shape)
+        StateLayout(features=60, rank=1, augmented=augmented, weights=weights, shape=shape)
 
 
 def test_conv_dynamics_are_local_in_image_shape():

@@ -12,15 +12,17 @@ from . import (
     figures,
     metrics,
     mixtures,
+    nn,
     report,
     transforms,
     utils,
 )
 from .curriculum import Curriculum
 from .distributions import GaussianMixture
-from .mixtures.cpmm import CPMM, HierarchicalCPMM, SolverError
+from .mixtures.cpmm import CPMM, HierarchicalCPMM
 from .mixtures.cwm import CWM, CWMDistribution
 from .mixtures.gmm import GMM
 from .mixtures.hierarchical import HierarchicalMFA
 from .mixtures.mfa import MFA
+from .mixtures.solver import Solver, SolverError
 from .report import ConvergenceWarning, FitReport

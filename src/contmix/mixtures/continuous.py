@@ -1,0 +1,483 @@
+r"""The machinery that continuous mixtures share: :math:`C` trajectories of one (or
+:math:`C`) neural ODE(s) whose states at :math:`G` pseudotimes are the components of a
+mixture of factor analyzers (:class:`~contmix.CPMM`, :class:`~contmix.HierarchicalCPMM`).
+
+The state :math:`h(t)` (:class:`~contmix.mixtures.state.StateLayout`) evolves by
+:math:`\dot{h} = f(h, t, c)` (:mod:`contmix.nn`), solved by a
+:class:`~contmix.mixtures.solver.Solver`, from a learnable initial state :math:`h(0)`.
+"""
+
+__all__ = ["pseudotimes"]
+
+import math
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn as nn
+
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+from zuko.lazy import LazyDistribution
+from zuko.nn import MLP
+
+from .conditional import restore_on_error
+from .groups import GroupStatistics, group_labels, group_statistics
+from .paths import PathComponents, path_components
+from .regression import fit_components, fit_path
+from .solver import Solver
+from .state import State, StateLayout, inverse_soft_clip, soft_clip
+from ..cluster import check_generator
+from ..distributions import GaussianMixture, LowRankNormal
+from ..nn import ConvDynamics, Dynamics, reset_linear
+from ..report import FitReport, check_progress
+from ..utils import check_context, check_samples, check_scale, check_sizes
+
+STRATEGIES = ("random", "kmeans", "em")
+STEPS = {"kmeans": 100, "em": 1000}  # the default regression steps of each strategy
+
+
+def pseudotimes(n: int, like: Tensor) -> Tensor:
+    r"""Returns :math:`n` sorted pseudotimes drawn uniformly in :math:`(0, 1)`: the
+    normalized cumulative sums of :math:`n + 1` exponential spacings, whose law is that
+    of the order statistics of :math:`n` uniforms, kept strictly increasing.
+
+    Example:
+        >>> t = pseudotimes(5, torch.zeros(()))
+        >>> bool((t[1:] > t[:-1]).all() and t[0] > 0 and t[-1] < 1)
+        True
+    """
+
+    spacings = torch.empty(n + 1, dtype=like.dtype, device=like.device).exponential_()
+    spacings = spacings.clamp(min=1e-3)
+    times = spacings.cumsum(dim=0) / spacings.sum()
+
+    return times[:-1]
+
+
+class _Resolve(torch.autograd.Function):
+    r"""Cached states made differentiable: the forward pass returns the cached states
+    :math:`h(\theta)` and the backward pass solves again, with autograd, for
+    :math:`\partial h / \partial \theta` (as gradient checkpointing does)."""
+
+    @staticmethod
+    def forward(ctx, solve, h: Tensor, *parameters: Tensor) -> Tensor:
+        ctx.solve, ctx.parameters = solve, parameters
+        ctx.save_for_backward(*parameters)  # autograd checks that they stay unchanged
+        return h.clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        ctx.saved_tensors  # noqa: B018 (raises if a parameter changed in place)
+        needed = ctx.needs_input_grad[2:]
+        inputs = [p for p, n in zip(ctx.parameters, needed, strict=True) if n]
+
+        with torch.enable_grad():
+            grads = iter(torch.autograd.grad(ctx.solve(), inputs, grad, allow_unused=True))
+
+        return None, None, *(next(grads) if n else None for n in needed)
+
+
+class _ContinuousMixture(LazyDistribution):
+    r"""The machinery shared by :class:`CPMM` and :class:`HierarchicalCPMM`: :math:`C`
+    trajectories of one (or :math:`C`) neural ODE(s) evaluated at :math:`G`
+    pseudotimes."""
+
+    def __init__(
+        self,
+        features: int | Sequence[int],
+        context: int,
+        trajectories: int,
+        components: int,
+        rank: int,
+        solver: Solver | None = None,
+        *,
+        augment: float = 2.0,
+        learn_weights: bool = False,
+        log_diag_min: float = -10.0,
+        epsilon: float = 1e-6,
+        random_times: int = 0,
+        **kwargs,
+    ) -> None:
+        super().__init__()
+
+        shape = {"features": features}
+        if isinstance(features, Sequence):  # an image shape (C, H, W)
+            shape = dict(zip(("channels", "height", "width"), features, strict=False))
+        check_sizes(**shape, trajectories=trajectories, components=components, rank=rank)
+        check_sizes(0, context=context, random_times=random_times)
+
+        self.layout = StateLayout.of(features, rank, augment, learn_weights)
+        self.shape, self.features = self.layout.shape, self.layout.features
+        self.context = context
+        self.trajectories, self.components, self.rank = trajectories, components, rank
+        self.log_diag_min, self.epsilon = log_diag_min, epsilon
+        self.solver = Solver() if solver is None else solver
+        self.random_times = random_times
+
+        self.dynamics = self._dynamics(**kwargs)
+        if context > 0:
+            self.start = MLP(context, trajectories * self.layout.size, self.hidden_features)
+        else:
+            self.start = nn.Parameter(self._default_start(torch.zeros(self.features, 1)))
+
+        self._cache = None
+        self.fit_report: FitReport | None = None
+
+    def _dynamics(
+        self,
+        hidden_features: Sequence[int] | None = None,
+        activation: Literal["sin", "tanh"] = "sin",
+        separate: bool = False,
+    ) -> Dynamics | ConvDynamics:
+        r"""The dynamics :math:`f`: an MLP of flat states, :py:`(256, 256)` by default, or
+        a CNN of states in image shape, :py:`(64, 64)` channels by default; one per
+        trajectory if ``separate``. Keeps ``hidden_features`` for the context networks."""
+
+        copies = self.trajectories if separate else 1
+
+        if self.shape is None:
+            self.hidden_features = tuple(hidden_features or (256, 256))
+            return Dynamics(
+                self.layout.size, self.context, self.hidden_features, activation, copies
+            )
+
+        self.hidden_features = tuple(hidden_features or (64, 64))
+        shape = (self.layout.channels, *self.shape[1:])
+        return ConvDynamics(shape, self.context, self.hidden_features, activation, copies)
+
+    # state and solve
+
+    def _default_start(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        r"""Initial states with the means at zero, unit diagonals, small random loadings
+        (drawn from ``generator``), zero augmented part and equal weights, of the dtype
+        and on the device of :math:`x`."""
+
+        C, M, R = self.trajectories, self.features, self.rank
+        loc = torch.zeros(C, M, dtype=x.dtype, device=x.device)
+        device = x.device if generator is None else generator.device
+        noise = torch.randn(C, M, R, dtype=x.dtype, device=device, generator=generator)
+        state = State(
+            loc=loc,
+            factor=1e-2 * noise.to(x.device),
+            log_diag=torch.zeros_like(loc),
+            log_weight=torch.zeros_like(loc[..., :1]),
+            alpha=torch.zeros(C, self.layout.augmented, dtype=x.dtype, device=x.device),
+        )
+
+        return self.layout.pack(state)
+
+    def initial_state(self, c: Tensor | None = None) -> Tensor:
+        r"""Returns the initial states :math:`h_c(0)`, with shape :math:`(*, C, S)`."""
+
+        if c is None:
+            return self.start
+
+        return self.start(c).unflatten(-1, (self.trajectories, self.layout.size))
+
+    def solve(self, times: Tensor, c: Tensor | None = None) -> Tensor:
+        r"""Returns the states :math:`h_c(t)` at increasing pseudotimes, with shape
+        :math:`(*, C, T, S)`.
+
+        The ODE is integrated from :math:`t = 0`; when the first time is positive,
+        :math:`0` is prepended to the solve and dropped from the result.
+
+        Raises:
+            SolverError: When the solver fails (:meth:`Solver.solve`).
+        """
+
+        check_context(c, self.context, self._reference())
+
+        h0 = self.initial_state(c)
+        if c is not None:
+            context = c.unsqueeze(-2).expand(*h0.shape[:-1], self.context)
+            h0 = torch.cat((h0, context), dim=-1)
+
+        times = times.to(h0)
+        if h0.numel() == 0:  # an empty batch of contexts: nothing to solve
+            h = h0[..., None, : self.layout.size]
+            return h.expand(*h0.shape[:-1], len(times), self.layout.size)
+
+        prepend = bool(times[0] > 0)
+        if prepend:
+            times = torch.cat((times.new_zeros(1), times))
+
+        h = self.solver.solve(self.dynamics, h0, times)
+        h = h[1:] if prepend else h
+
+        return h[..., : self.layout.size].movedim(0, -2)
+
+    def _settings(self) -> tuple:
+        r"""What the grid states depend on besides the values of the parameters: the
+        grid, the solver's settings and each parameter's identity, shape, dtype and
+        device."""
+
+        layout = tuple((id(p), p.shape, p.dtype, p.device) for p in self.parameters())
+
+        return self.components, repr(self.solver), layout
+
+    def _cached(self) -> Tensor | None:
+        r"""The cached grid states, if the settings and the values of the parameters are
+        those they were solved with."""
+
+        if self._cache is None:
+            return None
+
+        settings, values, h = self._cache
+        if settings != self._settings():
+            return None
+
+        for p, value in zip(self.parameters(), values, strict=True):
+            if not torch.equal(p.detach(), value):
+                return None
+
+        return h
+
+    def _grid_states(self, c: Tensor | None) -> Tensor:
+        r"""The states at the evaluation grid; for an unconditional model, cached.
+
+        The cache holds the states with a copy of the parameters they were solved with,
+        and is used only while the parameters have exactly those values, whichever way
+        they changed (an optimizer step, an in-place or :py:`.data` edit,
+        :meth:`load_state_dict`, :meth:`to`, a change of the solver's settings):
+        checking is one pass over the parameters (about 1 ns per parameter on one CPU
+        thread), far less than a solve. When gradients are enabled and parameters
+        require them, the states are differentiable, so that a model trains in
+        evaluation mode too: solved with autograd on a miss, and on a hit solved again
+        only if the backward pass runs."""
+
+        grid = torch.linspace(0, 1, self.components)
+
+        if c is not None:
+            return self.solve(grid, c)
+
+        parameters = tuple(self.parameters())
+        differentiable = torch.is_grad_enabled() and any(p.requires_grad for p in parameters)
+        h = self._cached()
+
+        if h is None:
+            values = [p.detach().clone() for p in parameters]
+            with torch.set_grad_enabled(differentiable):
+                h = self.solve(grid)
+            self._cache = (self._settings(), values, h.detach())
+        elif differentiable:
+            h = _Resolve.apply(lambda: self.solve(grid), h, *parameters)
+
+        return h
+
+    def train(self, mode: bool = True):
+        if mode:
+            self._cache = None
+        return super().train(mode)
+
+    def states(self, c: Tensor | None = None) -> Tensor:
+        r"""Returns the states of the components, with shape :math:`(*, C, G, S)`: at
+        sorted uniform pseudotimes in training mode
+        with ``random_times``, else at the fixed grid
+        :math:`t_j = (j - 1) / (G - 1)` in evaluation mode (cached for an unconditional
+        model while the parameters keep their values, and differentiable when
+        gradients are enabled)."""
+
+        if self.training and self.random_times:
+            return self.solve(pseudotimes(self.random_times, self._reference()), c)
+
+        return self._grid_states(c)
+
+    def _reference(self) -> Tensor:
+        return next(self.dynamics.parameters())
+
+    def parameters_of(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        r"""Returns the mixture parameters of states :math:`h`, with shape
+        :math:`(*, S)`: the log-weights, means, loadings and the log-diagonals
+        :math:`\log d`, soft-clipped from below, in :class:`~contmix.MFA`'s layout."""
+
+        state = self.layout.unpack(h)
+
+        if state.log_weight is None:
+            logits = torch.zeros_like(h[..., 0])
+        else:
+            logits = state.log_weight.squeeze(-1)
+
+        return logits, state.loc, state.factor, soft_clip(state.log_diag, self.log_diag_min)
+
+    def _inner(self, h: Tensor) -> GaussianMixture:
+        logits, loc, factor, log_diag = self.parameters_of(h)
+        return GaussianMixture(LowRankNormal(loc, factor, log_diag.exp() + self.epsilon), logits)
+
+    def _extracted_states(self, components: int | None, c: Tensor | None) -> Tensor:
+        if self.context > 0 and (c is None or c.dim() != 1):
+            raise ValueError(
+                "extract() of a conditional model needs one context c "
+                f"with shape ({self.context},)."
+            )
+
+        if components is None and c is None:
+            return self._grid_states(None)
+        if components is not None:
+            check_sizes(components=components)
+
+        return self.solve(torch.linspace(0, 1, components or self.components), c)
+
+    # initialization
+
+    def _initialize(
+        self,
+        x: Tensor,
+        strategy: str,
+        y: Tensor | None,
+        steps: int,
+        lr: float,
+        n_init: int,
+        generator: torch.Generator | None,
+        progress: bool | None,
+    ) -> tuple[Tensor, FitReport]:
+        r"""Initializes the initial states and the dynamics; returns the log-sizes of
+        the groups and the report of the fit."""
+
+        if strategy not in STRATEGIES:
+            raise ValueError(f"Unknown strategy '{strategy}': choose one of {STRATEGIES}.")
+
+        check_sizes(n_init=n_init)
+        if steps is None:
+            steps = STEPS.get(strategy, 0)
+        check_sizes(0, steps=steps)
+        if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr < math.inf:
+            raise ValueError(f"lr must be a positive finite number, got {lr!r}.")
+        check_generator(generator)
+        check_progress(progress)
+        reference = self._reference()
+        check_samples(x, self.features, self.trajectories + 1, reference)
+        if x.dtype != reference.dtype:
+            raise TypeError(
+                f"x is {x.dtype} but the model is {reference.dtype}: use x.to({reference.dtype})."
+            )
+        check_scale(x, math.exp(self.log_diag_min) + self.epsilon, "log_diag_min")
+
+        if strategy == "em":
+            labels = group_labels(x, self.trajectories, "kmeans", y, generator)
+            paths = path_components(
+                x, labels, self.trajectories, self.components, self.rank, n_init, generator
+            )
+        else:
+            stats = self._statistics(x, strategy, y, n_init, generator)
+            factor = self.layout.unpack(self._default_start(x, generator)).factor
+            factor = factor * stats.variances.mean(dim=(-1, -2)).sqrt()[:, None, None]
+            paths = PathComponents(
+                stats.logits,
+                torch.zeros_like(stats.means[..., 0]),
+                stats.means,
+                factor.unsqueeze(-3).expand(*stats.means.shape, self.rank),
+                stats.variances,
+            )
+
+        h0 = self._path_start(paths)
+        self._cache = None
+
+        with restore_on_error(self):
+            with torch.no_grad():
+                self._reset(generator)
+                if self.context > 0:
+                    self.start[-1].bias.copy_(h0.flatten())
+                else:
+                    self.start.copy_(h0)
+
+            if strategy == "kmeans" and self.context == 0 and steps > 0:
+                log_var = self._log_diag(paths.diag)
+                fit_path(self, paths.loc, log_var, x.var(dim=0).mean(), steps, lr)
+            elif strategy == "em" and self.context == 0 and steps > 0:
+                fit_components(self, paths, steps, lr, progress)
+
+        return paths.logits, self._report(x, strategy, paths.logits)
+
+    @torch.no_grad()
+    def _report(self, x: Tensor, strategy: str, logits: Tensor) -> FitReport:
+        r"""The report of an initialization, with the mean log-likelihood of :math:`x` at
+        the grid (the outer weights set to ``logits``), kept as ``fit_report``."""
+
+        inner = self._inner(
+            self._grid_states(None)
+            if self.context == 0
+            else self.solve(torch.linspace(0, 1, self.components), x.new_zeros(self.context))
+        )
+        mixture = GaussianMixture(inner, logits) if inner.batch_shape else inner
+        self.fit_report = FitReport.of(strategy, mixture.log_prob(x).mean())
+
+        return self.fit_report
+
+    def _log_diag(self, diag: Tensor) -> Tensor:
+        r"""The state's :math:`\log d` of diagonals ``diag``, above the soft floor."""
+
+        log_var = (diag - self.epsilon).clamp(min=torch.finfo(diag.dtype).tiny).log()
+        return inverse_soft_clip(log_var.clamp(min=self.log_diag_min + 0.1), self.log_diag_min)
+
+    def _path_start(self, paths: PathComponents) -> Tensor:
+        r"""The initial states of the paths' first components: their means, loadings,
+        log-diagonals and log-weights, and a zero augmented part."""
+
+        loc = paths.loc[:, 0]
+        state = State(
+            loc=loc,
+            factor=paths.factor[:, 0],
+            log_diag=self._log_diag(paths.diag[:, 0]),
+            log_weight=paths.log_weights[:, :1],
+            alpha=loc.new_zeros(loc.shape[0], self.layout.augmented),
+        )
+
+        return self.layout.pack(state)
+
+    def _reset(self, generator: torch.Generator | None) -> None:
+        r"""Draws the dynamics (and the context networks) afresh from ``generator``, with
+        their last layers scaled down: the trajectories start slow (and the same
+        whatever the context), whatever the model was before."""
+
+        self.dynamics.reset_parameters(generator)
+        for p in self.dynamics.output_layer():
+            p.mul_(1e-2)
+
+        for mlp in (self.start, getattr(self, "logits", None)):
+            if isinstance(mlp, nn.Module):
+                reset_linear(mlp, generator)
+                mlp[-1].weight.mul_(1e-2)
+
+    def _statistics(
+        self,
+        x: Tensor,
+        strategy: str,
+        y: Tensor | None,
+        n_init: int,
+        generator: torch.Generator | None,
+    ) -> GroupStatistics:
+        r"""The groups and their ordered sub-clusters (:func:`group_statistics`): of
+        ``n_init`` draws, each from its own centres, the one whose mixture (of the
+        sub-clusters' diagonal Gaussians, the start that the trajectories regress on)
+        has the highest mean log-likelihood on :math:`x`."""
+
+        best, score = None, None
+
+        for _ in range(n_init):
+            labels = group_labels(x, self.trajectories, strategy, y, generator)
+            stats = group_statistics(
+                x, labels, self.trajectories, self.components, strategy, generator=generator
+            )
+            if n_init == 1:
+                return stats
+
+            value = self._log_likelihood(x, stats)
+            if best is None or value > score:
+                best, score = stats, value
+
+        return best
+
+    def _log_likelihood(self, x: Tensor, stats: GroupStatistics) -> Tensor:
+        r"""The mean log-likelihood of :math:`x` under the diagonal Gaussians of the
+        sub-clusters, around the data mean."""
+
+        shift = x.mean(dim=0)
+        diag = stats.variances.clamp(min=math.exp(self.log_diag_min)) + self.epsilon
+        factor = torch.zeros_like(stats.means).unsqueeze(-1)
+        base = LowRankNormal(stats.means - shift, factor, diag)
+        inner = GaussianMixture(base, torch.zeros_like(stats.means[..., 0]))
+
+        return GaussianMixture(inner, stats.logits).log_prob(x - shift).mean()
