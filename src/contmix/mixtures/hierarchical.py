@@ -271,7 +271,7 @@ class HierarchicalMFA(InformationCriteria, LazyDistribution):
         than ``tol`` or for ``max_iter`` iterations.
 
         The hierarchical mixture is the mixture of the :math:`C G` factor analyzers of
-        weights :math:`\eta_c \pi_{cj}`, and EM for it is :func:`~contmix.mixtures.mfa.fit_mfa` on
+        weights :math:`\eta_c \pi_{cj}`, and EM for it is :func:`~contmix.em.fit_mfa` on
         these: the M-step of the weights, :math:`\eta_c \pi_{cj} = N_{cj} / N`, gives
         :math:`\eta_c = \sum_j N_{cj} / N` and :math:`\pi_{cj} = N_{cj} / \sum_{j'}
         N_{cj'}`. EM never lowers the likelihood, and warns with a
@@ -336,7 +336,7 @@ class HierarchicalMFA(InformationCriteria, LazyDistribution):
     def _flat(self, params: list[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         r"""Turns parameters in the layout of :attr:`shapes` into the log-weights, means,
         loadings and diagonals of the flat mixture of :math:`C G` factor analyzers, in
-        the layout of :func:`~contmix.mixtures.mfa.fit_mfa`."""
+        the layout of :func:`~contmix.em.fit_mfa`."""
 
         eta, logits, loc, factor, log_diag = params
         weights = eta.log_softmax(dim=-1).unsqueeze(-1) + logits.log_softmax(dim=-1)
