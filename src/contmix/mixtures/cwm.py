@@ -25,9 +25,8 @@ __all__ = [
     "TriangularAffineTransform",
 ]
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
-from math import prod
 from typing import Literal
 
 import torch
@@ -36,24 +35,24 @@ import torch.nn as nn
 from torch import Size, Tensor
 from torch.distributions import Categorical, Distribution, Transform, constraints
 from torch.func import functional_call
-from zuko.lazy import LazyDistribution, LazyTransform
+from zuko.lazy import LazyTransform
 from zuko.nn import MLP
 from zuko.transforms import ComposedTransform
-from zuko.utils import unpack
 
-from .conditional import (
-    LR,
-    STEPS,
-    check_contexts,
-    check_steps,
-    initialize_context,
-    restore_on_error,
+from .base import (
+    ParametricMixture,
+    lower_triangular,
+    set_parameters,
+    shifted_exp,
+    shifted_log,
+    triangle,
 )
-from .gmm import STRATEGIES, check_fit, check_strategy, fit_start
+from .conditional import LR, STEPS
+from .start import fit_start
 from ..distributions import DiagNormal, _check_event
-from ..em.gmm import _factor, check_em
-from ..report import FitReport, best_of, check_progress
-from ..utils import check_context, check_samples, check_scale, check_sizes, set_parameters
+from ..em.gmm import _factor
+from ..report import FitReport
+from ..utils import check_sizes
 
 MapType = Literal["diagonal", "affine"]
 MAP_TYPES = ("diagonal", "affine")
@@ -403,7 +402,7 @@ def _classify(net: Callable[[Tensor], Tensor], c: Tensor, z: Tensor) -> Tensor:
     return net(torch.cat((z, c.expand(*z.shape[:-1], c.shape[-1])), dim=-1))
 
 
-class CWM(LazyDistribution):
+class CWM(ParametricMixture):
     r"""Creates a classifier-weighted mixture (CWM).
 
     .. math:: p(X \mid c) = \sum_{k = 1}^K w_k(T_k(X \mid c) \mid c) \,
@@ -472,29 +471,13 @@ class CWM(LazyDistribution):
         epsilon: float = 1e-6,
         **kwargs,
     ) -> None:
-        super().__init__()
-
         check_sizes(features=features, components=components)
         check_sizes(0, context=context)
+        shapes = cwm_shapes(components, features, maps)
 
-        self.features = features
-        self.context = context
-        self.components = components
+        super().__init__(features, context, components, epsilon, shapes, **kwargs)
+
         self.maps = maps
-        self.epsilon = epsilon
-
-        self.shapes = cwm_shapes(components, features, maps)
-        self.total = sum(prod(s) for s in self.shapes)
-        self.fit_report: FitReport | None = None
-
-        if context > 0:
-            self.hyper = MLP(context, self.total, **kwargs)
-        else:
-            self.phi = nn.ParameterList(
-                [nn.Parameter(torch.randn(self.shapes[0]))]
-                + [nn.Parameter(torch.zeros(s)) for s in self.shapes[1:]]
-            )
-
         self.classifier = MLP(features + context, components, hidden_features, activation)
 
         if transforms is None:
@@ -509,27 +492,27 @@ class CWM(LazyDistribution):
                 )
             self.transforms = nn.ModuleList(transforms)
 
-    def forward(self, c: Tensor | None = None) -> CWMDistribution:
-        c = check_context(c, self.context, next(self.parameters()), ignore=True)
+    out_of_core = False  # the classifier's start needs the samples in memory
+
+    @staticmethod
+    def initial_parameters(shapes: Sequence[Size]) -> list[Tensor]:
+        r"""Returns the initial ``phi``: standard normal locations, unit scales (up to
+        :math:`\epsilon`) and, for ``"affine"`` maps, no shear."""
+
+        return [torch.randn(shapes[0])] + [torch.zeros(s) for s in shapes[1:]]
+
+    def distribution(self, params: list[Tensor], c: Tensor | None) -> CWMDistribution:
+        loc, log_diag, *tril = params
 
         # the classifier, evaluated lazily by the distribution, is bound to the values
         # its parameters have now (as those of the maps): under torch.func.functional_call
         # the distribution then depends on the parameters it was given
         net = partial(functional_call, self.classifier, dict(self.classifier.named_parameters()))
-
-        if c is None:
-            loc, log_diag, *tril = self.phi
-            classifier = net
-        else:
-            loc, log_diag, *tril = unpack(self.hyper(c), self.shapes)
-            classifier = partial(_classify, net, c)
-
-        scale = log_diag.exp() + self.epsilon
+        classifier = net if c is None else partial(_classify, net, c)
+        scale = shifted_exp(log_diag, self.epsilon)
 
         if self.maps == "affine":
-            L = torch.diag_embed(scale)
-            mask = torch.tril(torch.ones_like(L, dtype=bool), diagonal=-1)
-            transform = TriangularAffineTransform(loc, torch.masked_scatter(L, mask, tril[0]))
+            transform = TriangularAffineTransform(loc, lower_triangular(scale, tril[0]))
         else:
             transform = LocScaleTransform(loc, scale)
 
@@ -585,14 +568,11 @@ class CWM(LazyDistribution):
         r"""Turns Gaussian mixture parameters into the layout of :attr:`shapes`."""
 
         if self.maps == "affine":
-            L = _factor(covariances)
-            rows, cols = torch.tril_indices(self.features, self.features, offset=-1)
-            scale, tril = L.diagonal(dim1=-2, dim2=-1), [L[..., rows, cols]]
+            scale, *tril = triangle(_factor(covariances))
         else:
             scale, tril = covariances.sqrt(), []
 
-        tiny = torch.finfo(means.dtype).tiny
-        log_diag = (scale - self.epsilon).clamp(min=tiny).log()
+        log_diag = shifted_log(scale, self.epsilon)
 
         return [means, log_diag, *tril]
 
@@ -674,32 +654,48 @@ class CWM(LazyDistribution):
             True
         """
 
-        check_strategy(strategy, STRATEGIES)
-        check_fit(n_init, generator, reg)
-        check_em(tol, max_iter)
-        check_progress(progress)
-        reference = next(self.parameters())
-        check_samples(x, self.features, self.components + 1, reference)
-        check_scale(x, max(self.epsilon**2, reg), "epsilon and reg")
-        check_contexts(self, x, c)
-        check_steps(steps, lr)
+        args = (x, strategy, tol, max_iter, reg, n_init, generator, progress, c, steps, lr)
+
+        return self._initialize(*args)
+
+    def _start(
+        self,
+        x: Tensor,
+        strategy: str,
+        tol: float,
+        max_iter: int,
+        reg: float,
+        generator: torch.Generator | None,
+        progress: bool | None,
+    ) -> tuple[tuple[Tensor, Tensor, Tensor], FitReport]:
+        r"""One fit of :meth:`initialize`: the Gaussian mixture of
+        :func:`~contmix.mixtures.start.fit_start`, diagonal for ``"diagonal"`` maps, full
+        for ``"affine"``."""
 
         covariance_type = "full" if self.maps == "affine" else "diagonal"
         args = (x, self.components, strategy, covariance_type, False, tol, max_iter, reg)
-        fit = lambda: fit_start(*args, generator, progress)
-        (logits, *params), report = best_of(fit, n_init, progress)
+
+        return fit_start(*args, generator, progress)
+
+    def _write(self, params: Sequence[Tensor]) -> None:
+        r"""Writes the maps of the Gaussian mixture of :meth:`_start` and its weights as
+        the constant output of the classifier (last layer's weights zero, biases
+        :math:`\log \pi_k`)."""
+
+        logits, *params = params
 
         if not torch.isfinite(logits).all():
             raise ValueError("The fitted weights are not finite: the data is degenerate.")
 
-        with restore_on_error(self):
-            set_parameters(self, self._layout(logits, *params))
-            self.classifier[-1].weight.zero_()
-            self.classifier[-1].bias.copy_(logits)
-            trained = (
-                None if c is None else [*self.hyper.parameters(), *self.classifier.parameters()]
-            )
-            report = initialize_context(self, x, c, report, trained, steps, lr, progress)
-        self.fit_report = report
+        set_parameters(self, self._layout(logits, *params))
+        self.classifier[-1].weight.zero_()
+        self.classifier[-1].bias.copy_(logits)
 
-        return report
+    def _context_parameters(self) -> Iterable[nn.Parameter] | None:
+        r"""The parameters of the context fit: those of the hypernetwork and of the
+        classifier, which reads the context too."""
+
+        if self.context == 0:
+            return None
+
+        return [*self.hyper.parameters(), *self.classifier.parameters()]

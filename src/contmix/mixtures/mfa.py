@@ -6,43 +6,24 @@ __all__ = [
 ]
 
 
-from collections.abc import Callable
-from math import prod
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
 import torch.nn as nn
 
 from torch import Size, Tensor
-from zuko.lazy import LazyDistribution
-from zuko.nn import MLP
-from zuko.utils import unpack
 
-from .conditional import (
-    LR,
-    STEPS,
-    check_contexts,
-    check_steps,
-    keep_fit,
-)
+from .base import ParametricMixture, shifted_exp, shifted_log
+from .conditional import LR, STEPS
 from .criteria import InformationCriteria
-from .gmm import (
-    as_labeller,
-    check_data,
-    check_fit,
-    check_strategy,
-    check_unconditional,
-    initial_clusters,
-)
+from .start import STRATEGIES, as_labeller, fit_report, initial_clusters
 from ..cluster import reference
 from ..distributed import Data, accumulate, samples
 from ..distributions import GaussianMixture, LowRankNormal
-from ..em.base import check_em, check_reg
 from ..em.mfa import _floor, fit_mfa, mfa_log_likelihood
-from ..report import FitReport, best_of, check_progress
-from ..utils import check_context, check_sizes, set_parameters
-
-STRATEGIES = ("random", "kmeans", "kmeans++", "fa", "em")
+from ..report import FitReport
+from ..utils import check_sizes
 
 
 def mfa_free_parameters(components: int, features: int, rank: int) -> int:
@@ -73,7 +54,7 @@ def mfa_shapes(components: int, features: int, rank: int) -> list[Size]:
     ]
 
 
-class MFA(InformationCriteria, LazyDistribution):
+class MFA(InformationCriteria, ParametricMixture):
     r"""Creates a mixture of factor analyzers (MFA).
 
     .. math:: p(X \mid c) = \sum_{k = 1}^K \pi_k(c) \,
@@ -114,52 +95,42 @@ class MFA(InformationCriteria, LazyDistribution):
         epsilon: float = 1e-6,
         **kwargs,
     ) -> None:
-        super().__init__()
-
         check_sizes(features=features, components=components, rank=rank)
         check_sizes(0, context=context)
+        shapes = mfa_shapes(components, features, rank)
 
-        self.features = features
-        self.context = context
-        self.components = components
+        super().__init__(features, context, components, epsilon, shapes, **kwargs)
+
         self.rank = rank
-        self.epsilon = epsilon
 
-        self.shapes = mfa_shapes(components, features, rank)
-        self.total = sum(prod(s) for s in self.shapes)
-        self.fit_report: FitReport | None = None
+    strategies = (*STRATEGIES[:-1], "fa", "em")
+    variance_power = 1  # epsilon is added to the diagonals, variances
 
-        if context > 0:
-            self.hyper = MLP(context, self.total, **kwargs)
-        else:
-            self.phi = nn.ParameterList(
-                [
-                    nn.Parameter(torch.zeros(components)),
-                    nn.Parameter(torch.randn(components, features)),
-                    nn.Parameter(torch.randn(components, features, rank) / rank**0.5),
-                    nn.Parameter(torch.zeros(components, features)),
-                ]
-            )
+    @staticmethod
+    def initial_parameters(shapes: Sequence[Size]) -> list[Tensor]:
+        r"""Returns the initial ``phi``: uniform weights, standard normal means, loadings
+        of variance :math:`1 / R` and unit diagonals (up to :math:`\epsilon`)."""
 
-    def forward(self, c: Tensor | None = None) -> GaussianMixture:
-        c = check_context(c, self.context, next(self.parameters()), ignore=True)
+        logits, loc, factor, log_diag = shapes
+        rank = factor[-1]
 
-        if c is None:
-            logits, loc, factor, log_diag = self.phi
-        else:
-            logits, loc, factor, log_diag = unpack(self.hyper(c), self.shapes)
+        return [
+            torch.zeros(logits),
+            torch.randn(loc),
+            torch.randn(factor) / rank**0.5,
+            torch.zeros(log_diag),
+        ]
 
-        base = LowRankNormal(loc, factor, log_diag.exp() + self.epsilon)
+    def distribution(self, params: list[Tensor], c: Tensor | None) -> GaussianMixture:
+        logits, loc, factor, log_diag = params
+        base = LowRankNormal(loc, factor, shifted_exp(log_diag, self.epsilon))
 
         return GaussianMixture(base, logits)
 
     def _layout(self, logits: Tensor, loc: Tensor, factor: Tensor, diag: Tensor) -> list[Tensor]:
         r"""Turns natural parameters into the layout of :attr:`shapes`."""
 
-        tiny = torch.finfo(diag.dtype).tiny
-        log_diag = (diag - self.epsilon).clamp(min=tiny).log()
-
-        return [logits, loc, factor, log_diag]
+        return [logits, loc, factor, shifted_log(diag, self.epsilon)]
 
     @torch.no_grad()
     def initialize(
@@ -250,20 +221,9 @@ class MFA(InformationCriteria, LazyDistribution):
             tensor([0.5000, 0.5000], grad_fn=<RoundBackward1>)
         """
 
-        check_strategy(strategy, STRATEGIES)
-        check_fit(n_init, generator, reg)
-        check_em(tol, max_iter)
-        check_progress(progress)
-        reference = next(self.parameters())
-        floor = max(self.epsilon, reg)
-        check_data(x, self.features, self.components + 1, reference, floor, "epsilon and reg")
-        check_contexts(self, x, c)
-        check_steps(steps, lr)
+        args = (x, strategy, tol, max_iter, reg, n_init, generator, progress, c, steps, lr)
 
-        args = (x, strategy, tol, max_iter, reg, generator, progress)
-        params, report = best_of(lambda: self._fit(*args), n_init, progress)
-
-        return keep_fit(self, self._layout(*params), x, c, report, steps, lr, progress)
+        return self._initialize(*args)
 
     @torch.no_grad()
     def em(
@@ -314,19 +274,17 @@ class MFA(InformationCriteria, LazyDistribution):
             True
         """
 
-        check_unconditional(self, "em()")
-        check_reg(reg)
-        check_em(tol, max_iter)
-        check_progress(progress)
-        reference = next(self.parameters())
-        floor = max(self.epsilon, reg)
-        check_data(x, self.features, self.components + 1, reference, floor, "epsilon and reg")
+        return self._em(x, tol, max_iter, reg, progress)
 
+    def _run_em(
+        self, x: Data, tol: float, max_iter: int, reg: float, progress: bool | None
+    ) -> tuple[list[Tensor], FitReport]:
+        r"""The EM of :meth:`em`: :func:`~contmix.em.fit_mfa` from :meth:`_natural`."""
+
+        param = next(self.parameters())
         fit = fit_mfa(x, *self._natural(), tol, max_iter, reg, progress=progress)
-        set_parameters(self, self._layout(*(p.to(reference) for p in fit[:4])))
-        self.fit_report = FitReport.of("em", fit.history[-1], fit.history, fit.converged)
 
-        return self.fit_report
+        return self._layout(*(p.to(param) for p in fit[:4])), fit_report("em", fit)
 
     @torch.no_grad()
     def _natural(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -335,7 +293,7 @@ class MFA(InformationCriteria, LazyDistribution):
 
         logits, loc, factor, log_diag = self.phi
 
-        return logits.log_softmax(dim=-1), loc, factor, log_diag.exp() + self.epsilon
+        return logits.log_softmax(dim=-1), loc, factor, shifted_exp(log_diag, self.epsilon)
 
     def predict_proba(self, x: Tensor, c: Tensor | None = None) -> Tensor:
         r"""Returns the posterior of the components (the responsibilities), with shape
@@ -435,7 +393,7 @@ class MFA(InformationCriteria, LazyDistribution):
 
         return resp, logits, loc, factor, diag
 
-    def _fit(
+    def _start(
         self,
         x: Data,
         strategy: str,
@@ -459,6 +417,6 @@ class MFA(InformationCriteria, LazyDistribution):
         if strategy == "em":
             params = fit_mfa(x, *params, tol, max_iter, reg, resp=resp, progress=progress)[:4]
             fit = fit_mfa(x, *params, tol, max_iter, reg, progress=progress)
-            return fit[:4], FitReport.of(strategy, fit.history[-1], fit.history, fit.converged)
+            return fit[:4], fit_report(strategy, fit)
 
         return tuple(params), FitReport.of(strategy, mfa_log_likelihood(x, *params))
