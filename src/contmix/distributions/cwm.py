@@ -237,8 +237,8 @@ class CWMDistribution(Distribution):
         are shared.
 
         Example:
-        >>> from contmix import CWM
-        >>> d = CWM(features=2, context=3, components=2)(torch.randn(5, 3))
+            >>> from contmix import CWM
+            >>> d = CWM(features=2, context=3, components=2)(torch.randn(5, 3))
             >>> d.expand((4, 5)).sample().shape
             torch.Size([4, 5, 2])
         """
