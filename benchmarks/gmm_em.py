@@ -35,7 +35,7 @@ from torch.distributions import Categorical, MixtureSameFamily, MultivariateNorm
 
 from contmix.cluster import kmeans_plusplus
 from contmix.em import fit_gmm, gaussian_mixture, gmm_m_step
-from contmix.mixtures.gmm import hard_responsibilities
+from contmix.mixtures.start import hard_responsibilities
 
 
 def dataset(N: int, D: int, K: int, seed: int = 0) -> Tensor:

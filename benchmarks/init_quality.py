@@ -43,8 +43,7 @@ from sklearn.mixture import GaussianMixture as SKGaussianMixture
 from torch import Tensor
 
 from contmix import GMM, MFA
-from contmix.em import fit_gmm, gmm_m_step
-from contmix.mixtures.mfa import fit_mfa
+from contmix.em import fit_gmm, fit_mfa, gmm_m_step
 
 K, D, N, R = 16, 16, 20_000, 2
 POLISH = 1e-6  # the tolerance of EM to the optimum of a fit

@@ -20,7 +20,7 @@ import contmix
 
 from contmix.distributed import sharded
 from contmix.em import fit_gmm, gmm_m_step
-from contmix.mixtures.gmm import hard_responsibilities
+from contmix.mixtures.start import hard_responsibilities
 
 
 def blobs(n: int, seed: int = 0) -> torch.Tensor:

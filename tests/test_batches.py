@@ -11,8 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 from contmix import GMM, MFA, HierarchicalMFA
 from contmix.cluster import kmeans, kmeans_plusplus, labeller, random_centers, reference
 from contmix.distributed import accumulate, batches, check_batches, mean, samples
-from contmix.em import fit_gmm, gmm_log_likelihood, gmm_m_step
-from contmix.mixtures.mfa import fit_mfa, mfa_log_likelihood
+from contmix.em import fit_gmm, fit_mfa, gmm_log_likelihood, gmm_m_step, mfa_log_likelihood
 from contmix.report import ConvergenceWarning
 
 

@@ -11,7 +11,7 @@ from helpers import changed, snapshot, unchanged
 from torch import Tensor
 
 from contmix import CWM, GMM
-from contmix.mixtures.cwm import CWMDistribution, LocScaleTransform
+from contmix.distributions.cwm import CWMDistribution, LocScaleTransform
 
 
 def sharpen(cwm: CWM, gain: float = 6.0) -> CWM:

@@ -16,9 +16,9 @@ import zuko
 from contmix import CPMM, GMM, Curriculum, distributed
 from contmix.cluster import kmeans, kmeans_plusplus
 from contmix.curriculum import Settings
-from contmix.em import fit_gmm, gmm_m_step
-from contmix.mixtures.gmm import hard_responsibilities
-from contmix.mixtures.mfa import MFA, fit_mfa
+from contmix.em import fit_gmm, fit_mfa, gmm_m_step
+from contmix.mixtures.mfa import MFA
+from contmix.mixtures.start import hard_responsibilities
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()),

@@ -16,7 +16,7 @@ from torch.distributions import (
 from contmix import GMM, MFA, ConvergenceWarning, FitReport, HierarchicalMFA
 from contmix.datasets import digits
 from contmix.distributions import GaussianMixture, LowRankNormal
-from contmix.mixtures.mfa import fit_mfa, mfa_log_likelihood
+from contmix.em import fit_mfa, mfa_log_likelihood
 
 
 def random_mfa(K: int = 3, D: int = 6, R: int = 2, dtype=torch.float64):
@@ -412,7 +412,7 @@ def test_outlier_leaves_the_inliers_alone(outlier, strategy):
 
 
 def test_floor_is_absolute():
-    from contmix.mixtures.mfa import _floor
+    from contmix.em.mfa import _floor
 
     x, _ = two_blobs()
     far, _ = two_blobs(1e6)
@@ -439,7 +439,7 @@ def test_posterior_at_the_floor_float32():
     positive definite (its Cholesky decomposition fails) and its inverse was off by
     500%; by QR, G and beta are within 1e-4 (relative)."""
 
-    from contmix.mixtures.mfa import _posterior
+    from contmix.em.mfa import _posterior
 
     g = torch.Generator().manual_seed(0)
     K, M, R = 8, 150, 4
@@ -497,7 +497,7 @@ def test_initialize_at_the_floor_float32(strategy):
 
 
 def test_solve_guard():
-    from contmix.mixtures.mfa import _solve
+    from contmix.em.mfa import _solve
 
     v = torch.tensor([[1.0, 2.0, 3.0]])  # singular moments: the outer product of one sample
     moments = (v.T @ v).unsqueeze(0)

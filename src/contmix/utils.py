@@ -6,14 +6,11 @@ __all__ = [
     "check_scale",
     "check_sizes",
     "cholesky",
-    "set_parameters",
 ]
-
-from collections.abc import Sequence
 
 import torch
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from .ops import known
 
@@ -222,31 +219,3 @@ def cholesky(cov: Tensor, attempts: int = 6) -> Tensor:
         "A covariance matrix is not positive definite even with a jitter of 10% of its "
         "variance: the data is degenerate (NaN, constant or duplicated)."
     )
-
-
-@torch.no_grad()
-def set_parameters(module: nn.Module, params: Sequence[Tensor]) -> None:
-    r"""Writes fitted parameters, in the layout of ``module.shapes``, into the free
-    parameters ``module.phi`` or, for a conditional module, as the output bias of its
-    hypernetwork ``module.hyper``, whose output weights are scaled by :math:`10^{-2}` so
-    that it starts out producing these parameters whatever the context (as zuko does).
-
-    Raises a :class:`ValueError`, changing nothing, if a parameter is not finite.
-
-    Example:
-        >>> from contmix import GMM
-        >>> gmm = GMM(features=1, components=2, covariance_type="diagonal")
-        >>> set_parameters(gmm, [torch.zeros(2), torch.tensor([[-1.0], [1.0]]), torch.zeros(2, 1)])
-        >>> gmm().mean
-        tensor([0.], grad_fn=<SumBackward1>)
-    """
-
-    if not all(torch.isfinite(p).all() for p in params):
-        raise ValueError("The fitted parameters are not finite: the data is degenerate.")
-
-    if hasattr(module, "hyper"):
-        module.hyper[-1].weight.mul_(1e-2)
-        module.hyper[-1].bias.copy_(torch.cat([p.flatten() for p in params]))
-    else:
-        for p, value in zip(module.phi, params, strict=True):
-            p.copy_(value)

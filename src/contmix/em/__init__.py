@@ -1,4 +1,5 @@
-r"""Expectation-maximization for Gaussian mixtures.
+r"""Expectation-maximization for Gaussian mixtures and mixtures of factor analyzers
+(:mod:`contmix.em.mfa`).
 
 The parameters of a Gaussian mixture are kept here in their natural form: log-weights
 :math:`\log \pi` with shape :math:`(K,)`, means :math:`\mu` with shape :math:`(K, D)` and
@@ -24,15 +25,19 @@ from .gmm import (
     gmm_log_likelihood,
     gmm_m_step,
 )
+from .mfa import MFAFit, fit_mfa, mfa_log_likelihood
 
 __all__ = [
     "GMMFit",
+    "MFAFit",
     "check_em",
     "check_reg",
     "degenerate",
     "dtype_of",
     "fit_gmm",
+    "fit_mfa",
     "gaussian_mixture",
     "gmm_log_likelihood",
     "gmm_m_step",
+    "mfa_log_likelihood",
 ]

@@ -26,7 +26,6 @@ __all__ = [
     "check_steps",
     "fit_context",
     "initialize_context",
-    "keep_fit",
     "restore_on_error",
 ]
 
@@ -42,7 +41,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..report import FitReport, _better, progress_bar
-from ..utils import check_context, check_sizes, set_parameters
+from ..utils import check_context, check_sizes
 
 STEPS = 100  # Adam steps of the context fit, by default
 LR = 1e-2  # their learning rate, by default
@@ -278,36 +277,3 @@ def initialize_context(
     best, history = fit_context(model, x, c, parameters, steps, lr, progress)
 
     return replace(report, context_history=history, context_log_likelihood=best)
-
-
-def keep_fit(
-    model: nn.Module,
-    params: list[Tensor],
-    x: Tensor,
-    c: Tensor | None,
-    report: FitReport,
-    steps: int = STEPS,
-    lr: float = LR,
-    progress: bool | None = None,
-) -> FitReport:
-    r"""Ends the ``initialize`` of a parametric mixture: writes the fitted parameters
-    ``params`` into ``model`` (:func:`~contmix.utils.set_parameters`), fits its
-    hypernetwork to :math:`p(x \mid c)` when contexts are given
-    (:func:`initialize_context`), keeps the report as ``model.fit_report`` and returns
-    it. If anything fails, the model is left as it was (:func:`restore_on_error`).
-
-    Example:
-        >>> from contmix import GMM
-        >>> gmm, x = GMM(features=2, components=3), torch.randn(100, 2)
-        >>> params = [p.detach() + 1 for p in gmm.phi]
-        >>> report = keep_fit(gmm, params, x, None, FitReport.of("custom", 0.0))
-        >>> gmm.fit_report is report and torch.equal(gmm.phi[1], params[1])
-        True
-    """
-
-    with restore_on_error(model):
-        set_parameters(model, params)
-        report = initialize_context(model, x, c, report, None, steps, lr, progress)
-    model.fit_report = report
-
-    return report

@@ -19,366 +19,44 @@ References:
 
 __all__ = [
     "CWM",
-    "CWMDistribution",
-    "ComponentwiseTransform",
-    "LocScaleTransform",
-    "TriangularAffineTransform",
 ]
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
-from math import prod
 from typing import Literal
 
 import torch
 import torch.nn as nn
 
 from torch import Size, Tensor
-from torch.distributions import Categorical, Distribution, Transform, constraints
 from torch.func import functional_call
-from zuko.lazy import LazyDistribution, LazyTransform
+from zuko.lazy import LazyTransform
 from zuko.nn import MLP
 from zuko.transforms import ComposedTransform
-from zuko.utils import unpack
 
-from .conditional import (
-    LR,
-    STEPS,
-    check_contexts,
-    check_steps,
-    initialize_context,
-    restore_on_error,
+from .base import (
+    ParametricMixture,
+    lower_triangular,
+    set_parameters,
+    shifted_exp,
+    shifted_log,
+    triangle,
 )
-from .gmm import STRATEGIES, check_fit, check_strategy, fit_start
-from ..distributions import DiagNormal, _check_event
-from ..em.gmm import _factor, check_em
-from ..report import FitReport, best_of, check_progress
-from ..utils import check_context, check_samples, check_scale, check_sizes, set_parameters
+from .conditional import LR, STEPS
+from .start import fit_start
+from ..distributions import DiagNormal
+from ..distributions.cwm import (
+    ComponentwiseTransform,
+    CWMDistribution,
+    LocScaleTransform,
+    TriangularAffineTransform,
+)
+from ..em.gmm import _factor
+from ..report import FitReport
+from ..utils import check_sizes
 
 MapType = Literal["diagonal", "affine"]
 MAP_TYPES = ("diagonal", "affine")
-
-
-class LocScaleTransform(Transform):
-    r"""Creates a batch of location-scale transformations, from data to latent space.
-
-    .. math:: T_k(x) = \frac{x - \mu_k}{\sigma_k}, \quad
-        \log |\det J_{T_k}| = -\sum_i \log \sigma_{ki}
-
-    Arguments:
-        loc: The locations :math:`\mu_k`, with shape :math:`(*, K, D)`.
-        scale: The positive scales :math:`\sigma_k`, with shape :math:`(*, K, D)`.
-
-    Example:
-        >>> t = LocScaleTransform(torch.zeros(3, 2), 2 * torch.ones(3, 2))
-        >>> t(torch.ones(1, 2)).shape
-        torch.Size([3, 2])
-        >>> t.inv(t(torch.ones(1, 2)))[0]
-        tensor([1., 1.])
-    """
-
-    domain = constraints.real_vector
-    codomain = constraints.real_vector
-    bijective = True
-
-    def __init__(self, loc: Tensor, scale: Tensor, **kwargs) -> None:
-        super().__init__(**kwargs)
-
-        self.loc = loc
-        self.scale = scale
-
-    def _call(self, x: Tensor) -> Tensor:
-        return (x - self.loc) / self.scale
-
-    def _inverse(self, z: Tensor) -> Tensor:
-        return self.loc + self.scale * z
-
-    def log_abs_det_jacobian(self, x: Tensor, z: Tensor) -> Tensor:
-        return -self.scale.log().sum(dim=-1).expand(z.shape[:-1])
-
-
-class TriangularAffineTransform(Transform):
-    r"""Creates a batch of full affine transformations, from data to latent space.
-
-    .. math:: T_k(x) = L_k^{-1} (x - \mu_k), \quad
-        \log |\det J_{T_k}| = -\sum_i \log L_{kii}
-
-    with :math:`L_k` lower triangular with a positive diagonal, so that
-    :math:`T_k^{-1}(Z) \sim \mathcal{N}(\mu_k, L_k L_k^T)` when
-    :math:`Z \sim \mathcal{N}(0, I)`.
-
-    Arguments:
-        loc: The locations :math:`\mu_k`, with shape :math:`(*, K, D)`.
-        tril: The lower triangular factors :math:`L_k`, with shape :math:`(*, K, D, D)`.
-
-    Example:
-        >>> t = TriangularAffineTransform(torch.zeros(3, 2), torch.eye(2).expand(3, 2, 2))
-        >>> t(torch.ones(1, 2)).shape
-        torch.Size([3, 2])
-    """
-
-    domain = constraints.real_vector
-    codomain = constraints.real_vector
-    bijective = True
-
-    def __init__(self, loc: Tensor, tril: Tensor, **kwargs) -> None:
-        super().__init__(**kwargs)
-
-        eye = torch.eye(tril.shape[-1], dtype=tril.dtype, device=tril.device)
-
-        self.loc = loc
-        self.tril = tril
-        self.inverse_tril = torch.linalg.solve_triangular(tril, eye, upper=False)
-
-    def _call(self, x: Tensor) -> Tensor:
-        return ((x - self.loc).unsqueeze(-2) @ self.inverse_tril.mT).squeeze(-2)
-
-    def _inverse(self, z: Tensor) -> Tensor:
-        return self.loc + (z.unsqueeze(-2) @ self.tril.mT).squeeze(-2)
-
-    def log_abs_det_jacobian(self, x: Tensor, z: Tensor) -> Tensor:
-        log_diag = self.tril.diagonal(dim1=-2, dim2=-1).log()
-        return -log_diag.sum(dim=-1).expand(z.shape[:-1])
-
-
-class ComponentwiseTransform(Transform):
-    r"""Applies one transformation per component: :math:`f_k` to :math:`x_k`, the
-    :math:`k`-th row of an input with shape :math:`(*, K, D)` (or :math:`(*, 1, D)`,
-    shared by all components).
-
-    This is the hook for arbitrary (zuko) transformations in :class:`CWM`; it loops
-    over the :math:`K` transformations.
-
-    Arguments:
-        transforms: The transformations :math:`f_k`, each with event shape :math:`(D,)`.
-
-    Example:
-        >>> from zuko.transforms import MonotonicAffineTransform, DependentTransform
-        >>> fs = [DependentTransform(MonotonicAffineTransform(torch.ones(2), torch.zeros(2)), 1)]
-        >>> t = ComponentwiseTransform(fs * 3)
-        >>> t(torch.zeros(1, 2))
-        tensor([[1., 1.],
-                [1., 1.],
-                [1., 1.]])
-    """
-
-    domain = constraints.real_vector
-    codomain = constraints.real_vector
-    bijective = True
-
-    def __init__(self, transforms: Sequence[Transform], **kwargs) -> None:
-        super().__init__(**kwargs)
-
-        self.transforms = list(transforms)
-
-    def _pairs(self, x: Tensor) -> zip:
-        r"""Pairs each transformation with its row of :math:`x`, broadcast to :math:`K` rows."""
-
-        K = len(self.transforms)
-        rows = x.expand(*x.shape[:-2], K, x.shape[-1]).unbind(dim=-2)
-
-        return zip(self.transforms, rows, strict=True)
-
-    def _call(self, x: Tensor) -> Tensor:
-        return torch.stack([f(r) for f, r in self._pairs(x)], dim=-2)
-
-    def _inverse(self, z: Tensor) -> Tensor:
-        return torch.stack([f.inv(r) for f, r in self._pairs(z)], dim=-2)
-
-    def call_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        outputs = [f.call_and_ladj(r) for f, r in self._pairs(x)]
-        z = torch.stack([y for y, _ in outputs], dim=-2)
-        ladj = torch.stack([ladj for _, ladj in outputs], dim=-1)
-
-        return z, ladj
-
-    def log_abs_det_jacobian(self, x: Tensor, z: Tensor) -> Tensor:
-        return self.call_and_ladj(x)[1]
-
-
-class CWMDistribution(Distribution):
-    r"""Creates a classifier-weighted mixture distribution.
-
-    .. math:: p(x) = \sum_{k = 1}^K w_k(T_k(x)) \, p_0(T_k(x)) \,
-        |\det J_{T_k}(x)|
-
-    with :math:`w = \operatorname{softmax}(f)` a classifier. It is the marginal of
-    :math:`Z \sim p_0`, :math:`R \mid Z \sim \operatorname{Categorical}(w(Z))`,
-    :math:`X = T_R^{-1}(Z)`: :meth:`sample` follows these three steps, and
-    :meth:`expectation` integrates :math:`R` out (Rao-Blackwellization),
-
-    .. math:: \mathbb{E}[h(X)] \approx \frac{1}{M} \sum_{i = 1}^M \sum_{k = 1}^K
-        w_k(z_i) \, h(T_k^{-1}(z_i)), \quad z_i \sim p_0,
-
-    which has a lower variance than plain Monte Carlo and is differentiable with
-    respect to every parameter (the :math:`z_i` are reparameterized).
-
-    References:
-        | Classifier Weighted Mixtures (Argouarc'h et al.), Eq. (12) and (19)
-
-    Arguments:
-        base: The base :math:`p_0`, with event shape :math:`(D,)` and batch shape
-            :math:`(*)`.
-        transform: The maps :math:`T_k` from data to latent space, taking inputs with
-            shape :math:`(*, K, D)` or :math:`(*, 1, D)` to :math:`(*, K, D)`.
-        classifier: The logits :math:`f`, from :math:`(*, D)` to :math:`(*, K)`.
-
-    Example:
-        >>> loc, scale = torch.tensor([[-2.0], [2.0]]), torch.ones(2, 1)
-        >>> base = DiagNormal(torch.zeros(1), torch.ones(1))
-        >>> f = lambda z: torch.cat((z, -z), dim=-1)  # logits of a 2-class classifier
-        >>> d = CWMDistribution(base, LocScaleTransform(loc, scale), f)
-        >>> x = torch.linspace(-20, 20, 100001).unsqueeze(-1)
-        >>> bool(abs(d.log_prob(x).exp().sum() * 40 / 100000 - 1) < 1e-4)
-        True
-        >>> d.sample((5,)).shape
-        torch.Size([5, 1])
-    """
-
-    support = constraints.real_vector
-    has_rsample = False
-
-    def __init__(
-        self,
-        base: Distribution,
-        transform: Transform,
-        classifier: Callable[[Tensor], Tensor],
-        validate_args: bool | None = None,
-    ) -> None:
-        super().__init__(base.batch_shape, base.event_shape, validate_args=validate_args)
-
-        self.base = base
-        self.transform = transform
-        self.classifier = classifier
-
-    def __repr__(self) -> str:
-        return f"{self.__class__.__name__}(base={self.base}, transform={self.transform})"
-
-    def expand(self, batch_shape: Size, _instance=None) -> "CWMDistribution":
-        r"""Returns the distribution with a larger batch shape, to which the current
-        one broadcasts, as :meth:`torch.distributions.Distribution.expand`: the base is
-        expanded, and the maps and the classifier, which broadcast with their inputs,
-        are shared.
-
-        Example:
-            >>> d = CWM(features=2, context=3, components=2)(torch.randn(5, 3))
-            >>> d.expand((4, 5)).sample().shape
-            torch.Size([4, 5, 2])
-        """
-
-        batch_shape = Size(batch_shape)
-        try:
-            broadcasts = torch.broadcast_shapes(batch_shape, self.batch_shape) == batch_shape
-        except RuntimeError:
-            broadcasts = False
-        if not broadcasts:
-            raise ValueError(
-                f"The batch shape {tuple(self.batch_shape)} cannot be expanded to "
-                f"{tuple(batch_shape)}: it must broadcast to it."
-            )
-
-        new = self._get_checked_instance(CWMDistribution, _instance)
-        new.base = self.base.expand(batch_shape)
-        new.transform, new.classifier = self.transform, self.classifier
-        super(CWMDistribution, new).__init__(batch_shape, self.event_shape, validate_args=False)
-        new._validate_args = self._validate_args
-
-        return new
-
-    def _check(self, x: Tensor) -> None:
-        _check_event(x, self.event_shape[-1], like=self.base.mean)
-
-    def joint(self, x: Tensor) -> Tensor:
-        r"""Returns :math:`\log w_k(T_k(x)) + \log p_0(T_k(x)) + \log |\det J_{T_k}(x)|`
-        for every component, with shape :math:`(*, K)`. Each component's classifier
-        weight is evaluated at its own latent :math:`T_k(x)`, all at once."""
-
-        self._check(x)
-
-        z, ladj = self.transform.call_and_ladj(x.unsqueeze(-2))
-        z_ = z.movedim(-2, 0)  # (K, *, D) broadcasts with the batch shape
-
-        log_w = self.classifier(z_).movedim(0, -2).log_softmax(dim=-1)
-        log_w = log_w.diagonal(dim1=-2, dim2=-1)
-        log_p0 = self.base.log_prob(z_).movedim(0, -1)
-
-        return log_w + log_p0 + ladj
-
-    def log_prob(self, x: Tensor) -> Tensor:
-        return torch.logsumexp(self.joint(x), dim=-1)
-
-    def posterior(self, x: Tensor) -> Tensor:
-        r"""Returns the log-responsibilities :math:`\log p(R = k \mid x)`, with shape
-        :math:`(*, K)`.
-
-        .. math:: p(R = k \mid x) = \frac{w_k(T_k(x)) \, p_0(T_k(x)) \,
-            |\det J_{T_k}(x)|}{p(x)}
-        """
-
-        return torch.log_softmax(self.joint(x), dim=-1)
-
-    def predict(self, x: Tensor) -> Tensor:
-        r"""Returns the most probable component :math:`\arg\max_k p(R = k \mid x)`."""
-
-        return self.joint(x).argmax(dim=-1)
-
-    def latents(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        r"""Returns the points :math:`T_k^{-1}(z)` of all components, with shape
-        :math:`(*, K, D)`, and the log-weights :math:`\log w_k(z)`, with shape
-        :math:`(*, K)`, for latent points :math:`z` with shape :math:`(*, D)`."""
-
-        x = self.transform.inv(z.unsqueeze(-2))
-        log_w = self.classifier(z).log_softmax(dim=-1)
-
-        return x, log_w
-
-    def sample(self, shape: Size = ()) -> Tensor:
-        if any(s < 0 for s in shape):
-            raise ValueError(f"The sample shape must be non-negative, got {tuple(shape)}.")
-
-        with torch.no_grad():
-            z = self.base.sample(shape)
-            x, log_w = self.latents(z)
-            r = Categorical(logits=log_w).sample()
-            index = r.reshape(*r.shape, 1, 1).expand(*r.shape, 1, x.shape[-1])
-
-            return torch.take_along_dim(x, index, dim=-2).squeeze(-2)
-
-    def conditional_expectation(self, h: Callable[[Tensor], Tensor], z: Tensor) -> Tensor:
-        r"""Returns :math:`\mathbb{E}[h(X) \mid Z = z] = \sum_k w_k(z) \,
-        h(T_k^{-1}(z))`, with shape :math:`(*, *H)`.
-
-        Arguments:
-            h: A function from :math:`(*, D)` to :math:`(*, *H)`.
-            z: Latent points, with shape :math:`(*, D)`.
-        """
-
-        x, log_w = self.latents(z)
-        y = h(x)
-        w = log_w.exp()
-        w = w.reshape(w.shape + (1,) * (y.dim() - w.dim()))
-
-        return (w * y).sum(dim=log_w.dim() - 1)
-
-    def expectation(self, h: Callable[[Tensor], Tensor], n: int = 1024) -> Tensor:
-        r"""Returns the Rao-Blackwellized estimate of :math:`\mathbb{E}[h(X)]` from
-        :math:`n` base samples, differentiable with respect to every parameter.
-
-        .. math:: \mathbb{E}[h(X)] \approx \frac{1}{n} \sum_{i = 1}^n \sum_{k = 1}^K
-            w_k(z_i) \, h(T_k^{-1}(z_i)), \quad z_i \sim p_0
-
-        Arguments:
-            h: A function from :math:`(*, D)` to :math:`(*, *H)`, applied to all
-                :math:`n K` points at once.
-            n: The number of samples :math:`z_i`.
-
-        Returns:
-            The estimate, with shape :math:`(*, *H)` where :math:`(*)` is the batch shape.
-        """
-
-        z = self.base.rsample((n,))
-
-        return self.conditional_expectation(h, z).mean(dim=0)
 
 
 def cwm_shapes(components: int, features: int, maps: MapType) -> list[Size]:
@@ -403,7 +81,7 @@ def _classify(net: Callable[[Tensor], Tensor], c: Tensor, z: Tensor) -> Tensor:
     return net(torch.cat((z, c.expand(*z.shape[:-1], c.shape[-1])), dim=-1))
 
 
-class CWM(LazyDistribution):
+class CWM(ParametricMixture):
     r"""Creates a classifier-weighted mixture (CWM).
 
     .. math:: p(X \mid c) = \sum_{k = 1}^K w_k(T_k(X \mid c) \mid c) \,
@@ -472,29 +150,13 @@ class CWM(LazyDistribution):
         epsilon: float = 1e-6,
         **kwargs,
     ) -> None:
-        super().__init__()
-
         check_sizes(features=features, components=components)
         check_sizes(0, context=context)
+        shapes = cwm_shapes(components, features, maps)
 
-        self.features = features
-        self.context = context
-        self.components = components
+        super().__init__(features, context, components, epsilon, shapes, **kwargs)
+
         self.maps = maps
-        self.epsilon = epsilon
-
-        self.shapes = cwm_shapes(components, features, maps)
-        self.total = sum(prod(s) for s in self.shapes)
-        self.fit_report: FitReport | None = None
-
-        if context > 0:
-            self.hyper = MLP(context, self.total, **kwargs)
-        else:
-            self.phi = nn.ParameterList(
-                [nn.Parameter(torch.randn(self.shapes[0]))]
-                + [nn.Parameter(torch.zeros(s)) for s in self.shapes[1:]]
-            )
-
         self.classifier = MLP(features + context, components, hidden_features, activation)
 
         if transforms is None:
@@ -509,27 +171,27 @@ class CWM(LazyDistribution):
                 )
             self.transforms = nn.ModuleList(transforms)
 
-    def forward(self, c: Tensor | None = None) -> CWMDistribution:
-        c = check_context(c, self.context, next(self.parameters()), ignore=True)
+    out_of_core = False  # the classifier's start needs the samples in memory
+
+    @staticmethod
+    def initial_parameters(shapes: Sequence[Size]) -> list[Tensor]:
+        r"""Returns the initial ``phi``: standard normal locations, unit scales (up to
+        :math:`\epsilon`) and, for ``"affine"`` maps, no shear."""
+
+        return [torch.randn(shapes[0])] + [torch.zeros(s) for s in shapes[1:]]
+
+    def distribution(self, params: list[Tensor], c: Tensor | None) -> CWMDistribution:
+        loc, log_diag, *tril = params
 
         # the classifier, evaluated lazily by the distribution, is bound to the values
         # its parameters have now (as those of the maps): under torch.func.functional_call
         # the distribution then depends on the parameters it was given
         net = partial(functional_call, self.classifier, dict(self.classifier.named_parameters()))
-
-        if c is None:
-            loc, log_diag, *tril = self.phi
-            classifier = net
-        else:
-            loc, log_diag, *tril = unpack(self.hyper(c), self.shapes)
-            classifier = partial(_classify, net, c)
-
-        scale = log_diag.exp() + self.epsilon
+        classifier = net if c is None else partial(_classify, net, c)
+        scale = shifted_exp(log_diag, self.epsilon)
 
         if self.maps == "affine":
-            L = torch.diag_embed(scale)
-            mask = torch.tril(torch.ones_like(L, dtype=bool), diagonal=-1)
-            transform = TriangularAffineTransform(loc, torch.masked_scatter(L, mask, tril[0]))
+            transform = TriangularAffineTransform(loc, lower_triangular(scale, tril[0]))
         else:
             transform = LocScaleTransform(loc, scale)
 
@@ -558,8 +220,9 @@ class CWM(LazyDistribution):
         point :math:`T_k(x)`, not a constant :math:`\pi_k`. With a constant classifier
         and no extra transformations (as :meth:`initialize` leaves it), it is the
         posterior of the Gaussian mixture, :meth:`contmix.GMM.predict_proba`. It is the
-        exponential of the distribution's :meth:`CWMDistribution.posterior`, which
-        returns :math:`\log p(R = k \mid x)`.
+        exponential of the distribution's
+        :meth:`~contmix.distributions.cwm.CWMDistribution.posterior`, which returns
+        :math:`\log p(R = k \mid x)`.
 
         Example:
             >>> cwm = CWM(features=2, components=3)
@@ -585,14 +248,11 @@ class CWM(LazyDistribution):
         r"""Turns Gaussian mixture parameters into the layout of :attr:`shapes`."""
 
         if self.maps == "affine":
-            L = _factor(covariances)
-            rows, cols = torch.tril_indices(self.features, self.features, offset=-1)
-            scale, tril = L.diagonal(dim1=-2, dim2=-1), [L[..., rows, cols]]
+            scale, *tril = triangle(_factor(covariances))
         else:
             scale, tril = covariances.sqrt(), []
 
-        tiny = torch.finfo(means.dtype).tiny
-        log_diag = (scale - self.epsilon).clamp(min=tiny).log()
+        log_diag = shifted_log(scale, self.epsilon)
 
         return [means, log_diag, *tril]
 
@@ -674,32 +334,48 @@ class CWM(LazyDistribution):
             True
         """
 
-        check_strategy(strategy, STRATEGIES)
-        check_fit(n_init, generator, reg)
-        check_em(tol, max_iter)
-        check_progress(progress)
-        reference = next(self.parameters())
-        check_samples(x, self.features, self.components + 1, reference)
-        check_scale(x, max(self.epsilon**2, reg), "epsilon and reg")
-        check_contexts(self, x, c)
-        check_steps(steps, lr)
+        args = (x, strategy, tol, max_iter, reg, n_init, generator, progress, c, steps, lr)
+
+        return self._initialize(*args)
+
+    def _start(
+        self,
+        x: Tensor,
+        strategy: str,
+        tol: float,
+        max_iter: int,
+        reg: float,
+        generator: torch.Generator | None,
+        progress: bool | None,
+    ) -> tuple[tuple[Tensor, Tensor, Tensor], FitReport]:
+        r"""One fit of :meth:`initialize`: the Gaussian mixture of
+        :func:`~contmix.mixtures.start.fit_start`, diagonal for ``"diagonal"`` maps, full
+        for ``"affine"``."""
 
         covariance_type = "full" if self.maps == "affine" else "diagonal"
         args = (x, self.components, strategy, covariance_type, False, tol, max_iter, reg)
-        fit = lambda: fit_start(*args, generator, progress)
-        (logits, *params), report = best_of(fit, n_init, progress)
+
+        return fit_start(*args, generator, progress)
+
+    def _write(self, params: Sequence[Tensor]) -> None:
+        r"""Writes the maps of the Gaussian mixture of :meth:`_start` and its weights as
+        the constant output of the classifier (last layer's weights zero, biases
+        :math:`\log \pi_k`)."""
+
+        logits, *params = params
 
         if not torch.isfinite(logits).all():
             raise ValueError("The fitted weights are not finite: the data is degenerate.")
 
-        with restore_on_error(self):
-            set_parameters(self, self._layout(logits, *params))
-            self.classifier[-1].weight.zero_()
-            self.classifier[-1].bias.copy_(logits)
-            trained = (
-                None if c is None else [*self.hyper.parameters(), *self.classifier.parameters()]
-            )
-            report = initialize_context(self, x, c, report, trained, steps, lr, progress)
-        self.fit_report = report
+        set_parameters(self, self._layout(logits, *params))
+        self.classifier[-1].weight.zero_()
+        self.classifier[-1].bias.copy_(logits)
 
-        return report
+    def _context_parameters(self) -> Iterable[nn.Parameter] | None:
+        r"""The parameters of the context fit: those of the hypernetwork and of the
+        classifier, which reads the context too."""
+
+        if self.context == 0:
+            return None
+
+        return [*self.hyper.parameters(), *self.classifier.parameters()]

@@ -5,250 +5,21 @@ __all__ = [
 ]
 
 
-from collections.abc import Callable
-from math import prod
 from typing import Literal
 
 import torch
-import torch.nn as nn
 
 from torch import Size, Tensor
-from zuko.lazy import LazyDistribution
-from zuko.nn import MLP
-from zuko.utils import unpack
 
-from .conditional import (
-    LR,
-    STEPS,
-    check_contexts,
-    check_steps,
-    keep_fit,
-)
+from .base import ParametricMixture, lower_triangular, shifted_exp, shifted_log, triangle
+from .conditional import LR, STEPS
 from .criteria import InformationCriteria
-from ..cluster import assign, check_generator, kmeans, kmeans_plusplus, labeller, random_centers
-from ..distributed import Data, batches, check_batches
+from .start import fit_report, fit_start
+from ..distributed import Data
 from ..distributions import DiagNormal, FullNormal, GaussianMixture
-from ..em.gmm import (
-    COVARIANCE_TYPES,
-    CovarianceType,
-    _factor,
-    check_em,
-    check_reg,
-    fit_gmm,
-    gmm_log_likelihood,
-    gmm_m_step,
-)
-from ..report import FitReport, best_of, check_progress
-from ..utils import check_context, check_samples, check_scale, check_sizes, set_parameters
-
-STRATEGIES = ("random", "kmeans", "kmeans++", "em")
-
-
-def check_strategy(strategy: str, choices: tuple[str, ...]) -> None:
-    r"""Raises a :class:`ValueError`, which lists the choices, unless ``strategy`` is
-    one of them.
-
-    Example:
-        >>> check_strategy("kmeans", STRATEGIES)
-        >>> check_strategy("kmedoids", STRATEGIES)
-        Traceback (most recent call last):
-            ...
-        ValueError: Unknown strategy 'kmedoids': choose one of 'random', ... or 'em'.
-        >>> check_strategy(torch.randn(5, 3), STRATEGIES)
-        Traceback (most recent call last):
-            ...
-        TypeError: strategy must be a string, got a tensor: pass the contexts ... c=c).
-    """
-
-    if isinstance(strategy, Tensor):
-        raise TypeError(
-            "strategy must be a string, got a tensor: pass the contexts of a conditional "
-            "model by name, initialize(x, c=c)."
-        )
-    if not isinstance(strategy, str) or strategy not in choices:
-        names = [repr(choice) for choice in choices]
-        names = ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
-        raise ValueError(f"Unknown strategy {strategy!r}: choose one of {names}.")
-
-
-def initial_clusters(
-    x: Data,
-    k: int,
-    strategy: str,
-    generator: torch.Generator | None = None,
-    progress: bool | None = None,
-) -> tuple[Tensor, Tensor | Callable[[Tensor], Tensor]]:
-    r"""Returns :math:`k` centres by ``"random"``, ``"kmeans"`` or ``"kmeans++"``
-    (``"em"`` starts from k-means, as scikit-learn's ``init_params="kmeans"``), drawn
-    from ``generator`` (torch's global generator if :py:`None`), and the cluster of
-    each sample: its nearest centre, or for k-means its label (the centres are rounded
-    to the dtype, which far from the origin would move samples near the boundaries).
-    For an iterable of batches, the clusters are a function that labels a batch by its
-    nearest centre (:func:`~contmix.cluster.labeller`).
-
-    Example:
-        >>> x = torch.tensor([[0.0], [0.1], [5.0], [5.1]])
-        >>> initial_clusters(x, 2, "kmeans", torch.Generator().manual_seed(0))[1].bincount()
-        tensor([2, 2])
-        >>> centers, label = initial_clusters(x.split(3), 2, "kmeans")
-        >>> label(x).bincount()
-        tensor([2, 2])
-    """
-
-    if strategy in ("kmeans", "em"):
-        centers, labels = kmeans(x, k, generator=generator, progress=progress)
-        return centers, labeller(x, centers) if labels is None else labels
-    elif strategy == "random":
-        centers = random_centers(x, k, generator)
-    elif strategy == "kmeans++":
-        centers = kmeans_plusplus(x, k, generator)
-    else:
-        check_strategy(strategy, STRATEGIES)
-
-    return centers, assign(x, centers) if isinstance(x, Tensor) else labeller(x, centers)
-
-
-def as_labeller(labels: Tensor | Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-    r"""Returns the labels of :func:`initial_clusters` as a function of a batch: that of
-    an iterable of batches as it is, those of a tensor (its one batch) as a constant.
-
-    Example:
-        >>> as_labeller(torch.tensor([0, 1]))(torch.randn(2, 3))
-        tensor([0, 1])
-    """
-
-    return labels if callable(labels) else lambda batch: labels
-
-
-def check_data(
-    x: Data,
-    features: int,
-    minimum: int,
-    reference: Tensor,
-    floor: float,
-    fix: str,
-) -> None:
-    r"""Raises an error unless :math:`x` is valid samples for a fit
-    (:func:`~contmix.utils.check_samples` and :func:`~contmix.utils.check_scale`): a
-    tensor, or a re-iterable of batches (:func:`~contmix.distributed.check_batches`),
-    each checked in one pass, whose variance (summed in float64) is that of their
-    concatenation.
-
-    Example:
-        >>> x = torch.randn(10, 2)
-        >>> check_data(x.split(4), 2, 3, x, 1e-6, "reg")
-        >>> check_data([x, x[:, :1]], 2, 3, x, 1e-6, "reg")
-        Traceback (most recent call last):
-            ...
-        ValueError: batch 1 of x: x must have shape (N, 2), got (10, 1): ...
-    """
-
-    if isinstance(x, Tensor):
-        check_samples(x, features, minimum, reference)
-        check_scale(x, floor, fix)
-        return
-
-    check_batches(x)
-    shift, N, sums = None, 0, 0
-
-    for i, batch in enumerate(batches(x)):
-        try:
-            check_samples(batch, features, 1, reference)
-        except (TypeError, ValueError) as error:
-            raise type(error)(f"batch {i} of x: {error}") from None
-        shift = batch[0].double() if shift is None else shift
-        centred = batch.double() - shift
-        sums = sums + torch.stack((centred.sum(dim=0), centred.square().sum(dim=0)))
-        N += len(batch)
-
-    if N < minimum:
-        raise ValueError(
-            f"x has {N} samples but at least {minimum} are needed (more samples than "
-            "components): pass more data or use fewer components."
-        )
-
-    var = (sums[1] / N - (sums[0] / N).square()).max()
-    if not var > floor:
-        raise ValueError(
-            f"The variance of x is at most {float(var):.3g} per feature, below {floor:.3g}, "
-            "the smallest variance the model can represent: standardize x, e.g. "
-            f"(x - x.mean(0)) / x.std(0), or lower {fix}."
-        )
-
-
-def hard_responsibilities(x: Tensor, centers: Tensor) -> Tensor:
-    r"""Returns the one-hot assignment of each sample to its nearest centre
-    (:func:`~contmix.cluster.assign`, exact far from the origin too), with shape
-    :math:`(N, K)`."""
-
-    return nn.functional.one_hot(assign(x, centers), len(centers)).to(x.dtype)
-
-
-def check_fit(n_init: int, generator: torch.Generator | None, reg: float) -> None:
-    r"""Raises an error unless the arguments shared by the ``initialize`` methods are
-    valid: ``n_init`` a positive integer, ``generator`` a :class:`torch.Generator` or
-    :py:`None`, ``reg`` a finite non-negative number.
-
-    Example:
-        >>> check_fit(1, None, 1e-6)
-        >>> check_fit(0, None, 1e-6)
-        Traceback (most recent call last):
-            ...
-        ValueError: n_init must be an integer of at least 1, got 0.
-    """
-
-    check_sizes(n_init=n_init)
-    check_generator(generator)
-    check_reg(reg)
-
-
-def check_unconditional(model: nn.Module, what: str) -> None:
-    r"""Raises a :class:`ValueError` if ``model`` is conditional (``model.context > 0``),
-    whose parameters are the outputs of a hypernetwork, which ``what`` cannot fit.
-
-    Example:
-        >>> check_unconditional(GMM(2, context=3), "em()")
-        Traceback (most recent call last):
-            ...
-        ValueError: em() fits an unconditional GMM, but this one has context=3: ...
-    """
-
-    if model.context > 0:
-        raise ValueError(
-            f"{what} fits an unconditional {type(model).__name__}, but this one has "
-            f"context={model.context}: its parameters come from a hypernetwork; train it "
-            "by gradient descent."
-        )
-
-
-def fit_start(
-    x: Data,
-    components: int,
-    strategy: str,
-    covariance_type: CovarianceType,
-    tied: bool,
-    tol: float,
-    max_iter: int,
-    reg: float,
-    generator: torch.Generator | None = None,
-    progress: bool | None = None,
-) -> tuple[tuple[Tensor, Tensor, Tensor], FitReport]:
-    r"""Returns the log-weights, means and covariances of a Gaussian mixture fitted to
-    :math:`x`, and the report of the fit: the clusters of :func:`initial_clusters`
-    (hard assignments, one M-step), then, for ``"em"``, expectation-maximization to
-    convergence (:func:`~contmix.em.fit_gmm`). The lower bound of the report is the mean
-    log-likelihood of the last E-step for ``"em"`` (scikit-learn's ``lower_bound_``),
-    of the fitted mixture otherwise."""
-
-    label = as_labeller(initial_clusters(x, components, strategy, generator, progress)[1])
-    resp = lambda batch: nn.functional.one_hot(label(batch), components).to(batch.dtype)
-    params = gmm_m_step(x, resp, covariance_type, tied, reg)
-
-    if strategy == "em":
-        fit = fit_gmm(x, *params, covariance_type, tied, tol, max_iter, reg, progress)
-        return fit[:3], FitReport.of(strategy, fit.history[-1], fit.history, fit.converged)
-
-    return params, FitReport.of(strategy, gmm_log_likelihood(x, *params, covariance_type))
+from ..em.gmm import COVARIANCE_TYPES, CovarianceType, _factor, fit_gmm
+from ..report import FitReport
+from ..utils import check_sizes
 
 
 def gmm_shapes(
@@ -276,7 +47,7 @@ def gmm_shapes(
     return shapes
 
 
-class GMM(InformationCriteria, LazyDistribution):
+class GMM(InformationCriteria, ParametricMixture):
     r"""Creates a Gaussian mixture model (GMM).
 
     .. math:: p(X \mid c) = \sum_{k = 1}^K \pi_k(c) \, \mathcal{N}(X \mid \mu_k(c), \Sigma_k(c))
@@ -328,42 +99,21 @@ class GMM(InformationCriteria, LazyDistribution):
         epsilon: float = 1e-6,
         **kwargs,
     ) -> None:
-        super().__init__()
-
         check_sizes(features=features, components=components)
         check_sizes(0, context=context)
+        shapes = gmm_shapes(components, features, covariance_type, tied)
 
-        self.features = features
-        self.context = context
-        self.components = components
+        super().__init__(features, context, components, epsilon, shapes, **kwargs)
+
         self.covariance_type = covariance_type
         self.tied = tied
-        self.epsilon = epsilon
 
-        self.shapes = gmm_shapes(components, features, covariance_type, tied)
-        self.total = sum(prod(s) for s in self.shapes)
-        self.fit_report: FitReport | None = None
-
-        if context > 0:
-            self.hyper = MLP(context, self.total, **kwargs)
-        else:
-            self.phi = nn.ParameterList(torch.randn(*s) for s in self.shapes)
-
-    def forward(self, c: Tensor | None = None) -> GaussianMixture:
-        c = check_context(c, self.context, next(self.parameters()), ignore=True)
-
-        if c is None:
-            logits, loc, *scale = self.phi
-        else:
-            logits, loc, *scale = unpack(self.hyper(c), self.shapes)
-
-        diag = scale[0].exp() + self.epsilon
+    def distribution(self, params: list[Tensor], c: Tensor | None) -> GaussianMixture:
+        logits, loc, *scale = params
+        diag = shifted_exp(scale[0], self.epsilon)
 
         if self.covariance_type == "full":
-            tril = torch.diag_embed(diag)
-            mask = torch.tril(torch.ones_like(tril, dtype=bool), diagonal=-1)
-            tril = torch.masked_scatter(tril, mask, scale[1])
-            base = FullNormal(loc, scale_tril=tril)
+            base = FullNormal(loc, scale_tril=lower_triangular(diag, scale[1]))
         else:
             base = DiagNormal(loc, diag)
 
@@ -373,15 +123,11 @@ class GMM(InformationCriteria, LazyDistribution):
         r"""Turns natural parameters into the layout of :attr:`shapes`."""
 
         if self.covariance_type == "full":
-            tril = _factor(covariances)
-            diag = tril.diagonal(dim1=-2, dim2=-1)
-            rows, cols = torch.tril_indices(self.features, self.features, offset=-1)
-            scale = [diag, tril[..., rows, cols]]
+            scale = list(triangle(_factor(covariances)))
         else:
             scale = [covariances.sqrt()]
 
-        tiny = torch.finfo(means.dtype).tiny
-        scale[0] = (scale[0] - self.epsilon).clamp(min=tiny).log()
+        scale[0] = shifted_log(scale[0], self.epsilon)
 
         return [logits, means, *scale]
 
@@ -491,20 +237,24 @@ class GMM(InformationCriteria, LazyDistribution):
             True
         """
 
-        check_strategy(strategy, STRATEGIES)
-        check_fit(n_init, generator, reg)
-        check_em(tol, max_iter)
-        check_progress(progress)
-        reference = next(self.parameters())
-        floor = max(self.epsilon**2, reg)
-        check_data(x, self.features, self.components + 1, reference, floor, "epsilon and reg")
-        check_contexts(self, x, c)
-        check_steps(steps, lr)
+        args = (x, strategy, tol, max_iter, reg, n_init, generator, progress, c, steps, lr)
 
-        args = (x, self.components, strategy, self.covariance_type, self.tied, tol, max_iter, reg)
-        params, report = best_of(lambda: fit_start(*args, generator, progress), n_init, progress)
+        return self._initialize(*args)
 
-        return keep_fit(self, self._layout(*params), x, c, report, steps, lr, progress)
+    def _start(
+        self,
+        x: Data,
+        strategy: str,
+        tol: float,
+        max_iter: int,
+        reg: float,
+        generator: torch.Generator | None,
+        progress: bool | None,
+    ) -> tuple[tuple[Tensor, Tensor, Tensor], FitReport]:
+        r"""One fit of :meth:`initialize`: :func:`~contmix.mixtures.start.fit_start`."""
+
+        args = (x, self.components, strategy, self.covariance_type, self.tied, tol, max_iter)
+        return fit_start(*args, reg, generator, progress)
 
     @torch.no_grad()
     def em(
@@ -568,20 +318,17 @@ class GMM(InformationCriteria, LazyDistribution):
             >>> report = gmm.em(loader)
         """
 
-        check_unconditional(self, "em()")
-        check_reg(reg)
-        check_em(tol, max_iter)
-        check_progress(progress)
-        reference = next(self.parameters())
-        floor = max(self.epsilon**2, reg)
-        check_data(x, self.features, self.components + 1, reference, floor, "epsilon and reg")
+        return self._em(x, tol, max_iter, reg, progress)
 
-        start = self._moments()
+    def _run_em(
+        self, x: Data, tol: float, max_iter: int, reg: float, progress: bool | None
+    ) -> tuple[list[Tensor], FitReport]:
+        r"""The EM of :meth:`em`: :func:`~contmix.em.fit_gmm` from :meth:`_moments`."""
+
+        start, param = self._moments(), next(self.parameters())
         fit = fit_gmm(x, *start, self.covariance_type, self.tied, tol, max_iter, reg, progress)
-        set_parameters(self, self._layout(*(p.to(reference) for p in fit[:3])))
-        self.fit_report = FitReport.of("em", fit.history[-1], fit.history, fit.converged)
 
-        return self.fit_report
+        return self._layout(*(p.to(param) for p in fit[:3])), fit_report("em", fit)
 
     @torch.no_grad()
     def _moments(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -589,12 +336,10 @@ class GMM(InformationCriteria, LazyDistribution):
         layout of :func:`~contmix.em.fit_gmm` (the inverse of :meth:`_layout`)."""
 
         logits, loc, *scale = self.phi
-        diag = scale[0].exp() + self.epsilon
+        diag = shifted_exp(scale[0], self.epsilon)
 
         if self.covariance_type == "full":
-            tril = torch.diag_embed(diag)
-            rows, cols = torch.tril_indices(self.features, self.features, offset=-1)
-            tril[..., rows, cols] = scale[1]
+            tril = lower_triangular(diag, scale[1])
             covariances = tril @ tril.mT
         else:
             covariances = diag.square()

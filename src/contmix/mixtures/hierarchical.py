@@ -3,34 +3,23 @@ r"""Hierarchical mixtures of factor analyzers: a mixture of :math:`C` MFAs."""
 __all__ = ["HierarchicalMFA"]
 
 
-from math import prod
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
-import torch.nn as nn
 
 from torch import Size, Tensor
-from zuko.lazy import LazyDistribution
-from zuko.nn import MLP
-from zuko.utils import unpack
 
-from .conditional import (
-    LR,
-    STEPS,
-    check_contexts,
-    check_steps,
-    keep_fit,
-)
+from .base import ParametricMixture, set_parameters, shifted_exp, shifted_log
+from .conditional import LR, STEPS
 from .criteria import InformationCriteria
-from .gmm import check_fit, check_strategy, check_unconditional
 from .groups import factor_analyzers, group_labels, group_statistics
-from .mfa import fit_mfa, mfa_free_parameters
+from .mfa import mfa_free_parameters
+from .start import fit_report
 from ..distributions import GaussianMixture, LowRankNormal
-from ..em import check_em, check_reg
-from ..report import FitReport, best_of, check_progress
-from ..utils import check_context, check_samples, check_scale, check_sizes, set_parameters
-
-STRATEGIES = ("random", "kmeans", "kmeans++", "em")
+from ..em.mfa import fit_mfa
+from ..report import FitReport
+from ..utils import check_sizes
 
 
 def hierarchical_shapes(groups: int, components: int, features: int, rank: int) -> list[Size]:
@@ -46,7 +35,7 @@ def hierarchical_shapes(groups: int, components: int, features: int, rank: int) 
     ]
 
 
-class HierarchicalMFA(InformationCriteria, LazyDistribution):
+class HierarchicalMFA(InformationCriteria, ParametricMixture):
     r"""Creates a hierarchical mixture of factor analyzers: a mixture of :math:`C` MFAs
     with :math:`G` components each.
 
@@ -95,45 +84,49 @@ class HierarchicalMFA(InformationCriteria, LazyDistribution):
         epsilon: float = 1e-6,
         **kwargs,
     ) -> None:
-        super().__init__()
-
         check_sizes(features=features, groups=groups, components=components, rank=rank)
         check_sizes(0, context=context)
+        shapes = hierarchical_shapes(groups, components, features, rank)
 
-        self.features = features
-        self.context = context
+        super().__init__(features, context, components, epsilon, shapes, **kwargs)
+
         self.groups = groups
-        self.components = components
         self.rank = rank
-        self.epsilon = epsilon
 
-        self.shapes = hierarchical_shapes(groups, components, features, rank)
-        self.total = sum(prod(s) for s in self.shapes)
-        self.fit_report: FitReport | None = None
+    out_of_core = False  # the groups are split by k-means in memory
+    variance_power = 1  # epsilon is added to the diagonals, variances
 
-        if context > 0:
-            self.hyper = MLP(context, self.total, **kwargs)
-        else:
-            C, G, M, R = groups, components, features, rank
-            self.phi = nn.ParameterList(
-                [
-                    nn.Parameter(torch.zeros(C)),
-                    nn.Parameter(torch.zeros(C, G)),
-                    nn.Parameter(torch.randn(C, G, M)),
-                    nn.Parameter(torch.randn(C, G, M, R) / R**0.5),
-                    nn.Parameter(torch.zeros(C, G, M)),
-                ]
-            )
+    @staticmethod
+    def initial_parameters(shapes: Sequence[Size]) -> list[Tensor]:
+        r"""Returns the initial ``phi``: uniform weights, standard normal means, loadings
+        of variance :math:`1 / R` and unit diagonals (up to :math:`\epsilon`)."""
 
-    def forward(self, c: Tensor | None = None) -> GaussianMixture:
-        c = check_context(c, self.context, next(self.parameters()), ignore=True)
+        eta, logits, loc, factor, log_diag = shapes
+        rank = factor[-1]
 
-        if c is None:
-            eta, logits, loc, factor, log_diag = self.phi
-        else:
-            eta, logits, loc, factor, log_diag = unpack(self.hyper(c), self.shapes)
+        return [
+            torch.zeros(eta),
+            torch.zeros(logits),
+            torch.randn(loc),
+            torch.randn(factor) / rank**0.5,
+            torch.zeros(log_diag),
+        ]
 
-        base = LowRankNormal(loc, factor, log_diag.exp() + self.epsilon)
+    def variance_floor(self, reg: float, strategy: str = "em") -> float:
+        r"""The smallest variance of a component: :math:`\epsilon`, or ``reg`` if
+        larger for EM (the other strategies do not use ``reg``)."""
+
+        return max(self.smallest_variance, reg if strategy == "em" else 0.0)
+
+    def minimum_samples(self, em: bool = False) -> int:
+        r"""The smallest number of samples of :meth:`initialize`, more than the groups,
+        or of :meth:`em`, more than the :math:`C G` components."""
+
+        return self.groups * (self.components if em else 1) + 1
+
+    def distribution(self, params: list[Tensor], c: Tensor | None) -> GaussianMixture:
+        eta, logits, loc, factor, log_diag = params
+        base = LowRankNormal(loc, factor, shifted_exp(log_diag, self.epsilon))
 
         return GaussianMixture(GaussianMixture(base, logits), eta)
 
@@ -239,23 +232,14 @@ class HierarchicalMFA(InformationCriteria, LazyDistribution):
             [100, 100]
         """
 
-        check_strategy(strategy, STRATEGIES)
-        check_fit(n_init, generator, reg)
-        check_em(tol, max_iter)
-        check_progress(progress)
-        reference = next(self.parameters())
-        check_samples(x, self.features, self.groups + 1, reference)
-        if strategy == "em":
-            check_scale(x, max(self.epsilon, reg), "epsilon and reg")
-        else:
-            check_scale(x, 2 * self.epsilon, "epsilon")
-        check_contexts(self, x, c)
-        check_steps(steps, lr)
+        args = (x, strategy, tol, max_iter, reg, n_init, generator, progress, c, steps, lr)
 
-        args = (x, strategy, y, generator, tol, max_iter, reg, progress)
-        params, report = best_of(lambda: self._fit(*args), n_init, progress)
+        return self._initialize(*args, y=y)
 
-        return keep_fit(self, params, x, c, report, steps, lr, progress)
+    def _write(self, params: list[Tensor]) -> None:
+        r"""Writes the parameters of :meth:`_start`, in the layout of :attr:`shapes`."""
+
+        set_parameters(self, params)
 
     @torch.no_grad()
     def em(
@@ -271,7 +255,7 @@ class HierarchicalMFA(InformationCriteria, LazyDistribution):
         than ``tol`` or for ``max_iter`` iterations.
 
         The hierarchical mixture is the mixture of the :math:`C G` factor analyzers of
-        weights :math:`\eta_c \pi_{cj}`, and EM for it is :func:`~contmix.mixtures.mfa.fit_mfa` on
+        weights :math:`\eta_c \pi_{cj}`, and EM for it is :func:`~contmix.em.fit_mfa` on
         these: the M-step of the weights, :math:`\eta_c \pi_{cj} = N_{cj} / N`, gives
         :math:`\eta_c = \sum_j N_{cj} / N` and :math:`\pi_{cj} = N_{cj} / \sum_{j'}
         N_{cj'}`. EM never lowers the likelihood, and warns with a
@@ -302,19 +286,17 @@ class HierarchicalMFA(InformationCriteria, LazyDistribution):
             True
         """
 
-        check_unconditional(self, "em()")
-        check_reg(reg)
-        check_em(tol, max_iter)
-        check_progress(progress)
-        reference = next(self.parameters())
-        check_samples(x, self.features, self.groups * self.components + 1, reference)
-        check_scale(x, max(self.epsilon, reg), "epsilon and reg")
+        return self._em(x, tol, max_iter, reg, progress)
 
+    def _run_em(
+        self, x: Tensor, tol: float, max_iter: int, reg: float, progress: bool | None
+    ) -> tuple[list[Tensor], FitReport]:
+        r"""The EM of :meth:`em`: :func:`~contmix.em.fit_mfa` on the flat mixture."""
+
+        param = next(self.parameters())
         fit = fit_mfa(x, *self._flat(list(self.phi)), tol, max_iter, reg, progress=progress)
-        set_parameters(self, [p.to(reference) for p in self._nested(*fit[:4])])
-        self.fit_report = FitReport.of("em", fit.history[-1], fit.history, fit.converged)
 
-        return self.fit_report
+        return [p.to(param) for p in self._nested(*fit[:4])], fit_report("em", fit)
 
     def free_parameters(self) -> int:
         r"""Returns the number of free parameters :math:`P` of :meth:`bic` and :meth:`aic`:
@@ -336,11 +318,11 @@ class HierarchicalMFA(InformationCriteria, LazyDistribution):
     def _flat(self, params: list[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         r"""Turns parameters in the layout of :attr:`shapes` into the log-weights, means,
         loadings and diagonals of the flat mixture of :math:`C G` factor analyzers, in
-        the layout of :func:`~contmix.mixtures.mfa.fit_mfa`."""
+        the layout of :func:`~contmix.em.fit_mfa`."""
 
         eta, logits, loc, factor, log_diag = params
         weights = eta.log_softmax(dim=-1).unsqueeze(-1) + logits.log_softmax(dim=-1)
-        diag = log_diag.exp() + self.epsilon
+        diag = shifted_exp(log_diag, self.epsilon)
 
         return weights.flatten(), loc.flatten(0, 1), factor.flatten(0, 1), diag.flatten(0, 1)
 
@@ -351,7 +333,7 @@ class HierarchicalMFA(InformationCriteria, LazyDistribution):
         shape = (self.groups, self.components)
         logits = logits.unflatten(0, shape)
         eta = logits.logsumexp(dim=-1)
-        log_diag = (diag - self.epsilon).clamp(min=torch.finfo(diag.dtype).tiny).log()
+        log_diag = shifted_log(diag, self.epsilon)
 
         return [
             eta,
@@ -361,16 +343,16 @@ class HierarchicalMFA(InformationCriteria, LazyDistribution):
             log_diag.unflatten(0, shape),
         ]
 
-    def _fit(
+    def _start(
         self,
         x: Tensor,
         strategy: str,
-        y: Tensor | None,
-        generator: torch.Generator | None,
         tol: float,
         max_iter: int,
         reg: float,
+        generator: torch.Generator | None,
         progress: bool | None = None,
+        y: Tensor | None = None,
     ) -> tuple[list[Tensor], FitReport]:
         r"""Returns the parameters of one initialization, in the layout of
         :attr:`shapes`, and its report."""
@@ -391,13 +373,12 @@ class HierarchicalMFA(InformationCriteria, LazyDistribution):
             torch.zeros_like(stats.means[..., 0]),
             stats.means,
             factor,
-            (diag - self.epsilon).clamp(min=self.epsilon).log(),
+            shifted_log(diag, self.epsilon),
         ]
 
         if strategy == "em":
             fit = fit_mfa(x, *self._flat(params), tol, max_iter, reg, progress=progress)
-            report = FitReport.of(strategy, fit.history[-1], fit.history, fit.converged)
-            return self._nested(*fit[:4]), report
+            return self._nested(*fit[:4]), fit_report(strategy, fit)
 
         return params, FitReport.of(strategy, self._log_likelihood(x, params))
 
@@ -407,7 +388,7 @@ class HierarchicalMFA(InformationCriteria, LazyDistribution):
 
         eta, logits, loc, factor, log_diag = params
         shift = x.mean(dim=0)
-        base = LowRankNormal(loc - shift, factor, log_diag.exp() + self.epsilon)
+        base = LowRankNormal(loc - shift, factor, shifted_exp(log_diag, self.epsilon))
         mixture = GaussianMixture(GaussianMixture(base, logits), eta)
 
         return mixture.log_prob(x - shift).mean()

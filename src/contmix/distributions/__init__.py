@@ -43,8 +43,8 @@ from torch.distributions import (
     MultivariateNormal,
 )
 
-from .ops import diag_mahalanobis, logsumexp, project, tied_mahalanobis
-from .utils import cholesky
+from ..ops import diag_mahalanobis, logsumexp, project, tied_mahalanobis
+from ..utils import cholesky
 
 Dims = Sequence[int] | Tensor
 
