@@ -69,7 +69,7 @@ from tqdm.auto import tqdm
 
 from contmix import GMM, MFA, Curriculum, HierarchicalCPMM
 from contmix.cluster import cluster_components, kmeans, labeller, predict_clusters
-from contmix.curriculum import Spaces
+from contmix.curriculum import Settings, Spaces
 from contmix.datasets import digits, digits_28x28, fashion_mnist, mnist
 from contmix.metrics import aupr, auroc, bits_per_dim, clustering_accuracy
 from contmix.transforms import LogitTransform, dequantize_logit
@@ -369,15 +369,14 @@ def kmeans_cpmm(x, settings, k):
 def train_curriculum(model, curriculum, spaces, settings, lr, regularizer=None):
     r"""Random start on the Gaussian space, one epoch per space, then fine-tuning."""
 
-    curriculum.train(
-        model,
-        spaces,
+    options = Settings(
         finetune_epochs=settings["finetune"],
         lr=lr,
         batch_size=settings["batch_size"],
         strategy="random",
         regularizer=regularizer,
     )
+    curriculum.train(model, spaces, settings=options)
     model.eval()
 
 

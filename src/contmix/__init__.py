@@ -19,8 +19,9 @@ from . import (
 )
 from .curriculum import Curriculum
 from .distributions import GaussianMixture
+from .distributions.cwm import CWMDistribution
 from .mixtures.cpmm import CPMM, HierarchicalCPMM
-from .mixtures.cwm import CWM, CWMDistribution
+from .mixtures.cwm import CWM
 from .mixtures.gmm import GMM
 from .mixtures.hierarchical import HierarchicalMFA
 from .mixtures.mfa import MFA

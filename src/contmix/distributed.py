@@ -2,7 +2,7 @@ r"""Fitting across processes with :mod:`torch.distributed`.
 
 Inside :func:`sharded`, each process holds a shard of the data and the fitting
 algorithms (:func:`~contmix.em.fit_gmm`, :func:`~contmix.em.gmm_m_step`,
-:func:`~contmix.mixtures.mfa.fit_mfa`, :func:`~contmix.cluster.kmeans`,
+:func:`~contmix.em.fit_mfa`, :func:`~contmix.cluster.kmeans`,
 :func:`~contmix.cluster.kmeans_plusplus`) sum their statistics over the processes of
 the group with :func:`torch.distributed.all_reduce`: every process ends with the same
 parameters, those of a fit on the concatenation of the shards. The curriculum
