@@ -86,7 +86,7 @@ def weights(n: int, rank: int) -> torch.Tensor:
 def draws(x: torch.Tensor, rank: int, n: int = 400) -> torch.Tensor:
     r"""Samples drawn by k-means++'s weighted draw among all shards."""
 
-    from contmix.cluster import _draw
+    from contmix.cluster.seeding import _draw
 
     torch.manual_seed(11)  # alike on every process
     w = weights(len(x), rank)

@@ -9,7 +9,8 @@ import torch.nn as nn
 
 from torch import Tensor
 
-from ..cluster import _distances, assign, kmeans, kmeans_plusplus, random_centers
+from ..cluster import assign, kmeans, kmeans_plusplus, random_centers
+from ..cluster.distances import _distances
 
 
 class GroupStatistics(NamedTuple):
