@@ -31,7 +31,7 @@ import torch
 from torch import Size, Tensor
 from torch.distributions import Categorical, Distribution, Transform, constraints
 
-from . import _check_event
+from .shapes import _check_event
 
 
 class LocScaleTransform(Transform):
