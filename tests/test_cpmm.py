@@ -7,13 +7,14 @@ import math
 import pytest
 import torch
 
+from data import blobs as make_blobs
 from helpers import unchanged
 from torch.distributions import LowRankMultivariateNormal
 
 from contmix import CPMM, GMM, MFA, HierarchicalCPMM, HierarchicalMFA, Solver, SolverError
 from contmix.datasets import two_circles
 from contmix.mixtures.continuous import pseudotimes
-from contmix.mixtures.groups import group_labels, order_path
+from contmix.mixtures.groups import group_labels
 from contmix.mixtures.paths import path_components
 from contmix.mixtures.solver import FIXED, METHODS
 from contmix.mixtures.state import StateLayout, inverse_soft_clip, soft_clip
@@ -26,10 +27,10 @@ def small(cls=CPMM, **kwargs):
 
 
 def blobs(n: int = 300, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    centers = torch.tensor([[-4.0, 0.0], [4.0, 0.0], [0.0, 5.0]])
-    y = torch.arange(n) % 3
-    return centers[y] + torch.randn(n, 2, generator=generator), y
+    r"""Three unit blobs in 2-D (float32), cycling through the centres, and their labels."""
+
+    centers = [[-4.0, 0.0], [4.0, 0.0], [0.0, 5.0]]
+    return make_blobs(centers, n, seed=seed, dtype=torch.float32, cycle=True)
 
 
 # float32 log-densities reached by two code paths (a CPMM's states against an extracted
@@ -99,11 +100,6 @@ def test_pseudotimes():
     assert (t[:, 1:] > t[:, :-1]).all() and (t > 0).all() and (t < 1).all()
     # order statistics of 9 uniforms: E[t_(j)] = j / 10 (standard errors below 0.0016)
     assert torch.allclose(t.mean(dim=0), torch.arange(1, 10) / 10, atol=0.01)
-
-
-def test_order_path():
-    centers = torch.tensor([[0.0, 0.0], [3.0, 0.0], [1.0, 0.0], [2.0, 0.0], [-1.0, 0.0]])
-    assert order_path(centers).tolist() in ([1, 3, 2, 0, 4], [4, 0, 2, 3, 1])
 
 
 # shapes
@@ -950,21 +946,6 @@ def test_supervised_initialization():
         loss.backward()
         optimizer.step()
     assert torch.isfinite(loss) and -loss > before - 0.5
-
-
-def test_hierarchical_mfa_initialize():
-    torch.manual_seed(0)
-    x, y = blobs()
-    model = HierarchicalMFA(2, groups=3, components=4, rank=1)
-    before = [p.clone() for p in model.parameters()]
-    with pytest.raises(ValueError):
-        model.initialize(x[:, :1])
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
-
-    model.initialize(x, y=y)
-    assert (model.predict(x) == y).float().mean() > 0.97
-    assert torch.allclose(model.predict_proba(x).sum(-1), torch.ones(len(x)), atol=1e-6)
-    assert model().log_prob(x).mean() > -4.0  # three unit blobs: about -2.8 nats
 
 
 # training
