@@ -1,38 +1,54 @@
-r"""Shared fixtures of the contmix test suite."""
+r"""Shared fixtures and options of the contmix test suite: ``--device`` and
+``--dtype`` choose where and in which precision the tests that are about a device or
+a dtype run (``pytest --device cuda``)."""
 
 import pytest
 import torch
 
-from torch import Tensor
+from data import THREE
+from data import blobs as make_blobs
 
 # The tests use small tensors: one intra-op thread is as fast, and it avoids the
 # slowdown of OpenMP threads spinning when the CPUs are shared (CI, parallel sessions).
 torch.set_num_threads(1)
 
 
-def make_blobs(
-    n: int = 200,
-    centers: Tensor | None = None,
-    scale: float = 0.5,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float64,
-) -> tuple[Tensor, Tensor, Tensor]:
-    r"""Returns ``n`` samples per blob around ``centers``, the centres and the labels."""
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--device", default="cpu", help="the device of the device tests (cpu)")
+    parser.addoption(
+        "--dtype",
+        default="float32",
+        choices=("float32", "float64"),
+        help="the dtype of the models fitted on the device (float32)",
+    )
 
-    if centers is None:
-        centers = torch.tensor([[-8.0, 0.0, 2.0], [8.0, 1.0, -2.0], [0.0, 9.0, 0.0]])
 
-    generator = torch.Generator().manual_seed(seed)
-    centers = centers.to(dtype)
-    K, D = centers.shape
-    labels = torch.arange(K).repeat_interleave(n)
-    noise = torch.randn(K * n, D, generator=generator, dtype=dtype)
+@pytest.fixture(scope="session")
+def device(pytestconfig: pytest.Config) -> torch.device:
+    return torch.device(pytestconfig.getoption("device"))
 
-    return centers[labels] + scale * noise, centers, labels
+
+@pytest.fixture(scope="session")
+def dtype(pytestconfig: pytest.Config) -> torch.dtype:
+    return getattr(torch, pytestconfig.getoption("dtype"))
+
+
+@pytest.fixture(scope="session")
+def accelerator(device: torch.device) -> torch.device:
+    r"""The device of ``--device`` for the tests that compare it with the CPU or move
+    between the two: they skip on the CPU (the default)."""
+
+    if device.type == "cpu":
+        pytest.skip("compares a device with the CPU: run with --device cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        pytest.skip("--device cuda but CUDA is not available")
+    return device
 
 
 @pytest.fixture
 def blobs():
-    r"""Three well-separated Gaussian blobs in 3-D (float64), 200 samples each."""
+    r"""Three well-separated Gaussian blobs in 3-D (float64), 200 samples each: the
+    samples, the centres and the labels."""
 
-    return make_blobs()
+    x, labels = make_blobs(THREE, 200, 0.5)
+    return x, torch.tensor(THREE, dtype=x.dtype), labels

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from data import blobs as make_blobs
 from torch.utils.data import DataLoader, Dataset
 
 from contmix import GMM, MFA, HierarchicalMFA
@@ -20,7 +21,7 @@ def blobs(n: int = 600, d: int = 3, dtype: torch.dtype = torch.float32) -> torch
 
     g = torch.Generator().manual_seed(0)
     centers = torch.tensor([[-3.0, 0, 1], [3, 1, -1], [0, 4, 0]])[:, :d] + 100
-    x = centers.repeat_interleave(n // 3, dim=0) + torch.randn(n, d, generator=g)
+    x, _ = make_blobs(centers, n // 3, seed=g, dtype=torch.float32)
 
     return x[torch.randperm(n, generator=g)].to(dtype)
 

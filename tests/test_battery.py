@@ -13,73 +13,28 @@ import pytest
 import torch
 import zuko
 
+from data import TWO, blobs
 from helpers import unchanged
+from models import CONTEXTUAL, MODELS, ODES, VECTORS, build
+from models import initialize_kwargs as init_kwargs
 from torch import Tensor
 
-from contmix import CPMM, CWM, GMM, MFA, HierarchicalCPMM, HierarchicalMFA, Solver
+from contmix import CPMM, CWM, GMM, HierarchicalCPMM, Solver
 from contmix.curriculum import Curriculum, Settings, Spaces
 
 D = 2
 
-# name: (constructor, a number of samples too few for initialize)
-MODELS = {
-    "gmm-full": (lambda **kw: GMM(D, components=3, **kw), 3),
-    "gmm-full-tied": (lambda **kw: GMM(D, components=3, tied=True, **kw), 3),
-    "gmm-diagonal": (lambda **kw: GMM(D, components=3, covariance_type="diagonal", **kw), 3),
-    "gmm-diagonal-tied": (
-        lambda **kw: GMM(D, components=3, covariance_type="diagonal", tied=True, **kw),
-        3,
-    ),
-    "gmm-spherical": (lambda **kw: GMM(D, components=3, covariance_type="spherical", **kw), 3),
-    "gmm-spherical-tied": (
-        lambda **kw: GMM(D, components=3, covariance_type="spherical", tied=True, **kw),
-        3,
-    ),
-    "mfa": (lambda **kw: MFA(D, components=3, rank=1, **kw), 3),
-    "cwm-diagonal": (lambda **kw: CWM(D, components=3, hidden_features=(8,), **kw), 3),
-    "cwm-affine": (
-        lambda **kw: CWM(D, components=3, maps="affine", hidden_features=(8,), **kw),
-        3,
-    ),
-    "hmfa": (lambda **kw: HierarchicalMFA(D, groups=2, components=2, rank=1, **kw), 2),
-    "cpmm": (lambda **kw: CPMM(D, components=4, rank=1, hidden_features=(8,), **kw), 1),
-    "hcpmm": (
-        lambda **kw: HierarchicalCPMM(
-            D, trajectories=2, components=3, rank=1, hidden_features=(8,), **kw
-        ),
-        2,
-    ),
-}
-
-GMM_STRATEGIES = ("random", "kmeans", "kmeans++", "em")
-STRATEGIES = {
-    **{name: GMM_STRATEGIES for name in MODELS if name.startswith(("gmm", "cwm"))},
-    "mfa": ("random", "kmeans", "kmeans++", "fa", "em"),
-    "hmfa": ("random", "kmeans"),
-    "cpmm": ("random", "kmeans"),
-    "hcpmm": ("random", "kmeans"),
-}
-CASES = [(name, s) for name in MODELS for s in STRATEGIES[name]]
-CONTEXTUAL = ["gmm-full", "gmm-diagonal-tied", "mfa", "cwm-affine", "hmfa", "cpmm", "hcpmm"]
+CASES = [(name, s) for name in VECTORS for s in MODELS[name].strategies]
 
 
 def make(name: str, dtype: torch.dtype = torch.float32, **kwargs):
-    torch.manual_seed(0)
-    return MODELS[name][0](**kwargs).to(dtype)
-
-
-def init_kwargs(name: str) -> dict:
-    return {"steps": 2} if "cpmm" in name else {}
+    return build(name, D, **kwargs).to(dtype)
 
 
 def data(dtype: torch.dtype = torch.float32, n: int = 30) -> Tensor:
     r"""Two blobs in 2-D."""
 
-    generator = torch.Generator().manual_seed(1)
-    x = torch.randn(2 * n, D, generator=generator, dtype=torch.float64)
-    x[:n] -= 3
-    x[n:] += 3
-    return x.to(dtype)
+    return blobs(TWO, n, seed=1)[0].to(dtype)
 
 
 def assert_finite(model: torch.nn.Module) -> None:
@@ -89,7 +44,7 @@ def assert_finite(model: torch.nn.Module) -> None:
 
 def fitted(name: str, dtype=torch.float32, context: int = 0):
     model = make(name, dtype, context=context)
-    model.initialize(data(dtype), strategy=STRATEGIES[name][0], **init_kwargs(name))
+    model.initialize(data(dtype), strategy=MODELS[name].strategies[0], **init_kwargs(name))
     return model.eval()
 
 
@@ -104,14 +59,6 @@ SIZES = {
     "cpmm": ("components", "rank"),
     "hcpmm": ("trajectories", "components", "rank"),
 }
-CONSTRUCTORS = {
-    "gmm-full": GMM,
-    "mfa": MFA,
-    "cwm-diagonal": CWM,
-    "hmfa": HierarchicalMFA,
-    "cpmm": CPMM,
-    "hcpmm": HierarchicalCPMM,
-}
 
 
 @pytest.mark.parametrize("value", [0, -1, 1.5])
@@ -120,13 +67,13 @@ CONSTRUCTORS = {
 )
 def test_constructor_sizes(name, size, value):
     with pytest.raises(ValueError, match=rf"{size} must be an integer of at least 1, got"):
-        CONSTRUCTORS[name](D, **{size: value})
+        MODELS[name].cls(D, **{size: value})
 
     with pytest.raises(ValueError, match=r"features must be an integer of at least 1"):
-        CONSTRUCTORS[name](0)
+        MODELS[name].cls(0)
 
     with pytest.raises(ValueError, match=r"context must be an integer of at least 0"):
-        CONSTRUCTORS[name](D, context=-1)
+        MODELS[name].cls(D, context=-1)
 
 
 @pytest.mark.parametrize(
@@ -181,7 +128,7 @@ BAD_SAMPLES = {
 def test_initialize_bad_samples(name, strategy, bad):
     model = make(name)
     transform, error, pattern = BAD_SAMPLES[bad]
-    x = transform(data(), MODELS[name][1])
+    x = transform(data(), MODELS[name].few)
 
     with unchanged(model), pytest.raises(error, match=pattern):
         model.initialize(x, strategy=strategy, **init_kwargs(name))
@@ -195,13 +142,13 @@ def test_initialize_bad_samples_conditional(name):
         for bad in ("nan", "too-few", "float16", "tiny"):
             transform, error, pattern = BAD_SAMPLES[bad]
             with pytest.raises(error, match=pattern):
-                model.initialize(transform(data(), MODELS[name][1]), **init_kwargs(name))
+                model.initialize(transform(data(), MODELS[name].few), **init_kwargs(name))
 
         with pytest.raises(ValueError, match=r"Unknown strategy 'spectral'"):
             model.initialize(data(), strategy="spectral")
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", VECTORS)
 def test_initialize_unknown_strategy(name):
     model = make(name)
 
@@ -217,7 +164,7 @@ def test_initialize_dtype_mismatch(name):
     model = make(name)
     x = data(torch.float64)
 
-    if "cpmm" in name:
+    if MODELS[name].ode:
         with unchanged(model), pytest.raises(TypeError, match=r"x is torch.float64 but the"):
             model.initialize(x, **init_kwargs(name))
         return
@@ -233,7 +180,7 @@ def test_initialize_dtype_mismatch(name):
         assert torch.allclose(v, reference.state_dict()[k], rtol=1e-4, atol=1e-4), k
 
 
-@pytest.mark.parametrize("name", ["hmfa", "hcpmm"])
+@pytest.mark.parametrize("name", [n for n in VECTORS if MODELS[n].hierarchical])
 @pytest.mark.parametrize(
     "labels, error, pattern",
     [
@@ -265,15 +212,6 @@ def fit(name, x, strategy, seed=3, dtype=torch.float64, model_kwargs=None, **kwa
     return model.eval()
 
 
-ONE_FEATURE = {
-    "gmm": lambda name: GMM(
-        1, components=3, covariance_type=name.split("-")[1], tied=name.endswith("tied")
-    ),
-    "mfa": lambda name: MFA(1, components=3, rank=1),
-    "hmfa": lambda name: HierarchicalMFA(1, groups=2, components=2, rank=1),
-}
-
-
 @pytest.mark.parametrize("name, strategy", CASES)
 def test_initialize_constant_feature(name, strategy):
     r"""A constant feature: finite parameters, and on the other feature the density of
@@ -288,7 +226,7 @@ def test_initialize_constant_feature(name, strategy):
     assert_finite(model)
     assert torch.isfinite(model().log_prob(constant)).all()
 
-    if name.startswith("cwm"):
+    if not MODELS[name].mixture:
         # a CWM starts as the Gaussian mixture fitted by the same steps
         covariance = "full" if name == "cwm-affine" else "diagonal"
         gmm = GMM(D, components=3, covariance_type=covariance).double()
@@ -300,14 +238,14 @@ def test_initialize_constant_feature(name, strategy):
 
     lp = marginal_log_prob(model, x, [0])
 
-    if "cpmm" in name:
+    if MODELS[name].ode:
         jittered = constant.clone()
         jittered[:, 1] += 1e-5 * torch.randn(len(x), generator=torch.Generator().manual_seed(4))
         expected = marginal_log_prob(fit(name, jittered, strategy), x, [0])
         assert torch.allclose(lp, expected, atol=1e-3), (lp - expected).abs().max()
         return
 
-    reference = ONE_FEATURE[name.split("-")[0]](name).double()
+    reference = build(name, 1).double()  # the same model of the other feature
     torch.manual_seed(3)
     reference.initialize(x[:, :1], strategy=strategy, **kwargs)
 
@@ -364,9 +302,9 @@ def test_initialize_extreme_scales(name, strategy, scale):
     defaults), the data is below what the model can represent: a clear error."""
 
     x = data(torch.float64)
-    scaled = SCALED[name.split("-")[0]]
+    scaled = SCALED[MODELS[name].family]
     (model_kwargs, kwargs), (unit_model_kwargs, unit_kwargs) = scaled(scale), scaled(1.0)
-    if "cpmm" in name:
+    if MODELS[name].ode:
         if scale < 1:
             # the dynamics move the states by O(1e-2) in absolute units: at this scale a
             # CPMM is not equivariant, only the error of the default floor is checked
@@ -383,7 +321,7 @@ def test_initialize_extreme_scales(name, strategy, scale):
     lp = model().log_prob(scale * x)
     expected = reference().log_prob(x) - D * math.log(scale)
     # the dynamics of a CPMM see states of another scale: nearly equivariant only
-    atol, rtol = (0.1, 1e-2) if "cpmm" in name else (1e-4, 1e-6)
+    atol, rtol = (0.1, 1e-2) if MODELS[name].ode else (1e-4, 1e-6)
     assert torch.allclose(lp, expected, atol=atol, rtol=rtol), (lp - expected).abs().max()
 
     if scale < 1:
@@ -396,7 +334,7 @@ def test_initialize_extreme_scales(name, strategy, scale):
 
 
 def models(context: int = 0):
-    names = CONTEXTUAL if context else MODELS
+    names = CONTEXTUAL if context else VECTORS
     return [pytest.param(name, context, id=f"{name}-c{context}") for name in names]
 
 
@@ -512,7 +450,7 @@ def test_posterior_and_predict(name, context):
             model.predict(x[:, :1], c)
 
 
-MIXTURES = [p for p in ALL if not p.values[0].startswith("cwm")]
+MIXTURES = [p for p in ALL if MODELS[p.values[0]].mixture]
 
 
 @pytest.mark.parametrize("name, context", MIXTURES)
@@ -562,7 +500,7 @@ def test_float32_agrees_with_float64(name, context):
     y = x.double()
 
     densities = [(d.log_prob(x), d64.log_prob(y))]
-    if not name.startswith("cwm"):
+    if MODELS[name].mixture:
         marginal = d.marginal([1]).log_prob(x[:, 1:])
         conditional = d.condition([0], x[:, :1]).log_prob(x[:, 1:])
         densities.append((marginal, d64.marginal([1]).log_prob(y[:, 1:])))
@@ -612,7 +550,7 @@ def test_context(name, context):
                 model(c)
 
 
-@pytest.mark.parametrize("name", ["cpmm", "hcpmm"])
+@pytest.mark.parametrize("name", ODES)
 @pytest.mark.parametrize("context", [0, 2])
 def test_extract(name, context):
     model = fitted(name, context=context)
@@ -641,15 +579,16 @@ def test_extract(name, context):
             model.extract(c=torch.randn(2))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
 @pytest.mark.parametrize("name", ["gmm-full", "mfa", "cwm-affine", "hmfa", "cpmm"])
-def test_cuda_device_mismatch(name):
-    model = make(name).cuda()
+def test_device_mismatch(name, accelerator):
+    model = make(name).to(accelerator)
 
     with unchanged(model), pytest.raises(ValueError, match=r"x is on cpu but the model is on"):
         model.initialize(data(), **init_kwargs(name))
 
-    with pytest.raises(ValueError, match=r"x is on cpu but the distribution is on cuda"):
+    with pytest.raises(
+        ValueError, match=rf"x is on cpu but the distribution is on {accelerator.type}"
+    ):
         model().log_prob(data())
 
 

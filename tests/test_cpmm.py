@@ -7,17 +7,15 @@ import math
 import pytest
 import torch
 
+from data import blobs as make_blobs
 from helpers import unchanged
 from torch.distributions import LowRankMultivariateNormal
 
 from contmix import CPMM, GMM, MFA, HierarchicalCPMM, HierarchicalMFA, Solver, SolverError
 from contmix.datasets import two_circles
 from contmix.mixtures.continuous import pseudotimes
-from contmix.mixtures.groups import group_labels, order_path
+from contmix.mixtures.groups import group_labels
 from contmix.mixtures.paths import path_components
-from contmix.mixtures.solver import FIXED, METHODS
-from contmix.mixtures.state import StateLayout, inverse_soft_clip, soft_clip
-from contmix.nn import Dynamics
 
 
 def small(cls=CPMM, **kwargs):
@@ -26,10 +24,10 @@ def small(cls=CPMM, **kwargs):
 
 
 def blobs(n: int = 300, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    centers = torch.tensor([[-4.0, 0.0], [4.0, 0.0], [0.0, 5.0]])
-    y = torch.arange(n) % 3
-    return centers[y] + torch.randn(n, 2, generator=generator), y
+    r"""Three unit blobs in 2-D (float32), cycling through the centres, and their labels."""
+
+    centers = [[-4.0, 0.0], [4.0, 0.0], [0.0, 5.0]]
+    return make_blobs(centers, n, seed=seed, dtype=torch.float32, cycle=True)
 
 
 # float32 log-densities reached by two code paths (a CPMM's states against an extracted
@@ -53,57 +51,12 @@ def assert_same_labels(labels: torch.Tensor, scores: torch.Tensor) -> None:
     assert (chosen >= top[:, 0] - 2 * margin).all()
 
 
-# state layout
-
-
-@pytest.mark.parametrize("weights", [False, True])
-def test_layout_round_trip(weights):
-    layout = StateLayout(features=3, rank=2, augmented=5, weights=weights)
-    assert layout.size == 3 + 6 + 3 + weights + 5
-    assert layout.mixture == layout.size - 5
-
-    h = torch.randn(4, 7, layout.size)
-    assert torch.equal(layout.pack(layout.unpack(h)), h)
-
-    state = layout.unpack(h)
-    assert state.factor.shape == (4, 7, 3, 2)
-    assert (state.log_weight is None) == (not weights)
-    assert torch.equal(state.loc, h[..., :3])
-    assert torch.equal(state.factor[..., 1, 0], h[..., 3 + 1])  # column-major vec(A)
-    assert torch.equal(state.factor[..., 0, 1], h[..., 3 + 3])
-    assert torch.equal(state.alpha, h[..., -5:])
-
-    again = layout.unpack(layout.pack(state))
-    for a, b in zip(again, state, strict=True):
-        assert (a is None and b is None) or torch.equal(a, b)
-
-    # the named slices tile the state exactly once
-    covered = torch.zeros(layout.size, dtype=torch.long)
-    for s in layout.slices.values():
-        covered[s] += 1
-    assert (covered == 1).all()
-
-
-def test_soft_clip():
-    x = torch.linspace(-20, 10, 301, dtype=torch.float64)
-    y = soft_clip(x, -6.0)
-    assert (y > -6.0).all()
-    assert (y[1:] > y[:-1]).all()  # smooth and increasing
-    assert torch.allclose(y[x > 4], x[x > 4], atol=1e-4)
-    assert torch.allclose(inverse_soft_clip(y[y > -5.9], -6.0), x[y > -5.9], atol=1e-6)
-
-
 def test_pseudotimes():
     torch.manual_seed(0)
     t = torch.stack([pseudotimes(9, torch.zeros(())) for _ in range(10000)])
     assert (t[:, 1:] > t[:, :-1]).all() and (t > 0).all() and (t < 1).all()
     # order statistics of 9 uniforms: E[t_(j)] = j / 10 (standard errors below 0.0016)
     assert torch.allclose(t.mean(dim=0), torch.arange(1, 10) / 10, atol=0.01)
-
-
-def test_order_path():
-    centers = torch.tensor([[0.0, 0.0], [3.0, 0.0], [1.0, 0.0], [2.0, 0.0], [-1.0, 0.0]])
-    assert order_path(centers).tolist() in ([1, 3, 2, 0, 4], [4, 0, 2, 3, 1])
 
 
 # shapes
@@ -197,22 +150,6 @@ def test_separate_dynamics():
     # (another batch); trajectory 1 moves by far more
     assert torch.allclose(h[[0, 2]], h2[[0, 2]], rtol=1e-6, atol=1e-6)
     assert (h[1, 1:] - h2[1, 1:]).abs().max() > 1e-3
-
-
-def test_dynamics_copies_match_loop():
-    torch.manual_seed(0)
-    f = Dynamics(state=4, context=2, hidden_features=(8,), activation="tanh", copies=3)
-    y = torch.randn(5, 3, 6)
-    out = f(torch.tensor(0.3), y)
-
-    for k in range(3):
-        g = Dynamics(state=4, context=2, hidden_features=(8,), activation="tanh")
-        with torch.no_grad():
-            for p, q in zip(g.parameters(), f.parameters(), strict=True):
-                p.copy_(q[k])
-        assert torch.allclose(out[:, k], g(torch.tensor(0.3), y[:, k]), atol=1e-6)
-
-    assert (out[..., 4:] == 0).all()  # the context has zero derivative
 
 
 # extraction and caching
@@ -512,52 +449,6 @@ def test_conditional_gradients_reach_context():
     h = model.solve(torch.linspace(0, 1, 3), c)
     h[..., -1, 0].sum().backward()  # a mean at t = 1 depends on c through f
     assert c.grad is not None and (c.grad != 0).all()
-
-
-# solver failures
-
-
-def test_step_budget_error():
-    torch.manual_seed(0)
-    model = small(solver=Solver("dopri5", rtol=1e-8, atol=1e-8, max_steps=3))
-    with torch.no_grad():
-        model.dynamics.output_layer()[0].mul_(100.0)
-
-    with pytest.raises(SolverError, match=r"max_steps=3.*stiff.*rk4"):
-        model()
-
-    rk4 = small(solver=Solver("rk4"))
-    with torch.no_grad():
-        rk4.dynamics.output_layer()[1].fill_(float("nan"))
-    with pytest.raises(SolverError, match="NaN"):
-        rk4()
-
-
-def test_stiff_solve_stops_at_default_budget():
-    torch.manual_seed(0)
-    model = small(solver=Solver("dopri5"))
-    with torch.no_grad():  # a fast oscillating field: far too many steps for dopri5
-        model.dynamics.network[0].weight.mul_(1e3)
-        model.dynamics.output_layer()[0].mul_(1e3)
-
-    evaluations = []
-    model.dynamics.register_forward_hook(lambda *_: evaluations.append(1))
-    with pytest.raises(SolverError, match=r"max_steps=100 steps"):
-        model()
-
-    # dopri5 evaluates the dynamics 6 times a step (plus a few to start): the solve
-    # stops after about 100 steps of the first interval instead of stalling
-    assert 6 * 100 <= len(evaluations) <= 6 * 101 + 3, len(evaluations)
-
-
-@pytest.mark.parametrize("method", [m for m in METHODS if m != "scipy_solver"])
-def test_every_torchdiffeq_method(method):
-    # the methods accepted are torchdiffeq's (its list is private): each one solves
-    torch.manual_seed(0)
-    options = {"step_size": 0.25} if method in FIXED else {}
-    model = small(components=3, solver=Solver(method, max_steps=1000, options=options)).eval()
-    with torch.no_grad():
-        assert torch.isfinite(model().log_prob(torch.randn(5, 2))).all()
 
 
 def test_bad_arguments():
@@ -950,21 +841,6 @@ def test_supervised_initialization():
         loss.backward()
         optimizer.step()
     assert torch.isfinite(loss) and -loss > before - 0.5
-
-
-def test_hierarchical_mfa_initialize():
-    torch.manual_seed(0)
-    x, y = blobs()
-    model = HierarchicalMFA(2, groups=3, components=4, rank=1)
-    before = [p.clone() for p in model.parameters()]
-    with pytest.raises(ValueError):
-        model.initialize(x[:, :1])
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
-
-    model.initialize(x, y=y)
-    assert (model.predict(x) == y).float().mean() > 0.97
-    assert torch.allclose(model.predict_proba(x).sum(-1), torch.ones(len(x)), atol=1e-6)
-    assert model().log_prob(x).mean() > -4.0  # three unit blobs: about -2.8 nats
 
 
 # training

@@ -13,9 +13,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from models import CONTEXTUAL, MODELS, build
 from torch.nn.parallel import DistributedDataParallel
 
-from contmix import CPMM, CWM, GMM, MFA, HierarchicalCPMM, HierarchicalMFA
 from contmix.ddp import LogProb
 
 pytestmark = pytest.mark.skipif(
@@ -25,21 +25,15 @@ pytestmark = pytest.mark.skipif(
 
 D, STEPS, BATCH = 2, 4, 32  # each process takes BATCH // 2 samples of every batch
 
-MODELS = {
-    "gmm full": lambda: GMM(D, components=3),
-    "gmm diagonal": lambda: GMM(D, components=3, covariance_type="diagonal"),
-    "gmm context": lambda: GMM(D, context=1, components=3, hidden_features=(8,)),
-    "mfa": lambda: MFA(D, components=3, rank=1),
-    "cpmm": lambda: CPMM(D, components=4, rank=1, hidden_features=(8,)),
-    "hierarchical cpmm": lambda: HierarchicalCPMM(
-        D, trajectories=2, components=3, rank=1, hidden_features=(8,)
-    ),
-    "hierarchical mfa": lambda: HierarchicalMFA(D, groups=2, components=2, rank=1),
-    "cpmm image": lambda: CPMM((2, 1, 1), components=3, rank=1, hidden_features=(4,)),
-    "cwm": lambda: CWM(D, components=3, hidden_features=(8,)),
-    "cwm context": lambda: CWM(D, context=1, components=3, hidden_features=(8,)),
-}
-UNUSED = ("gmm context", "hierarchical cpmm", "cwm context")  # also find_unused_parameters
+# every model, and those that take a context with one
+CASES = {f"{name}-c0": (name, 0) for name in MODELS}
+CASES |= {f"{name}-c1": (name, 1) for name in CONTEXTUAL}
+UNUSED = ("gmm-full-c1", "hcpmm-c0", "cwm-affine-c1")  # also find_unused_parameters
+
+
+def make(key: str) -> torch.nn.Module:
+    name, context = CASES[key]
+    return build(name, D, context).double()
 
 
 def batches() -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,8 +51,7 @@ def train(name: str, rank: int = 0, world: int = 1, unused: bool = False) -> lis
     (wrapped in DDP when ``world > 1``, through :class:`LogProb` with
     ``find_unused_parameters`` when ``unused``) and returns its parameters."""
 
-    torch.manual_seed(0)
-    model = MODELS[name]().double()
+    model = make(name)
     if unused:
         net = DistributedDataParallel(LogProb(model), find_unused_parameters=True)
     else:
@@ -79,7 +72,7 @@ def train(name: str, rank: int = 0, world: int = 1, unused: bool = False) -> lis
 def worker(rank: int, init: str, results: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
-    out = {name: train(name, rank, 2) for name in MODELS}
+    out = {key: train(key, rank, 2) for key in CASES}
     out |= {f"{name} unused": train(name, rank, 2, unused=True) for name in UNUSED}
     torch.save(out, f"{results}/{rank}.pt")
     dist.destroy_process_group()
@@ -93,11 +86,10 @@ def results(tmp_path_factory) -> list[dict]:
     return [torch.load(tmp / f"{rank}.pt", weights_only=True) for rank in range(2)]
 
 
-@pytest.mark.parametrize("key", [*MODELS, *(f"{name} unused" for name in UNUSED)])
+@pytest.mark.parametrize("key", [*CASES, *(f"{key} unused" for key in UNUSED)])
 def test_ddp_equals_whole_batches(results, key):
     name = key.removesuffix(" unused")
-    torch.manual_seed(0)
-    start = [p.detach() for p in MODELS[name]().double().parameters()]
+    start = [p.detach() for p in make(name).parameters()]
     expected = train(name)
 
     for out in results:

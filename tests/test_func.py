@@ -300,9 +300,10 @@ def test_nan_context_cpmm(solver, monkeypatch):
         cpmm(c)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
-def test_check_context_no_sync_cuda():
-    c = torch.randn(16, C, device="cuda")
+def test_check_context_no_sync(accelerator):
+    if accelerator.type != "cuda":
+        pytest.skip("checks CUDA's synchronizations")
+    c = torch.randn(16, C, device=accelerator)
     c[0, 0] = float("nan")
 
     torch.cuda.set_sync_debug_mode("error")

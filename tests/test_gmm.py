@@ -9,6 +9,7 @@ import pytest
 import torch
 import zuko
 
+from data import blobs
 from helpers import unchanged
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture as SKGaussianMixture
@@ -97,9 +98,7 @@ def load_natural(gmm: GMM, weights, means, covariances) -> None:
 def gaussians(centers: list, n: int, scale: float, seed: int) -> Tensor:
     r"""``n`` samples of an isotropic Gaussian around each centre, in float64."""
 
-    generator = torch.Generator().manual_seed(seed)
-    centers = torch.tensor(centers, dtype=torch.float64).repeat_interleave(n, dim=0)
-    return centers + scale * torch.randn(centers.shape, generator=generator, dtype=torch.float64)
+    return blobs(centers, n, scale, seed)[0]
 
 
 def data(n=200, seed=0) -> Tensor:
@@ -210,22 +209,21 @@ def test_float32(cov, context):
     assert torch.allclose(d.log_prob(x).double(), reference, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_cuda(strategy):
+def test_device(strategy, accelerator):
     x = data()
-    gmm = make_gmm(cov="full").cuda()
+    gmm = make_gmm(cov="full").to(accelerator)
 
     with unchanged(gmm), pytest.raises(ValueError, match="x is on cpu"):
         gmm.initialize(x, strategy=strategy)
 
     torch.manual_seed(0)
-    gmm.initialize(x.cuda(), strategy=strategy)
+    gmm.initialize(x.to(accelerator), strategy=strategy)
     d = gmm()
-    log_p = d.log_prob(x.cuda())
+    log_p = d.log_prob(x.to(accelerator))
 
-    assert log_p.device.type == "cuda"
-    assert d.sample((3,)).device.type == "cuda"
+    assert log_p.device.type == accelerator.type
+    assert d.sample((3,)).device.type == accelerator.type
     assert torch.isfinite(log_p).all()
     assert torch.allclose(log_p.cpu(), gmm.cpu()().log_prob(x), atol=1e-8)
 

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from data import TWO, blobs
 from helpers import changed, snapshot, unchanged
 from torch.distributions import (
     Categorical,
@@ -13,7 +14,7 @@ from torch.distributions import (
     MultivariateNormal,
 )
 
-from contmix import GMM, MFA, ConvergenceWarning, FitReport, HierarchicalMFA
+from contmix import GMM, MFA, ConvergenceWarning, FitReport
 from contmix.datasets import digits
 from contmix.distributions import GaussianMixture, LowRankNormal
 from contmix.em import fit_mfa, mfa_log_likelihood
@@ -372,9 +373,7 @@ def two_blobs(outlier: float | None = None) -> tuple[torch.Tensor, torch.Tensor]
     r"""Two blobs of 100 samples in 2-D (float32), one sample moved to ``outlier``;
     returns the samples and the mask of the inliers."""
 
-    x = torch.randn(200, 2, generator=torch.Generator().manual_seed(0))
-    x[:100] -= 3
-    x[100:] += 3
+    x, _ = blobs(TWO, 100, dtype=torch.float32)
     inliers = torch.ones(200, dtype=torch.bool)
     if outlier is not None:
         x[7], inliers[7] = outlier, False
@@ -609,66 +608,6 @@ def test_separated_clusters_reach_the_best_basin(seed):
     assert len(predicted.unique()) == 8
 
 
-def test_hierarchical_generator_and_restarts():
-    r"""HierarchicalMFA: the same generator seed gives the same mixture, the global seed
-    untouched; ``n_init=3`` keeps the restart of the highest log-likelihood among those
-    drawn from the same stream."""
-
-    g = torch.Generator().manual_seed(0)
-    centers = 4 * torch.randn(6, 3, generator=g)
-    x = centers.repeat_interleave(50, dim=0) + torch.randn(300, 3, generator=g)
-    models = [HierarchicalMFA(3, groups=3, components=2, rank=1) for _ in range(6)]
-    state = torch.get_rng_state()
-
-    generator = torch.Generator().manual_seed(1)
-    for model in models[:3]:
-        model.initialize(x, generator=generator)
-    models[3].initialize(x, n_init=3, generator=torch.Generator().manual_seed(1))
-    models[4].initialize(x, n_init=3, generator=torch.Generator().manual_seed(1))
-    models[5].initialize(x, "random", generator=torch.Generator().manual_seed(1))
-
-    assert torch.equal(torch.get_rng_state(), state)
-    with torch.no_grad():
-        singles = [m().log_prob(x).mean().item() for m in models[:3]]
-        best = models[3]().log_prob(x).mean().item()
-        assert torch.equal(models[3]().log_prob(x), models[4]().log_prob(x))
-        assert torch.isfinite(models[5]().log_prob(x)).all()
-    assert best == pytest.approx(max(singles), abs=1e-5)
-    assert all(p.is_leaf and p.grad_fn is None for p in models[3].parameters())
-
-
-def test_order_path_does_not_depend_on_rounding():
-    r"""Two centres are equally far from their mean: which one the path starts at was
-    decided by rounding (a float32 and a float64 fit of the same data ordered their
-    sub-clusters differently). Near ties now go to the smallest first coordinate."""
-
-    from contmix.mixtures.groups import order_path
-
-    g = torch.Generator().manual_seed(0)
-    for _ in range(20):
-        centers = torch.randn(2, 3, generator=g, dtype=torch.float64)
-        noise = 1e-7 * torch.randn(2, 3, generator=g, dtype=torch.float64)
-        expected = order_path(centers)
-        assert expected[0] == centers[:, 0].argmin()
-        assert torch.equal(order_path(centers.float()), expected)
-        assert torch.equal(order_path(centers + noise), expected)
-
-    line = torch.tensor([[1.0], [3.0], [0.0], [2.0]])
-    assert order_path(line).tolist() == [2, 0, 3, 1]
-
-
-def test_hierarchical_statistics_build_no_graph():
-    from contmix.mixtures.groups import factor_analyzers, group_labels, group_statistics
-
-    x = torch.randn(80, 3, requires_grad=True)
-    labels = group_labels(x, 2, "kmeans")
-    stats = group_statistics(x, labels, 2, 2)
-
-    assert not labels.requires_grad
-    assert not any(t.requires_grad for t in stats)
-    assert not any(t.requires_grad for t in factor_analyzers(stats.covariances, 1))
-
-
 # fit reports, em(), posteriors, information criteria
 
 
@@ -795,84 +734,3 @@ def test_mfa_free_parameters_and_criteria():
         P = mfa.free_parameters()
         assert mfa.bic(x).item() == pytest.approx(-2 * log_lik + P * math.log(50), rel=1e-12)
         assert mfa.aic(x).item() == pytest.approx(-2 * log_lik + 2 * P, rel=1e-12)
-
-
-def hierarchical_data():
-    g = torch.Generator().manual_seed(0)
-    centers = 5 * torch.randn(4, 3, generator=g, dtype=torch.float64)
-    return centers.repeat_interleave(60, dim=0) + torch.randn(240, 3, generator=g).double()
-
-
-@pytest.mark.parametrize("strategy", ["random", "kmeans", "kmeans++", "em"])
-def test_hierarchical_strategies_and_reports(strategy):
-    x = hierarchical_data()
-    model = HierarchicalMFA(3, groups=2, components=2, rank=1).double()
-    report = model.initialize(x, strategy, generator=torch.Generator().manual_seed(0))
-
-    assert model.fit_report is report and report.strategy == strategy
-    assert (report.iterations > 0) == (strategy == "em")
-    with torch.no_grad():
-        mean = model().log_prob(x).mean().item()
-    if strategy == "em":
-        assert report.converged and report.lower_bound == report.lower_bounds[-1]
-        assert (torch.tensor(report.lower_bounds).diff() > -1e-9).all()
-    else:
-        assert report.lower_bound == pytest.approx(mean, abs=1e-6)
-
-
-def test_hierarchical_em_is_em_of_the_flat_mfa():
-    r"""EM of the hierarchical mixture is EM of the MFA of its C G components with
-    weights :math:`\eta_c \pi_{cj}`: the same densities, the same posteriors summed by
-    group."""
-
-    x = hierarchical_data()
-    model = HierarchicalMFA(3, groups=2, components=2, rank=1).double()
-    model.initialize(x, "kmeans", generator=torch.Generator().manual_seed(1))
-
-    flat = MFA(3, components=4, rank=1).double()
-    with torch.no_grad():
-        eta, logits, loc, factor, log_diag = model.phi
-        weights = eta.log_softmax(-1)[:, None] + logits.log_softmax(-1)
-        start = [weights.flatten(), loc.flatten(0, 1), factor.flatten(0, 1)]
-        for p, value in zip(flat.phi, [*start, log_diag.flatten(0, 1)], strict=True):
-            p.copy_(value)
-        assert torch.allclose(flat().log_prob(x), model().log_prob(x), atol=1e-10)
-
-    report, expected = model.em(x, tol=1e-8), flat.em(x, tol=1e-8)
-    assert report.iterations == expected.iterations
-    assert report.lower_bounds == pytest.approx(expected.lower_bounds, abs=1e-9)
-    with torch.no_grad():
-        assert torch.allclose(model().log_prob(x), flat().log_prob(x), atol=1e-6)
-        grouped = flat.predict_proba(x).unflatten(-1, (2, 2)).sum(dim=-1)
-        proba = model.predict_proba(x)
-        assert torch.allclose(proba, grouped, atol=1e-6)
-        assert torch.allclose(proba.sum(dim=-1), torch.ones(len(x), dtype=x.dtype))
-        assert torch.equal(model.predict(x), proba.argmax(dim=-1))
-        assert model.free_parameters() == flat.free_parameters()
-        log_lik, P = model().log_prob(x).sum().item(), model.free_parameters()
-        assert model.bic(x).item() == pytest.approx(-2 * log_lik + P * math.log(240))
-        assert model.aic(x).item() == pytest.approx(-2 * log_lik + 2 * P)
-
-
-def test_hierarchical_bad_input_leaves_everything_unchanged():
-    x = hierarchical_data()
-    model = HierarchicalMFA(3, groups=2, components=2, rank=1).double()
-    model.initialize(x)
-    report = model.fit_report
-    cases = [
-        ({"strategy": "fa"}, ValueError, r"'kmeans\+\+' or 'em'\."),
-        ({"strategy": "em", "max_iter": 0}, ValueError, "max_iter must be"),
-        ({"reg": -1.0}, ValueError, "reg must be"),
-        ({"progress": "no"}, TypeError, "progress must be"),
-        ({"y": torch.arange(240) % 3}, ValueError, r"y must lie in \[0, 2\)"),
-    ]
-    for kwargs, error, match in cases:
-        with unchanged(model), pytest.raises(error, match=match):
-            model.initialize(x, **kwargs)
-    with unchanged(model), pytest.raises(ValueError, match="tol must be"):
-        model.em(x, tol=-1.0)
-    assert model.fit_report is report
-
-    conditional = HierarchicalMFA(3, context=2)
-    with unchanged(conditional), pytest.raises(ValueError, match="unconditional Hierarch"):
-        conditional.em(x.float())

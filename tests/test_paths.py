@@ -5,6 +5,8 @@ import math
 import pytest
 import torch
 
+from data import blobs as make_blobs
+
 from contmix import MFA
 from contmix.mixtures.groups import order_path
 from contmix.mixtures.paths import align_loadings, path_components
@@ -41,9 +43,8 @@ def test_align_loadings_rank_one_is_a_sign():
 
 
 def blobs(n: int = 150, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    centers = torch.tensor([[-6.0, 0.0], [0.0, 0.0], [6.0, 0.0], [0.0, 8.0]])
-    x = centers.repeat_interleave(n, 0) + torch.randn(4 * n, 2, generator=generator)
+    centers = [[-6.0, 0.0], [0.0, 0.0], [6.0, 0.0], [0.0, 8.0]]
+    x, _ = make_blobs(centers, n, seed=seed, dtype=torch.float32)
     return x.double(), torch.tensor([0, 0, 0, 1]).repeat_interleave(n)
 
 

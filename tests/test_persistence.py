@@ -1,6 +1,6 @@
 r"""Tests of saving, loading and resuming across processes, devices and dtypes: every
 model's state dict saved in this process and loaded in a fresh one (this file run as a
-script), the curriculum's checkpoint resumed in another process, CPU <-> CUDA and
+script), the curriculum's checkpoint resumed in another process, CPU <-> --device and
 float32 <-> float64.
 
 Run as a script, ``python tests/test_persistence.py load DIR`` loads the saved state
@@ -21,36 +21,34 @@ import pytest
 import torch
 import zuko
 
-from contmix import CPMM, CWM, GMM, MFA, Curriculum, HierarchicalCPMM, HierarchicalMFA
+from data import blobs
+from models import CONTEXTUAL, MODELS, build, initialize_kwargs
+
+from contmix import GMM, Curriculum
 from contmix.curriculum import Settings, Spaces
 
 D = 3
 
-ARCHITECTURES = {
-    "gmm": lambda: GMM(D, components=3),
-    "gmm diagonal": lambda: GMM(D, components=3, covariance_type="diagonal"),
-    "gmm context": lambda: GMM(D, context=2, components=3, hidden_features=(8,)),
-    "mfa": lambda: MFA(D, components=3, rank=1),
-    "cpmm": lambda: CPMM(D, components=5, rank=1, hidden_features=(16,)),
-    "hierarchical cpmm": lambda: HierarchicalCPMM(
-        D, trajectories=2, components=3, rank=1, hidden_features=(16,)
-    ),
-    "cwm": lambda: CWM(D, components=3, hidden_features=(8,)),
-    "hierarchical mfa": lambda: HierarchicalMFA(D, groups=2, components=3, rank=1),
-    "cpmm extract": lambda: MFA(D, components=5, rank=1),
-    "hierarchical cpmm extract": lambda: HierarchicalMFA(D, groups=2, components=3, rank=1),
-}
+# every model, those that take a context with one, and the mixtures the ODE models extract
+CASES = {f"{name}-c0": (name, 0) for name in MODELS}
+CASES |= {f"{name}-c2": (name, 2) for name in CONTEXTUAL}
+CASES |= {f"{name}-extract": (name, 0) for name in MODELS if MODELS[name].ode}
+
+
+def make(key: str, seed: int = 0) -> torch.nn.Module:
+    r"""The model of ``key``, in float64, built from the seed ``seed``."""
+
+    name, context = CASES[key]
+    model = build(name, D, context, seed).double()
+    return model.extract() if key.endswith("extract") else model
 
 
 def data() -> tuple[torch.Tensor, torch.Tensor]:
     r"""Samples of three blobs and their contexts, in float64."""
 
     g = torch.Generator().manual_seed(0)
-    centers = torch.tensor([[-4.0, 0, 1], [4, 1, -1], [0, 5, 0]], dtype=torch.float64)
-    x = centers.repeat_interleave(40, dim=0) + torch.randn(120, D, generator=g).double()
-    c = torch.randn(120, 2, generator=g, dtype=torch.float64)
-
-    return x, c
+    x, _ = blobs([[-4.0, 0, 1], [4, 1, -1], [0, 5, 0]], 40, seed=g)
+    return x, torch.randn(len(x), 2, generator=g, dtype=torch.float64)
 
 
 def models() -> dict[str, torch.nn.Module]:
@@ -59,19 +57,13 @@ def models() -> dict[str, torch.nn.Module]:
     x, _ = data()
     out = {}
 
-    for name, build in ARCHITECTURES.items():
-        if name.endswith("extract"):
+    for key, (name, _) in CASES.items():
+        if key.endswith("extract"):
+            out[key] = out[f"{name}-c0"].extract()
             continue
-        torch.manual_seed(0)
-        model = build().double()
-        if isinstance(model, (CPMM, HierarchicalCPMM)):
-            model.initialize(x, steps=10)
-        else:
-            model.initialize(x)
-        out[name] = model.eval()
-
-    out["cpmm extract"] = out["cpmm"].extract()
-    out["hierarchical cpmm extract"] = out["hierarchical cpmm"].extract()
+        model = make(key)
+        model.initialize(x, **initialize_kwargs(name, steps=10))
+        out[key] = model.eval()
 
     return out
 
@@ -89,8 +81,7 @@ def load(folder: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
     out = {}
 
     for name, state in states.items():
-        torch.manual_seed(1)
-        model = ARCHITECTURES[name]().to(torch.float64)
+        model = make(name, seed=1)
         model.load_state_dict(state)
         model = model.to(device).eval()
         out[name] = log_prob(model, x.to(device), c.to(device)).cpu()
@@ -126,35 +117,35 @@ def test_load_in_a_fresh_process(saved):
     assert run.returncode == 0, run.stderr
     loaded = torch.load(folder / "loaded.pt", weights_only=True)
 
-    assert set(loaded) == set(ARCHITECTURES)
+    assert set(loaded) == set(CASES)
     for name, value in expected.items():
         assert torch.isfinite(value).all()
         assert torch.equal(loaded[name], value), name
 
-    torch.manual_seed(1)  # a model that was not loaded differs
-    fresh = ARCHITECTURES["mfa"]().double()
-    assert not torch.allclose(log_prob(fresh, *data()), expected["mfa"])
+    fresh = make("mfa-c0", seed=1)  # a model that was not loaded differs
+    assert not torch.allclose(log_prob(fresh, *data()), expected["mfa-c0"])
 
 
 def test_extract_matches_its_model(saved):
     _, expected = saved
 
-    for name in ("cpmm", "hierarchical cpmm"):
-        torch.testing.assert_close(expected[f"{name} extract"], expected[name])
+    for key in filter(lambda key: key.endswith("extract"), CASES):
+        torch.testing.assert_close(expected[key], expected[key.replace("extract", "c0")])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
-def test_cpu_to_cuda_and_back(saved, tmp_path):
+def test_cpu_to_device_and_back(saved, tmp_path, accelerator):
     folder, expected = saved
-    on_cuda = load(folder, "cuda")
+    on_device = load(folder, accelerator)
 
     for name, value in expected.items():  # other kernels: equal up to rounding (and
         # the adaptive ODE steps of the CPMMs that follow from it)
-        torch.testing.assert_close(on_cuda[name], value, rtol=1e-7, atol=1e-7)
+        torch.testing.assert_close(on_device[name], value, rtol=1e-7, atol=1e-7)
 
-    # Saved on CUDA, loaded on the CPU: the same parameters, the same log-densities
-    states = torch.load(folder / "states.pt", map_location="cuda", weights_only=True)
-    assert all(t.is_cuda for state in states.values() for t in state.values())
+    # Saved on the device, loaded on the CPU: the same parameters, the same log-densities
+    states = torch.load(folder / "states.pt", map_location=accelerator, weights_only=True)
+    assert {t.device.type for state in states.values() for t in state.values()} == {
+        accelerator.type
+    }
     torch.save(states, tmp_path / "states.pt")
     back = load(tmp_path, "cpu")
 
@@ -162,7 +153,7 @@ def test_cpu_to_cuda_and_back(saved, tmp_path):
         assert torch.equal(back[name], value), name
 
 
-@pytest.mark.parametrize("name", ARCHITECTURES)
+@pytest.mark.parametrize("name", CASES)
 def test_dtype_round_trip(saved, trained, name):
     x, c = data()
     _, expected = saved

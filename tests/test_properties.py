@@ -7,15 +7,25 @@ the dimensions of a split drawn alongside.
 
 import math
 
+import models
 import torch
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from models import MODELS
 from torch import Tensor
 
-from contmix import CPMM, CWM, GMM, MFA, HierarchicalCPMM, HierarchicalMFA
+from contmix import CWM, GMM, MFA, HierarchicalMFA
 
-FAMILIES = ("gmm-full", "gmm-diagonal", "gmm-spherical", "gmm-full-tied", "mfa", "hmfa", "cwm")
+FAMILIES = (
+    "gmm-full",
+    "gmm-diagonal",
+    "gmm-spherical",
+    "gmm-full-tied",
+    "mfa",
+    "hmfa",
+    "cwm-diagonal",
+)
 SETTINGS = dict(max_examples=25, deadline=None, derandomize=True)
 
 
@@ -48,17 +58,7 @@ def randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 
 def build(family: str, features: int, components: int, seed: int):
-    if family.startswith("gmm"):
-        _, covariance, *tied = family.split("-")
-        model = GMM(features, components=components, covariance_type=covariance, tied=bool(tied))
-    elif family == "mfa":
-        model = MFA(features, components=components, rank=1)
-    elif family == "hmfa":
-        model = HierarchicalMFA(features, groups=2, components=components, rank=1)
-    else:
-        model = CWM(features, components=components, hidden_features=(8,))
-
-    return randomize(model, seed)
+    return randomize(MODELS[family].build(features, components=components), seed)
 
 
 def grid(features: int, half: float = 12.0, points: int = 601) -> tuple[Tensor, float]:
@@ -88,7 +88,7 @@ def test_log_prob_normalizes(family, features, components, seed):
 
     assert abs(p.sum() * cell - 1) < 1e-3
 
-    if not family.startswith("cwm"):
+    if MODELS[family].mixture:
         mean = (p.unsqueeze(-1) * x).sum(dim=0) * cell
         assert torch.allclose(mean, d.mean.detach(), atol=1e-3)
 
@@ -100,19 +100,12 @@ def split(features: int, data) -> list[int]:
     return observed
 
 
-MIXTURES = (*[f for f in FAMILIES if f != "cwm"], "cpmm", "hcpmm")
+MIXTURES = (*[f for f in FAMILIES if MODELS[f].mixture], "cpmm", "hcpmm")
 
 
 def build_mixture(family: str, features: int, components: int, seed: int):
-    if family in ("cpmm", "hcpmm"):
-        torch.manual_seed(seed)
-        if family == "cpmm":
-            model = CPMM(features, components=components, rank=1, hidden_features=(8,))
-        else:
-            model = HierarchicalCPMM(
-                features, trajectories=2, components=components, rank=1, hidden_features=(8,)
-            )
-        return model.double().eval()
+    if MODELS[family].ode:
+        return models.build(family, features, seed=seed, components=components).double().eval()
 
     return build(family, features, components, seed)
 
@@ -197,11 +190,8 @@ def test_extract_agrees_with_eval(hierarchical, features, components, extracted,
     :math:`G'` components and the same parameters)."""
 
     torch.manual_seed(seed)
-    kwargs = dict(rank=1, hidden_features=(8,), activation="tanh")
-    if hierarchical:
-        build = lambda G: HierarchicalCPMM(features, trajectories=2, components=G, **kwargs)
-    else:
-        build = lambda G: CPMM(features, components=G, **kwargs)
+    ode = MODELS["hcpmm" if hierarchical else "cpmm"]
+    build = lambda G: ode.build(features, components=G, activation="tanh")
 
     model = build(components).double().eval()
     with torch.no_grad():

@@ -1,0 +1,44 @@
+r"""Tests of the layout of the ODE state of the continuous mixtures
+(``contmix.mixtures.state``)."""
+
+import pytest
+import torch
+
+from contmix.mixtures.state import StateLayout, inverse_soft_clip, soft_clip
+
+
+@pytest.mark.parametrize("weights", [False, True])
+def test_layout_round_trip(weights):
+    layout = StateLayout(features=3, rank=2, augmented=5, weights=weights)
+    assert layout.size == 3 + 6 + 3 + weights + 5
+    assert layout.mixture == layout.size - 5
+
+    h = torch.randn(4, 7, layout.size)
+    assert torch.equal(layout.pack(layout.unpack(h)), h)
+
+    state = layout.unpack(h)
+    assert state.factor.shape == (4, 7, 3, 2)
+    assert (state.log_weight is None) == (not weights)
+    assert torch.equal(state.loc, h[..., :3])
+    assert torch.equal(state.factor[..., 1, 0], h[..., 3 + 1])  # column-major vec(A)
+    assert torch.equal(state.factor[..., 0, 1], h[..., 3 + 3])
+    assert torch.equal(state.alpha, h[..., -5:])
+
+    again = layout.unpack(layout.pack(state))
+    for a, b in zip(again, state, strict=True):
+        assert (a is None and b is None) or torch.equal(a, b)
+
+    # the named slices tile the state exactly once
+    covered = torch.zeros(layout.size, dtype=torch.long)
+    for s in layout.slices.values():
+        covered[s] += 1
+    assert (covered == 1).all()
+
+
+def test_soft_clip():
+    x = torch.linspace(-20, 10, 301, dtype=torch.float64)
+    y = soft_clip(x, -6.0)
+    assert (y > -6.0).all()
+    assert (y[1:] > y[:-1]).all()  # smooth and increasing
+    assert torch.allclose(y[x > 4], x[x > 4], atol=1e-4)
+    assert torch.allclose(inverse_soft_clip(y[y > -5.9], -6.0), x[y > -5.9], atol=1e-6)
