@@ -306,5 +306,8 @@ def test_weighted_sums_sparse_equals_dense():
     hard = logits.softmax(-1)  # nearly hard: the sparse sums
     assert torch.allclose(weighted_sums(hard, phi), hard.T @ phi, rtol=1e-13, atol=0)
 
+    mixed = torch.where(torch.arange(500)[:, None] % 7 == 0, (logits / 50).softmax(-1), hard)
+    assert torch.allclose(weighted_sums(mixed, phi), mixed.T @ phi, rtol=1e-13, atol=0)
+
     for resp in ((logits / 50).softmax(-1), hard - 1e-3):  # soft; a negative weight
         assert torch.equal(weighted_sums(resp, phi), resp.T @ phi)  # the product itself

@@ -443,11 +443,13 @@ def weighted_sums(resp: Tensor, phi: Tensor) -> Tensor:
 
     In high dimension the responsibilities are nearly hard (on Fashion-MNIST with 250
     components, the largest holds all but :math:`e^{-30}` of the mass for 97% of the
-    samples). When the :data:`SPARSE` largest responsibilities of every sample hold all but
-    :data:`NEGLIGIBLE` of its mass, less than the rounding of the float64 sums over
-    :math:`N` samples, the sums are taken over those only (a scatter of :math:`N \times`
-    :data:`SPARSE` rows instead of a product with all :math:`K` columns); otherwise, and on
-    a GPU (where the check would wait for the device), they are one matrix product.
+    samples). The sums are taken over the :data:`SPARSE` largest responsibilities of each
+    sample (a scatter of :math:`N \times` :data:`SPARSE` rows instead of a product with
+    all :math:`K` columns), plus, for the samples whose other responsibilities hold more
+    than :data:`NEGLIGIBLE` of their mass (less than the rounding of float64 sums over
+    :math:`N` samples), a product with those others. When more than a quarter of the
+    samples are such, on a GPU (where finding them would wait for the device) and for
+    few components, the sums are one matrix product.
 
     Example:
         >>> resp = torch.eye(16, dtype=torch.float64)[torch.randint(16, (100,))]
@@ -456,18 +458,23 @@ def weighted_sums(resp: Tensor, phi: Tensor) -> Tensor:
         True
     """
 
-    K = resp.shape[-1]
-    if K <= 2 * SPARSE or resp.device.type != "cpu":
+    N, K = resp.shape
+    if K <= 2 * SPARSE or resp.device.type != "cpu" or not bool(resp.min() >= 0):
         return resp.T @ phi
 
     top, index = resp.topk(SPARSE, dim=-1)
     total = resp.sum(dim=-1)
-    if not bool(((total - top.sum(dim=-1)) <= NEGLIGIBLE * total).all() & (resp.min() >= 0)):
+    soft = (total - top.sum(dim=-1) > NEGLIGIBLE * total).nonzero().squeeze(-1)
+    if 4 * len(soft) > N:
         return resp.T @ phi
 
     sums = phi.new_zeros(K, phi.shape[-1])
     for j in range(SPARSE):
         sums.index_add_(0, index[:, j], top[:, j, None] * phi)
+
+    if len(soft) > 0:  # the other responsibilities of the samples that have some
+        rest = resp[soft].scatter(-1, index[soft], 0.0)
+        sums += rest.T @ phi[soft]
 
     return sums
 
