@@ -311,3 +311,122 @@ def test_weighted_sums_sparse_equals_dense():
 
     for resp in ((logits / 50).softmax(-1), hard - 1e-3):  # soft; a negative weight
         assert torch.equal(weighted_sums(resp, phi), resp.T @ phi)  # the product itself
+
+
+@pytest.fixture(params=["statistics", "covariance"])
+def form(request, monkeypatch):
+    r"""Both forms of full-covariance EM at any dimension: the sufficient statistics and
+    the covariance form of :mod:`contmix.em.full` (the switch of :mod:`contmix.em.gmm`)."""
+
+    monkeypatch.setattr(
+        "contmix.em.gmm.COVARIANCE_FORM", 10**9 if request.param == "statistics" else 1
+    )
+    return request.param
+
+
+def np_iterations(x, start, tied: bool, reg: float, n: int):
+    params, history = [t.double().numpy() for t in start], []
+    for _ in range(n):
+        log_lik, resp = np_e_step(x.double().numpy(), *params, "full")
+        history.append(log_lik)
+        params = np_m_step(x.double().numpy(), resp, "full", tied, reg)
+    return history, params
+
+
+@pytest.mark.filterwarnings("ignore::contmix.report.ConvergenceWarning")
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("spread", [6.0, 0.3])  # nearly hard responsibilities (sparse sums), soft
+def test_full_forms_vs_numpy(form, tied, spread):
+    x = blobs(spread=spread)
+    resp = soft(len(x), 12, seed=3) ** 8
+    start = gmm_m_step(x, resp / resp.sum(-1, keepdim=True), "full", tied)
+    ref = np_m_step(x.numpy(), (resp / resp.sum(-1, keepdim=True)).numpy(), "full", tied)
+    for p, q in zip(start, ref, strict=True):
+        assert np.allclose(p.numpy(), q, rtol=1e-10, atol=1e-10)
+
+    fit = fit_gmm(x, *start, "full", tied, tol=0.0, max_iter=5)
+    history, params = np_iterations(x, start, tied, 1e-6, 5)
+    assert np.allclose(fit.history.numpy(), history, rtol=1e-8, atol=0)
+    assert np.allclose(fit.means.numpy(), params[1], atol=1e-8)
+    assert np.allclose(fit.covariances.numpy(), params[2], rtol=1e-7, atol=1e-10)
+    ll = gmm_log_likelihood(x, *fit[:3], "full")
+    assert ll.item() == pytest.approx(
+        np_e_step(x.numpy(), *[t.numpy() for t in fit[:3]], "full")[0]
+    )
+
+
+@pytest.mark.filterwarnings("ignore::contmix.report.ConvergenceWarning")
+def test_full_covariance_form_ill_conditioned(monkeypatch):
+    r"""Offsets of 1e4 and variances near ``reg``: the covariance form (differences
+    around each component's mean, triangular solves) follows numpy closely."""
+
+    monkeypatch.setattr("contmix.em.gmm.COVARIANCE_FORM", 1)
+    g = torch.Generator().manual_seed(5)
+    scales = torch.logspace(-3, 0, 6, dtype=torch.float64)  # variances from 1e-6 to 1
+    x = 1e4 + blobs(K=3, D=6, n=60, spread=0.5) * scales
+    resp = torch.rand(len(x), 3, generator=g, dtype=torch.float64).softmax(-1)
+    reg = 1e-6
+    start = gmm_m_step(x, resp, "full", reg=reg)
+    ref = np_m_step(x.numpy(), resp.numpy(), "full", False, reg)
+    assert np.allclose(start[1].numpy(), ref[1], rtol=0, atol=1e-9)
+    assert np.allclose(start[2].numpy(), ref[2], rtol=0, atol=1e-12)
+
+    fit = fit_gmm(x, *start, "full", tol=0.0, max_iter=4, reg=reg)
+    history, params = np_iterations(x, start, False, reg, 4)
+    assert np.allclose(fit.history.numpy(), history, rtol=1e-9, atol=0)
+    assert np.allclose(fit.means.numpy(), params[1], rtol=0, atol=1e-9)
+    assert np.allclose(fit.covariances.numpy(), params[2], rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore::contmix.report.ConvergenceWarning")
+def test_full_covariance_form_float32_and_batches(monkeypatch):
+    r"""float32 samples and an iterable of batches: float64 statistics, the same fit as
+    the float64 tensor up to the rounding of the samples, parameters in float32."""
+
+    monkeypatch.setattr("contmix.em.gmm.COVARIANCE_FORM", 1)
+    x = blobs(K=4, D=5, n=50, spread=2.0)
+    x32 = x.float()
+    resp = soft(len(x), 4)
+    start = gmm_m_step(x32.double(), resp, "full")
+    expected = fit_gmm(x32.double(), *start, "full", tol=0.0, max_iter=5)
+
+    for data in (x32, list(x32.split(37))):
+        if isinstance(data, torch.Tensor):
+            m_step = gmm_m_step(data, resp, "full")
+        else:
+            m_step = gmm_m_step(data, lambda b: resp[_rows(x32, b)], "full")
+        assert all(p.dtype == torch.float32 for p in m_step)
+        for p, q in zip(m_step, start, strict=True):
+            torch.testing.assert_close(p.double(), q, rtol=1e-6, atol=1e-6)
+
+        fit = fit_gmm(data, *start, "full", tol=0.0, max_iter=5)
+        assert fit.means.dtype == torch.float32 and fit.history.dtype == torch.float32
+        torch.testing.assert_close(fit.history.double(), expected.history, rtol=1e-6, atol=0)
+        for p, q in zip(fit[:3], expected[:3], strict=True):
+            torch.testing.assert_close(p.double(), q, rtol=1e-5, atol=1e-5)
+        ll = gmm_log_likelihood(data, *expected[:3], "full")
+        assert ll.dtype == torch.float32
+        reference = gmm_log_likelihood(x32.double(), *expected[:3], "full")
+        assert ll.item() == pytest.approx(reference.item(), rel=1e-6)
+
+
+def _rows(x: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+    r"""The indices of the rows of ``batch`` in ``x``."""
+
+    return (batch[:, None] == x[None]).all(-1).nonzero()[:, 1]
+
+
+def test_full_covariance_form_degenerate(monkeypatch):
+    monkeypatch.setattr("contmix.em.gmm.COVARIANCE_FORM", 1)
+    x = data()
+    start = torch.stack((torch.eye(3), torch.zeros(3, 3), torch.eye(3))).double()
+    with pytest.raises(ValueError, match=r"component \[1\] is singular.*raise reg"):
+        fit_gmm(x, torch.zeros(3, dtype=x.dtype), x[:3], start, "full")
+    with pytest.raises(ValueError, match=r"not finite.*standardize x"):
+        fit_gmm(1e160 * x, torch.zeros(3, dtype=x.dtype), 1e160 * x[:3], 1e320 * start, "full")
+
+
+def test_full_covariance_form_is_default_in_784d():
+    import contmix.em.gmm
+
+    assert 784 >= contmix.em.gmm.COVARIANCE_FORM > 3
