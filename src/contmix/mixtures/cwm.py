@@ -1,21 +1,6 @@
-r"""Classifier-weighted mixtures (CWM).
-
-A CWM replaces the constant weights of a mixture by functions of :math:`x` built
-from a classifier :math:`w` evaluated in the latent space of each component:
-
-.. math:: p(x) = \sum_{k = 1}^K w_k(T_k(x)) \, p_0(T_k(x)) \,
-    |\det J_{T_k}(x)|
-
-where :math:`p_0` is a standard normal, :math:`T_k` are invertible maps and
-:math:`w = \operatorname{softmax}(f)` sums to one everywhere. It is the marginal of
-the latent-variable model :math:`Z \sim p_0`, :math:`R \mid Z \sim
-\operatorname{Categorical}(w(Z))`, :math:`X = T_R^{-1}(Z)`, so it can be evaluated
-and sampled exactly, and expectations have a differentiable Rao-Blackwellized
-estimator.
-
-References:
-    | Classifier Weighted Mixtures (Argouarc'h et al.)
-"""
+r"""The classifier-weighted mixture model (CWM): its maps and classifier as modules,
+conditioned on a context, initialized from a Gaussian mixture. The density, its maps and
+its math are in :mod:`contmix.distributions.cwm`."""
 
 __all__ = [
     "CWM",
