@@ -51,6 +51,7 @@ from zuko.lazy import LazyDistribution
 from zuko.nn import MLP
 from zuko.utils import unpack
 
+from .clustering import Clustering
 from .conditional import check_contexts, check_steps, initialize_context, restore_on_error
 from .start import STRATEGIES, check_data, check_strategy
 from ..cluster import check_generator
@@ -185,10 +186,11 @@ def triangle(tril: Tensor) -> tuple[Tensor, Tensor]:
     return tril.diagonal(dim1=-2, dim2=-1), tril[..., rows, cols]
 
 
-class ParametricMixture(LazyDistribution):
+class ParametricMixture(Clustering, LazyDistribution):
     r"""The base of the parametric mixtures, a :class:`zuko.lazy.LazyDistribution`
     whose parameters are free (``phi``) or the outputs of a hypernetwork of the context
-    (``hyper``), and whose ``initialize`` and ``em`` share one template: the checks of
+    (``hyper``), which clusters samples by its components (:class:`Clustering`),
+    and whose ``initialize`` and ``em`` share one template: the checks of
     the samples and of the settings, ``n_init`` restarts of which the best lower bound
     is kept (:func:`~contmix.report.best_of`), the fit of the hypernetwork to the
     contexts (:mod:`contmix.mixtures.conditional`), and nothing changed if an error is

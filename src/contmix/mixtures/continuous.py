@@ -22,6 +22,7 @@ from torch.autograd.function import once_differentiable
 from zuko.lazy import LazyDistribution
 from zuko.nn import MLP
 
+from .clustering import Clustering
 from .conditional import restore_on_error
 from .groups import GroupStatistics, group_labels, group_statistics
 from .paths import PathComponents, path_components
@@ -80,7 +81,7 @@ class _Resolve(torch.autograd.Function):
         return None, None, *(next(grads) if n else None for n in needed)
 
 
-class _ContinuousMixture(LazyDistribution):
+class _ContinuousMixture(Clustering, LazyDistribution):
     r"""The machinery shared by :class:`CPMM` and :class:`HierarchicalCPMM`: :math:`C`
     trajectories of one (or :math:`C`) neural ODE(s) evaluated at :math:`G`
     pseudotimes."""

@@ -142,24 +142,6 @@ class CPMM(_ContinuousMixture):
         c = check_context(c, self.context, self._reference(), ignore=True)
         return self._inner(self.states(c).squeeze(-3))
 
-    def predict_proba(self, x: Tensor, c: Tensor | None = None) -> Tensor:
-        r"""Returns the posterior of the components :math:`p(j \mid x)` by Bayes' rule,
-        with shape :math:`(*, G)`, whose rows sum to one (the exponential of the
-        distribution's :meth:`~contmix.distributions.GaussianMixture.posterior`).
-
-        Example:
-            >>> model = CPMM(2, components=4, rank=1, hidden_features=(8,))
-            >>> model.predict_proba(torch.randn(5, 2)).sum(dim=-1).allclose(torch.ones(5))
-            True
-        """
-
-        return self(c).posterior(x).exp()
-
-    def predict(self, x: Tensor, c: Tensor | None = None) -> Tensor:
-        r"""Returns the most probable component :math:`\arg\max_j p(j \mid x)`."""
-
-        return self(c).predict(x)
-
     def initialize(
         self,
         x: Tensor,
@@ -336,20 +318,6 @@ class HierarchicalCPMM(_ContinuousMixture):
         c = check_context(c, self.context, self._reference(), ignore=True)
         inner = self._inner(self.states(c))
         return GaussianMixture(inner, self.outer_logits(c).expand(inner.batch_shape))
-
-    def predict_proba(self, x: Tensor, c: Tensor | None = None) -> Tensor:
-        r"""Returns the posterior of the trajectories :math:`p(k \mid x)` by Bayes' rule,
-        with shape :math:`(*, C)`.
-
-        .. math:: p(k \mid x) = \frac{\eta_k p_k(x)}{\sum_l \eta_l p_l(x)}
-        """
-
-        return self(c).posterior(x).exp()
-
-    def predict(self, x: Tensor, c: Tensor | None = None) -> Tensor:
-        r"""Returns the most probable trajectory :math:`\arg\max_k p(k \mid x)`."""
-
-        return self(c).predict(x)
 
     def joint_log_prob(self, x: Tensor, y: Tensor, c: Tensor | None = None) -> Tensor:
         r"""Returns the joint log-likelihood of samples and labels (trajectories), for

@@ -189,46 +189,6 @@ class CWM(ParametricMixture):
 
         return CWMDistribution(base, transform, classifier)
 
-    def predict_proba(self, x: Tensor, c: Tensor | None = None) -> Tensor:
-        r"""Returns the posterior of the components, with shape :math:`(*, K)`, whose
-        rows sum to one, as scikit-learn's ``predict_proba``.
-
-        A CWM is the marginal of a latent-variable model, :math:`Z \sim p_0`, :math:`R
-        \mid Z \sim \operatorname{Categorical}(w(Z))`, :math:`X = T_R^{-1}(Z)`, whose
-        component :math:`R` has, by Bayes' rule, the posterior
-
-        .. math:: p(R = k \mid x) = \frac{w_k(T_k(x)) \, p_0(T_k(x)) \,
-            |\det J_{T_k}(x)|}{\sum_j w_j(T_j(x)) \, p_0(T_j(x)) \, |\det J_{T_j}(x)|}
-
-        the probability that :math:`x` was drawn through the map of component
-        :math:`k`: each weight is that of the classifier at the component's own latent
-        point :math:`T_k(x)`, not a constant :math:`\pi_k`. With a constant classifier
-        and no extra transformations (as :meth:`initialize` leaves it), it is the
-        posterior of the Gaussian mixture, :meth:`contmix.GMM.predict_proba`. It is the
-        exponential of the distribution's
-        :meth:`~contmix.distributions.cwm.CWMDistribution.posterior`, which returns
-        :math:`\log p(R = k \mid x)`.
-
-        Example:
-            >>> cwm = CWM(features=2, components=3)
-            >>> cwm.predict_proba(torch.randn(5, 2)).sum(dim=-1).allclose(torch.ones(5))
-            True
-        """
-
-        return self(c).posterior(x).exp()
-
-    def predict(self, x: Tensor, c: Tensor | None = None) -> Tensor:
-        r"""Returns the most probable component :math:`\arg\max_k p(R = k \mid x)` of
-        each sample (see :meth:`predict_proba`), with shape :math:`(*)`, as
-        scikit-learn's ``predict``.
-
-        Example:
-            >>> CWM(features=2, components=3).predict(torch.randn(5, 2)).shape
-            torch.Size([5])
-        """
-
-        return self(c).predict(x)
-
     def _layout(self, logits: Tensor, means: Tensor, covariances: Tensor) -> list[Tensor]:
         r"""Turns Gaussian mixture parameters into the layout of :attr:`shapes`."""
 

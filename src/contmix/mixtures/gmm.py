@@ -346,37 +346,6 @@ class GMM(InformationCriteria, ParametricMixture):
 
         return logits.log_softmax(dim=-1), loc, covariances
 
-    def predict_proba(self, x: Tensor, c: Tensor | None = None) -> Tensor:
-        r"""Returns the posterior of the components (the responsibilities), with shape
-        :math:`(*, K)`, whose rows sum to one, as scikit-learn's ``predict_proba``:
-
-        .. math:: p(k \mid x) = \frac{\pi_k \mathcal{N}(x \mid \mu_k, \Sigma_k)}
-            {\sum_j \pi_j \mathcal{N}(x \mid \mu_j, \Sigma_j)}
-
-        the exponential of the distribution's
-        :meth:`~contmix.distributions.GaussianMixture.posterior`, which returns
-        :math:`\log p(k \mid x)`.
-
-        Example:
-            >>> gmm = GMM(features=2, components=3)
-            >>> gmm.predict_proba(torch.randn(5, 2)).sum(dim=-1).allclose(torch.ones(5))
-            True
-        """
-
-        return self(c).posterior(x).exp()
-
-    def predict(self, x: Tensor, c: Tensor | None = None) -> Tensor:
-        r"""Returns the most probable component :math:`\arg\max_k p(k \mid x)` of each
-        sample, with shape :math:`(*)`, as scikit-learn's ``predict``.
-
-        Example:
-            >>> gmm = GMM(features=1, components=2)
-            >>> gmm.predict(torch.randn(5, 1)).shape
-            torch.Size([5])
-        """
-
-        return self(c).predict(x)
-
     def free_parameters(self) -> int:
         r"""Returns the number of free parameters :math:`P` of :meth:`bic` and :meth:`aic`:
         for an unconditional model, as scikit-learn's ``_n_parameters``,

@@ -130,37 +130,6 @@ class HierarchicalMFA(InformationCriteria, ParametricMixture):
 
         return GaussianMixture(GaussianMixture(base, logits), eta)
 
-    def predict_proba(self, x: Tensor, c: Tensor | None = None) -> Tensor:
-        r"""Returns the posterior of the groups, with shape :math:`(*, C)`, whose rows
-        sum to one, as scikit-learn's ``predict_proba``:
-
-        .. math:: p(c \mid x) = \frac{\eta_c \, p_c(x)}{\sum_{c'} \eta_{c'} \, p_{c'}(x)},
-            \quad p_c(x) = \sum_j \pi_{cj} \,
-            \mathcal{N}(x \mid \mu_{cj}, D_{cj} + A_{cj} A_{cj}^T)
-
-        the exponential of the distribution's
-        :meth:`~contmix.distributions.GaussianMixture.posterior`, which returns
-        :math:`\log p(c \mid x)`.
-
-        Example:
-            >>> model = HierarchicalMFA(features=3, groups=2, components=2)
-            >>> model.predict_proba(torch.randn(5, 3)).sum(dim=-1).allclose(torch.ones(5))
-            True
-        """
-
-        return self(c).posterior(x).exp()
-
-    def predict(self, x: Tensor, c: Tensor | None = None) -> Tensor:
-        r"""Returns the most probable group :math:`\arg\max_c p(c \mid x)` of each
-        sample, with shape :math:`(*)`.
-
-        Example:
-            >>> HierarchicalMFA(features=3, groups=2).predict(torch.randn(5, 3)).shape
-            torch.Size([5])
-        """
-
-        return self(c).predict(x)
-
     @torch.no_grad()
     def initialize(
         self,

@@ -295,36 +295,6 @@ class MFA(InformationCriteria, ParametricMixture):
 
         return logits.log_softmax(dim=-1), loc, factor, shifted_exp(log_diag, self.epsilon)
 
-    def predict_proba(self, x: Tensor, c: Tensor | None = None) -> Tensor:
-        r"""Returns the posterior of the components (the responsibilities), with shape
-        :math:`(*, K)`, whose rows sum to one, as scikit-learn's ``predict_proba``:
-
-        .. math:: p(k \mid x) = \frac{\pi_k \mathcal{N}(x \mid \mu_k, D_k + A_k A_k^T)}
-            {\sum_j \pi_j \mathcal{N}(x \mid \mu_j, D_j + A_j A_j^T)}
-
-        the exponential of the distribution's
-        :meth:`~contmix.distributions.GaussianMixture.posterior`, which returns
-        :math:`\log p(k \mid x)`.
-
-        Example:
-            >>> mfa = MFA(features=3, components=2, rank=1)
-            >>> mfa.predict_proba(torch.randn(5, 3)).sum(dim=-1).allclose(torch.ones(5))
-            True
-        """
-
-        return self(c).posterior(x).exp()
-
-    def predict(self, x: Tensor, c: Tensor | None = None) -> Tensor:
-        r"""Returns the most probable component :math:`\arg\max_k p(k \mid x)` of each
-        sample, with shape :math:`(*)`.
-
-        Example:
-            >>> MFA(features=3, components=2).predict(torch.randn(5, 3)).shape
-            torch.Size([5])
-        """
-
-        return self(c).predict(x)
-
     def free_parameters(self) -> int:
         r"""Returns the number of free parameters :math:`P` of :meth:`bic` and :meth:`aic`:
         for an unconditional model,
