@@ -290,6 +290,13 @@ class CWMDistribution(Distribution):
 
         .. math:: p(R = k \mid x) = \frac{w_k(T_k(x)) \, p_0(T_k(x)) \,
             |\det J_{T_k}(x)|}{p(x)}
+
+        by Bayes' rule in the latent-variable model :math:`Z \sim p_0`, :math:`R \mid Z
+        \sim \operatorname{Categorical}(w(Z))`, :math:`X = T_R^{-1}(Z)`: the probability
+        that :math:`x` was drawn through the map of component :math:`k`. Each weight is
+        that of the classifier at the component's own latent point :math:`T_k(x)`, not
+        a constant :math:`\pi_k`; with a constant classifier and identity maps beyond
+        the affine ones, it is the posterior of the Gaussian mixture.
         """
 
         return torch.log_softmax(self.joint(x), dim=-1)
