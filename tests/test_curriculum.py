@@ -348,6 +348,51 @@ def test_fit_teacher():
     assert len(history) == 5 and after > before + 1
 
 
+def test_fit_teacher_resumes(tmp_path):
+    r"""A teacher trained with the Hutchinson trace (random draws at every step) and
+    interrupted, then resumed from its checkpoint, is the teacher of an uninterrupted
+    run."""
+
+    x = torch.randn(96, 2)
+
+    def fit(checkpoint=None, optimizer=torch.optim.Adam, seed=0):
+        cnf = make_cnf(seed=seed)
+        cnf.transform.exact = False
+        torch.manual_seed(1)
+        curriculum = Curriculum(cnf)
+        history = curriculum.fit_teacher(
+            x,
+            epochs=4,
+            batch_size=32,
+            lr=1e-2,
+            optimizer=optimizer,
+            progress=False,
+            checkpoint=checkpoint,
+        )
+        return cnf, history
+
+    class Interrupted(torch.optim.Adam):
+        def step(self, closure=None):
+            self.steps = getattr(self, "steps", 0) + 1
+            if self.steps == 8:  # in the third epoch (three batches per epoch)
+                raise KeyboardInterrupt
+            return super().step(closure)
+
+    reference, history = fit()
+    path = tmp_path / "teacher.pt"
+    with pytest.raises(KeyboardInterrupt):
+        fit(path, Interrupted)
+
+    assert torch.load(path, weights_only=True)["epoch"] == 2
+
+    resumed, resumed_history = fit(path, seed=2)  # another start, overwritten
+
+    assert resumed_history == history and len(history) == 4
+    for a, b in zip(reference.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(next(make_cnf().parameters()), next(reference.parameters()))
+
+
 def test_errors():
     curriculum = Curriculum(make_cnf())
 

@@ -20,12 +20,12 @@ from zuko.flows.continuous import FFJTransform
 from zuko.lazy import Flow, LazyDistribution
 from zuko.utils import odeint
 
-from .run import Run, epoch_batches
+from .run import Run
 from .settings import Callback, Settings
 from .spaces import Spaces
 from .. import distributed
 from ..report import progress_bar
-from ..utils import check_context, check_samples
+from ..utils import check_context, check_samples, check_sizes
 
 
 def max_norm(error: Tensor) -> Tensor:
@@ -159,10 +159,19 @@ class Curriculum:
         lr: float = 1e-3,
         optimizer: Callable[..., Optimizer] = torch.optim.Adam,
         progress: bool | None = True,
+        checkpoint: str | os.PathLike | None = None,
     ) -> list[float]:
         r"""Trains the CNF by maximum likelihood on :math:`x` with minibatches.
 
         .. math:: \max_\phi \frac{1}{N} \sum_n \log p_\phi(x_n \mid c_n)
+
+        It is the curriculum's own training (:meth:`train`) with the data as its only
+        space and no noise: the same batches, and the same checkpoints. With a
+        ``checkpoint`` path, the CNF, the optimizer, the epoch, the losses and the
+        random states are saved after every epoch, and a run that finds the file
+        resumes from it, to end with the CNF of an uninterrupted run (with the
+        Hutchinson trace estimator too, whose draws come from the saved global
+        generator).
 
         Inside :func:`~contmix.distributed.sharded`, ``x`` is this process's shard: the
         CNF is first copied from the process of rank 0, each step draws its batch from
@@ -180,49 +189,38 @@ class Curriculum:
                 :py:`optimizer(parameters, lr=lr)`.
             progress: Whether to show a progress bar (on the process of rank 0; see
                 :func:`~contmix.report.progress_bar`).
+            checkpoint: A file to save to and resume from, or :py:`None`.
 
         Returns:
             The mean negative log-likelihood of each epoch.
         """
 
         c = self._check(x, c)
-        samples = distributed.samples(x)
-        distributed.broadcast(*self.cnf.state_dict().values())
-        optim = optimizer(self.cnf.parameters(), lr=lr)
-        bar = progress_bar(epochs, "CNF", progress if distributed.rank() == 0 else False)
-        history = []
+        check_sizes(epochs=epochs, batch_size=batch_size)
 
-        self.cnf.train()
+        settings = Settings(
+            epochs_per_space=1,
+            finetune_epochs=epochs - 1,
+            optimizer=optimizer,
+            lr=lr,
+            batch_size=batch_size,
+            noise=0.0,
+            strategy=None,
+        )
+        run = Run(self.cnf, Spaces(x.new_zeros(1), x[None], c), settings, checkpoint)
+        run.start()
+        show = progress if distributed.rank() == 0 else False
+        bar = progress_bar(epochs, "CNF", show, initial=run.epoch)
 
         with bar:
-            for epoch in range(epochs):
-                total = torch.zeros((), dtype=x.dtype, device=x.device)
-                indices, sizes, _ = epoch_batches(x, samples, batch_size)
-
-                for index, size in zip(indices, sizes.to(x), strict=True):
-                    cb = None if c is None else c[index]
-                    loss = -self.cnf(cb).log_prob(x[index]).sum() / size
-
-                    optim.zero_grad()
-                    loss.backward()
-                    parameters = self.cnf.parameters()
-                    (loss,) = distributed.all_reduce_gradients(parameters, loss.detach())
-                    optim.step()
-
-                    total = total + loss * size
-
-                history.append((total / samples).item())
+            while not run.done:
+                loss = run.run_epoch()
                 bar.update()
-                bar.set_postfix(loss=f"{history[-1]:.4f}")
-
-                if not torch.isfinite(total):
-                    raise FloatingPointError(
-                        f"The CNF's loss is not finite at epoch {epoch}: lower the learning rate."
-                    )
+                bar.set_postfix(loss=f"{loss:.4f}")
 
         self.cnf.eval()
 
-        return history
+        return run.history
 
     @torch.no_grad()
     def transform(self, x: Tensor, v: float | Tensor, c: Tensor | None = None) -> Tensor:
