@@ -393,6 +393,27 @@ def test_fit_teacher_resumes(tmp_path):
     assert not torch.equal(next(make_cnf().parameters()), next(reference.parameters()))
 
 
+def test_spaces_in_half_precision():
+    r"""Spaces stored in float16 are the float32 spaces rounded, and training on them
+    casts each batch to the model's dtype: the same model up to that rounding."""
+
+    torch.manual_seed(0)
+    x = torch.randn(60, 2) * torch.tensor([1.0, 3.0])
+    curriculum = Curriculum(make_cnf())
+    full = curriculum.spaces(x, steps=4)
+    half = curriculum.spaces(x, steps=4, dtype=torch.float16)
+
+    assert half.u.dtype == torch.float16 and half.v.dtype == torch.float32
+    assert torch.allclose(half.u.float(), full.u, rtol=2**-11, atol=0)
+
+    models = [run(spaces)[0] for spaces in (full, half)]
+    for a, b in zip(*(m.parameters() for m in models), strict=True):
+        assert a.dtype == torch.float32 and torch.allclose(a, b, atol=1e-2)
+
+    with pytest.raises(TypeError, match="floating-point"):
+        curriculum.spaces(x, dtype=torch.int32)
+
+
 def test_errors():
     curriculum = Curriculum(make_cnf())
 

@@ -105,7 +105,8 @@ class Run:
 
         strategy = self.settings.strategy
         if strategy is not None and hasattr(self.model, "initialize"):
-            self.model.initialize(self.spaces.u[0], strategy=strategy)
+            reference = next(self.model.parameters())
+            self.model.initialize(self.spaces.u[0].to(reference), strategy=strategy)
 
         distributed.broadcast(*self.model.state_dict().values())
 

@@ -269,6 +269,7 @@ class Curriculum:
         jitter: float = 0.0,
         chunk_size: int = 4096,
         *,
+        dtype: torch.dtype | None = None,
         augment: float | None = None,
     ) -> Spaces:
         r"""Returns the data in the spaces :math:`u_v(x)` for :math:`T` evenly spaced
@@ -299,6 +300,12 @@ class Curriculum:
             steps: The number of spaces :math:`T \geq 2`, both ends included.
             jitter: The relative scale :math:`a` of the noise added before mapping.
             chunk_size: The number of samples per ODE solve (memory).
+            dtype: The dtype the spaces are stored in, that of :math:`x` if
+                :py:`None`. The solves run in the dtype of :math:`x`; a lower
+                precision stores the spaces in less memory, e.g. :py:`torch.float16`
+                in half that of float32 (51 spaces of 60,000 images of 784 pixels take
+                4.8 GB instead of 9.6 GB), at a rounding of :math:`2^{-11}` relative to
+                each value, and :meth:`train` casts every batch to the model's dtype.
             augment: The former name of ``jitter`` (deprecated).
 
         Returns:
@@ -320,6 +327,8 @@ class Curriculum:
             raise ValueError(f"steps must be at least 2 (the Gaussian and the data), got {steps}.")
         if jitter < 0:
             raise ValueError(f"jitter must be non-negative, got {jitter}.")
+        if dtype is not None and not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating-point dtype, got {dtype}.")
 
         if jitter > 0:
             x = x + jitter * distributed.std(x) * torch.randn_like(x)
@@ -327,9 +336,10 @@ class Curriculum:
         transform = self.cnf.transform
         v = torch.linspace(1, 0, steps, dtype=x.dtype, device=x.device)
         t = self._times(v.flip(0))
-        u = x.new_empty(steps, *x.shape)
+        u = x.new_empty(steps, *x.shape, dtype=dtype)
 
-        for index in torch.arange(len(x), device=x.device).split(chunk_size):
+        for start in range(0, len(x), chunk_size):
+            index = slice(start, start + chunk_size)
             f = partial(transform.f, c=None if c is None else c[index])
             u[:, index] = odeint_dense(
                 f,
