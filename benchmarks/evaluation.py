@@ -232,7 +232,15 @@ def bpd(log_prob: torch.Tensor, x: torch.Tensor, levels: int) -> float:
 
 def teacher(x, x_test, settings, cache, name, bar):
     r"""Trains the CNF teacher (seed 0) and computes its spaces, with the teacher's test
-    log-likelihoods (exact trace) in their ``meta``; loads both from the cache if there."""
+    log-likelihoods in their ``meta``; loads both from the cache if there.
+
+    With a cache, the training checkpoints after every epoch (``*.teacher.pt``) and a
+    run that finds the checkpoint resumes from it: at 784-D an interrupted run is
+    started again with the same command. The teacher's settings may train it on the
+    first ``samples`` images only (its budget), store the spaces in ``storage``
+    (``"float16"`` halves their memory) and estimate the test log-likelihoods with
+    ``probes`` Hutchinson probes per image instead of the exact trace (784
+    vector-Jacobian products per evaluation at 784-D)."""
 
     t = settings["teacher"]
     key = json.dumps([t, settings["steps"], x.shape, x.sum().item()])
@@ -252,31 +260,46 @@ def teacher(x, x_test, settings, cache, name, bar):
     if path is not None and path.exists():
         cnf.load_state_dict(torch.load(path.with_suffix(".cnf.pt"), weights_only=True))
         return curriculum, Spaces.load(path)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()
     bar.set_postfix(stage=f"{name}: CNF teacher")
-    curriculum.fit_teacher(x, epochs=t["epochs"], lr=t["lr"], batch_size=t["batch_size"])
+    curriculum.fit_teacher(
+        x[: t.get("samples")],
+        epochs=t["epochs"],
+        lr=t["lr"],
+        batch_size=t["batch_size"],
+        checkpoint=None if path is None else path.with_suffix(".teacher.pt"),
+    )
     train_time = time.perf_counter() - start
 
     start = time.perf_counter()
     bar.set_postfix(stage=f"{name}: spaces")
-    spaces = curriculum.spaces(x, steps=settings["steps"])
+    storage = getattr(torch, t.get("storage", "float32"))
+    spaces = curriculum.spaces(x, steps=settings["steps"], dtype=storage)
     spaces_time = time.perf_counter() - start
 
-    bar.set_postfix(stage=f"{name}: CNF evaluation (exact trace)")
-    cnf.transform.exact = True
+    probes = t.get("probes")
+    bar.set_postfix(stage=f"{name}: CNF evaluation")
+    cnf.transform.exact = probes is None
     with torch.no_grad():
-        log_prob = torch.cat([cnf().log_prob(chunk) for chunk in x_test.split(512)])
+        log_prob = torch.stack(
+            [
+                torch.cat([cnf().log_prob(chunk) for chunk in x_test.split(512)])
+                for _ in range(probes or 1)
+            ]
+        ).mean(dim=0)
     cnf.transform.exact = t["exact"]
 
     spaces.meta |= {
         "test_log_prob": log_prob,
         "train_time": train_time,
         "spaces_time": spaces_time,
+        "trace": "exact" if probes is None else f"Hutchinson, {probes} probes",
     }
 
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         spaces.save(path)
         torch.save(cnf.state_dict(), path.with_suffix(".cnf.pt"))
 

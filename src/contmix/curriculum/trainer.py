@@ -306,6 +306,7 @@ class Curriculum:
                 in half that of float32 (51 spaces of 60,000 images of 784 pixels take
                 4.8 GB instead of 9.6 GB), at a rounding of :math:`2^{-11}` relative to
                 each value, and :meth:`train` casts every batch to the model's dtype.
+                Spaces beyond the dtype's range raise an error.
             augment: The former name of ``jitter`` (deprecated).
 
         Returns:
@@ -352,6 +353,12 @@ class Curriculum:
             ).flip(0)
 
         u[-1] = x
+
+        if dtype is not None and not u.isfinite().all():  # x itself is finite
+            raise ValueError(
+                f"The spaces exceed the range of {u.dtype}: standardize x, or store them in "
+                "a wider dtype."
+            )
 
         meta = {"jitter": jitter, "atol": transform.atol, "rtol": transform.rtol}
 
