@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from data import plane
-from helpers import unchanged
+from helpers import train, unchanged
 from models import ode
 from torch.distributions import LowRankMultivariateNormal
 
@@ -260,12 +260,8 @@ def test_eval_mode_trains(cls, context):
         assert torch.allclose(derivative, expected, rtol=1e-6, atol=1e-9)
 
     # and it trains
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     before = loss().item()
-    for _ in range(10):
-        optimizer.zero_grad()
-        loss().backward()
-        optimizer.step()
+    train(model, loss, steps=10, lr=1e-2)
     assert loss().item() < before - 0.01
 
 

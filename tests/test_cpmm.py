@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from data import plane
+from helpers import train
 from models import ode
 from torch.distributions import LowRankMultivariateNormal
 
@@ -97,12 +98,7 @@ def test_conditional_outer_weights_follow_the_context():
         model.outer_logits(c[:2]).softmax(-1), torch.tensor(0.5).double(), atol=0.02
     )
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(60):
-        loss = -model(c).log_prob(x).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    train(model, lambda: -model(c).log_prob(x).mean(), steps=60, lr=1e-2)
 
     model.eval()
     eta = model.outer_logits(torch.tensor([[0.0], [1.0]]).double()).softmax(-1)
@@ -300,14 +296,9 @@ def test_supervised_initialization():
     assert (y[nearest] == torch.arange(3)[:, None]).float().mean(dim=-1).min() >= 0.8
     assert (model.predict(x) == y).float().mean() > 0.97
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
     before = model.joint_log_prob(x, y).mean().detach()
-    for _ in range(10):
-        loss = -model.joint_log_prob(x, y).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    loss = train(model, lambda: -model.joint_log_prob(x, y).mean(), steps=10, lr=1e-3)
     assert torch.isfinite(loss) and -loss > before - 0.5
 
 

@@ -10,7 +10,7 @@ import torch
 import zuko
 
 from data import blobs
-from helpers import unchanged
+from helpers import train, unchanged
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture as SKGaussianMixture
 from torch import Tensor
@@ -439,11 +439,7 @@ def test_em_from_current_parameters_vs_sklearn(cov, tied):
     x = data(seed=2)
     gmm = make_gmm(cov=cov, tied=tied)
     gmm.initialize(x, strategy="random")
-    optimizer = torch.optim.Adam(gmm.parameters(), lr=0.1)
-    for _ in range(5):
-        optimizer.zero_grad()
-        (-gmm().log_prob(x).mean()).backward()
-        optimizer.step()
+    train(gmm, lambda: -gmm().log_prob(x).mean(), steps=5, lr=0.1)
 
     with torch.no_grad():  # the start in scikit-learn's layout, from the distribution
         d = gmm()
