@@ -52,10 +52,18 @@ def test_separate_dynamics():
 # caching
 
 
-def count_evaluations(model):
+OPTIONS = {CPMM: {}, HierarchicalCPMM: {"trajectories": 2}}
+
+
+def counted(cls: type) -> tuple[torch.nn.Module, list, torch.Tensor]:
+    r"""A model in evaluation mode, the list of its dynamics' evaluations, and data."""
+
+    torch.manual_seed(0)
+    x = torch.randn(20, 2)
+    model = ode(cls, **OPTIONS[cls]).eval()
     calls = []
     model.dynamics.register_forward_hook(lambda *args: calls.append(1))
-    return calls
+    return model, calls, x
 
 
 def halve_through_data(model, x):
@@ -103,9 +111,6 @@ def change_the_solver(model, x):
     return x
 
 
-OPTIONS = {CPMM: {}, HierarchicalCPMM: {"trajectories": 2}}
-
-
 @pytest.mark.parametrize("cls", [CPMM, HierarchicalCPMM])
 @pytest.mark.parametrize(
     "change",
@@ -122,10 +127,7 @@ OPTIONS = {CPMM: {}, HierarchicalCPMM: {"trajectories": 2}}
 def test_cache_follows_every_change(cls, change):
     # whichever way the parameters (or the solver) change, the cached states are not
     # served: log_prob is that of a fresh model with the same state, solved again
-    torch.manual_seed(0)
-    x = torch.randn(20, 2)
-    model = ode(cls, **OPTIONS[cls]).eval()
-    calls = count_evaluations(model)
+    model, calls, x = counted(cls)
 
     with torch.no_grad():
         before = model().log_prob(x)
@@ -150,10 +152,7 @@ def test_cache_follows_every_change(cls, change):
 
 @pytest.mark.parametrize("cls", [CPMM, HierarchicalCPMM])
 def test_cache_is_used_while_nothing_changes(cls):
-    torch.manual_seed(0)
-    x = torch.randn(20, 2)
-    model = ode(cls, **OPTIONS[cls]).eval()
-    calls = count_evaluations(model)
+    model, calls, x = counted(cls)
 
     with torch.no_grad():
         first = model().log_prob(x)

@@ -410,10 +410,10 @@ def test_em_iterations_vs_sklearn(cov, tied):
         assert np.allclose(fitted, sk.covariances_, atol=1e-8)
 
 
-@pytest.mark.parametrize("cov,tied", list(SKLEARN), ids=list(SKLEARN.values()))
-def test_initialize_em_vs_sklearn(cov, tied):
-    r"""``initialize(x, "em")`` against scikit-learn's EM with its defaults (tol=1e-3,
-    max_iter=100, reg_covar=1e-6) from the same k-means start."""
+def em_and_sklearn(cov: str, tied: bool) -> tuple[Tensor, GMM, FitReport, SKGaussianMixture]:
+    r"""``initialize(x, "em")`` and scikit-learn's EM with its defaults (tol=1e-3,
+    max_iter=100, reg_covar=1e-6) from the same k-means start: the data, the model, its
+    report and scikit-learn's fit."""
 
     x = data(seed=1)
     torch.manual_seed(3)
@@ -422,7 +422,14 @@ def test_initialize_em_vs_sklearn(cov, tied):
 
     gmm = make_gmm(cov=cov, tied=tied)
     torch.manual_seed(3)
-    gmm.initialize(x, strategy="em")
+    return x, gmm, gmm.initialize(x, strategy="em"), sk
+
+
+@pytest.mark.parametrize("cov,tied", list(SKLEARN), ids=list(SKLEARN.values()))
+def test_initialize_em_vs_sklearn(cov, tied):
+    r"""``initialize(x, "em")`` against scikit-learn's EM from the same start."""
+
+    x, gmm, _, sk = em_and_sklearn(cov, tied)
 
     assert sk.converged_
     assert abs(gmm().log_prob(x).mean().item() - sk.score(x.numpy())) < 1e-4
@@ -822,14 +829,7 @@ def test_report_of_em_vs_sklearn(cov, tied):
     r"""The report of ``initialize(x, "em")`` is scikit-learn's ``converged_``,
     ``n_iter_`` and ``lower_bound_`` of EM from the same k-means start."""
 
-    x = data(seed=1)
-    torch.manual_seed(3)
-    centers = kmeans(x, 3)[0]
-    sk = sklearn_fit(x, start(x, centers, cov, tied), SKLEARN[cov, tied])
-
-    gmm = make_gmm(cov=cov, tied=tied)
-    torch.manual_seed(3)
-    report = gmm.initialize(x, strategy="em")
+    _, gmm, report, sk = em_and_sklearn(cov, tied)
 
     assert isinstance(report, FitReport) and gmm.fit_report is report
     assert report.strategy == "em" and (report.restart, report.n_init) == (0, 1)
