@@ -95,16 +95,10 @@ def load_natural(gmm: GMM, weights, means, covariances) -> None:
         p.copy_(value)
 
 
-def gaussians(centers: list, n: int, scale: float, seed: int) -> Tensor:
-    r"""``n`` samples of an isotropic Gaussian around each centre, in float64."""
-
-    return blobs(centers, n, scale, seed)[0]
-
-
 def data(n=200, seed=0) -> Tensor:
     r"""Three overlapping 4-D Gaussians, so that EM needs many iterations."""
 
-    return gaussians([[0, 0, 0, 0], [2, 1, 0, -1], [0, 2.5, 1, 1]], n, 0.8, seed)
+    return blobs([[0, 0, 0, 0], [2, 1, 0, -1], [0, 2.5, 1, 1]], n, 0.8, seed)[0]
 
 
 def mixture_moments(d: MixtureSameFamily) -> tuple[Tensor, Tensor]:
@@ -652,7 +646,7 @@ def test_bic_aic_vs_sklearn(cov, tied):
 
 
 def test_bic_picks_components():
-    x = gaussians([[-6, 0], [6, 0], [0, 8]], 150, 1.0, seed=4)
+    x, _ = blobs([[-6, 0], [6, 0], [0, 8]], 150, 1.0, seed=4)
     bic = []
 
     for K in range(1, 6):
@@ -713,7 +707,7 @@ def test_n_init_keeps_the_best(strategy):
     the one of the highest log-likelihood is kept (for ``"em"``, the one of the highest
     log-likelihood at its last E-step, which is within tol of its final one)."""
 
-    x = gaussians([[0, 0], [4, 0], [0, 4], [4, 4], [2, 2]], 60, 0.7, seed=3)
+    x, _ = blobs([[0, 0], [4, 0], [0, 4], [4, 4], [2, 2]], 60, 0.7, seed=3)
     generator = torch.Generator().manual_seed(0)
     singles = []
     for _ in range(4):
@@ -855,7 +849,7 @@ def test_report_without_em(strategy):
 
 
 def test_report_records_the_restart_that_won():
-    x = gaussians([[-6, 0], [6, 0], [0, 8], [0, -8]], 50, 1.5, seed=0)
+    x, _ = blobs([[-6, 0], [6, 0], [0, 8], [0, -8]], 50, 1.5, seed=0)
     generator = torch.Generator().manual_seed(5)
     singles = [make_gmm(D=2, K=6).initialize(x, "em", generator=generator) for _ in range(4)]
     bounds = [report.lower_bound for report in singles]
