@@ -8,6 +8,7 @@ from torch import Tensor
 # three well-separated centres in 3-D, and two opposite ones in 2-D
 THREE = [[-8.0, 0.0, 2.0], [8.0, 1.0, -2.0], [0.0, 9.0, 0.0]]
 TWO = [[-3.0, -3.0], [3.0, 3.0]]
+PLANE = [[-4.0, 0.0], [4.0, 0.0], [0.0, 5.0]]  # three centres in 2-D, 4 or 5 apart
 
 
 def blobs(
@@ -34,3 +35,10 @@ def blobs(
     noise = torch.randn(len(labels), D, generator=seed, dtype=dtype)
 
     return centers[labels] + scale * noise, labels
+
+
+def plane(n: int = 300, seed: int = 0) -> tuple[Tensor, Tensor]:
+    r"""Three unit blobs in 2-D (float32) around :data:`PLANE`, ``n`` samples in all,
+    cycling through the centres, and their labels."""
+
+    return blobs(PLANE, n, seed=seed, dtype=torch.float32, cycle=True)

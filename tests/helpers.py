@@ -3,7 +3,7 @@ folder of the tests on the path)."""
 
 import re
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +36,19 @@ def unchanged(*modules: torch.nn.Module) -> Iterator[None]:
     yield
     for module, state in zip(modules, before, strict=True):
         assert not changed(module, state), f"{type(module).__name__} changed"
+
+
+def train(module: torch.nn.Module, loss: Callable[[], Tensor], steps: int, lr: float) -> Tensor:
+    r"""Takes ``steps`` steps of Adam on ``loss()`` over the module's parameters and
+    returns the last loss (that of the parameters before the last step)."""
+
+    optimizer = torch.optim.Adam(module.parameters(), lr=lr)
+    for _ in range(steps):
+        value = loss()
+        optimizer.zero_grad()
+        value.backward()
+        optimizer.step()
+    return value
 
 
 # A fenced block of Markdown (MyST): ```info, its options (":key: value" lines of a

@@ -115,6 +115,14 @@ def build(name: str, features: int = 2, context: int = 0, seed: int = 0, **sizes
     return MODELS[name].build(features, context, **sizes)
 
 
+def ode(cls: type = CPMM, **sizes) -> torch.nn.Module:
+    r"""A continuous mixture of 2-D data, ``CPMM`` or ``HierarchicalCPMM``: 6 components
+    of rank 1 and dynamics of two hidden layers of 16 unless ``sizes`` say otherwise (the
+    model of the tests of the continuous mixtures)."""
+
+    return cls(2, **(dict(components=6, rank=1, hidden_features=(16, 16)) | sizes))
+
+
 def initialize_kwargs(name: str, steps: int = 2) -> dict:
     r"""The arguments of a short ``initialize``: a few gradient steps for the ODE models."""
 

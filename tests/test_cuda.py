@@ -15,6 +15,7 @@ import torch
 import zuko
 
 from data import blobs as make_blobs
+from helpers import train
 from models import CONTEXTUAL, MODELS, build
 
 from contmix import GMM, Curriculum
@@ -124,12 +125,7 @@ def test_initialize_on_device(name, context, accelerator, dtype):
     assert log_p.device.type == accelerator.type and log_p.isfinite().all()
     if MODELS[name].ode:  # an ODE model: training on the device helps
         before = log_p.mean().item()
-        optimizer = torch.optim.Adam(model.train().parameters(), lr=1e-2)
-        for _ in range(20):
-            loss = -call(model, c).log_prob(x).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+        train(model.train(), lambda: -call(model, c).log_prob(x).mean(), steps=20, lr=1e-2)
         assert call(model.eval(), c).log_prob(x).mean().item() > before
     else:  # EM: better than one Gaussian fitted to the three blobs
         single = torch.distributions.MultivariateNormal(x.mean(dim=0), torch.cov(x.mT))

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import zuko
 
-from helpers import changed, snapshot, unchanged
+from helpers import changed, snapshot, train, unchanged
 from torch import Tensor
 
 from contmix import CWM, GMM
@@ -96,12 +96,7 @@ def test_normalized_trained():
     cwm.initialize(x, strategy="em")
     before = cwm().log_prob(x).mean().item()
 
-    optimizer = torch.optim.Adam(cwm.parameters(), lr=1e-2)
-    for _ in range(60):
-        loss = -cwm().log_prob(x).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    train(cwm, lambda: -cwm().log_prob(x).mean(), steps=60, lr=1e-2)
 
     assert cwm().log_prob(x).mean() > before + 0.05  # training changed the density
     assert weight_spread(cwm, 2) > 0.05

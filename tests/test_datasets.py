@@ -41,13 +41,6 @@ def test_two_circles():
     assert ((angle[y == 1].abs() - math.pi).abs() > 0.2).all()
 
 
-def test_two_circles_seeded():
-    a, b = two_circles(100, seed=3), two_circles(100, seed=3)
-    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    assert not torch.equal(a[0], two_circles(100, seed=4)[0])
-    assert two_circles(10, dtype=torch.float64)[0].dtype == torch.float64
-
-
 def test_spiral():
     x, y = spiral(3000, seed=1)
     assert x.shape == (3000, 2)
@@ -71,9 +64,12 @@ def test_spiral():
     assert d_out.median() > 2 * d_arm.median()
 
 
-def test_spiral_seeded():
-    assert torch.equal(spiral(200, seed=2)[0], spiral(200, seed=2)[0])
-    assert not torch.equal(spiral(200, seed=2)[0], spiral(200, seed=3)[0])
+@pytest.mark.parametrize("make", [two_circles, spiral])
+def test_seeded(make):
+    a, b = make(100, seed=3), make(100, seed=3)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], make(100, seed=4)[0])
+    assert make(10, dtype=torch.float64)[0].dtype == torch.float64
 
 
 def write_idx(path, array, compress=False):

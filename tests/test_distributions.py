@@ -41,15 +41,21 @@ def make_components(family: str, batch: tuple, D: int, seed: int = 0, rank: int 
         return LowRankNormal(loc, factor, diag), loc, cov
 
 
+def torch_mixture(logits: Tensor, loc: Tensor, cov: Tensor, dims: list | None = None):
+    r"""torch's mixture of full-covariance normals, or its marginal on ``dims``."""
+
+    if dims is not None:
+        loc, cov = loc[..., dims], cov[..., dims, :][..., :, dims]
+    return MixtureSameFamily(Categorical(logits=logits), MultivariateNormal(loc, cov))
+
+
 def make_mixture(family: str, batch: tuple = (3,), D: int = 4, seed: int = 0):
     r"""Returns a mixture, its logits, means and covariances, and torch's equivalent."""
 
     base, loc, cov = make_components(family, batch, D, seed)
     g = torch.Generator().manual_seed(seed + 1)
     logits = torch.randn(*batch, generator=g, dtype=DTYPE)
-    reference = MixtureSameFamily(Categorical(logits=logits), MultivariateNormal(loc, cov))
-
-    return GaussianMixture(base, logits), logits, loc, cov, reference
+    return GaussianMixture(base, logits), logits, loc, cov, torch_mixture(logits, loc, cov)
 
 
 def randn(*shape: int, seed: int = 1) -> Tensor:
@@ -94,6 +100,16 @@ def brute_condition(logits: Tensor, loc: Tensor, cov: Tensor, obs: list, value: 
     return other, weights, mean, cond
 
 
+def bayes(reference, logits, loc, cov, obs: list, value: Tensor, y: Tensor) -> Tensor:
+    r""":math:`\log p(x_u \mid x_o) = \log p(x) - \log p(x_o)` at the values ``y`` of the
+    other dimensions (in increasing order), with torch's joint ``reference`` and marginal."""
+
+    other = [i for i in range(loc.shape[-1]) if i not in obs]
+    x = torch.empty(*y.shape[:-1], loc.shape[-1], dtype=DTYPE)
+    x[..., obs], x[..., other] = value.expand(*y.shape[:-1], -1), y
+    return reference.log_prob(x) - torch_mixture(logits, loc, cov, obs).log_prob(value)
+
+
 # log_prob
 
 
@@ -124,7 +140,7 @@ def test_log_prob_far_from_origin(family):
     d, logits, loc, cov, _ = make_mixture(family)
     shift = torch.full((4,), 1e4, dtype=DTYPE)
     far = GaussianMixture(type(d.base)(*_arguments(d.base, shift)), logits)
-    reference = MixtureSameFamily(Categorical(logits=logits), MultivariateNormal(loc + shift, cov))
+    reference = torch_mixture(logits, loc + shift, cov)
     x = randn(16, 4) + shift
 
     assert torch.allclose(far.log_prob(x), reference.log_prob(x), rtol=0, atol=1e-8)
@@ -327,10 +343,7 @@ def test_marginal(family, dims):
     index = as_list(dims)
     m = d.marginal(dims)
 
-    reference = MixtureSameFamily(
-        Categorical(logits=logits),
-        MultivariateNormal(loc[..., index], cov[..., index, :][..., :, index]),
-    )
+    reference = torch_mixture(logits, loc, cov, index)
     x = randn(16, len(index))
 
     assert isinstance(m, GaussianMixture)
@@ -360,15 +373,8 @@ def test_condition(family, dims):
 
     # Bayes: p(x_u | x_o) = p(x) / p(x_o) with torch's joint and marginal
     y = randn(16, 5, len(other), seed=3)
-    x = torch.empty(16, 5, 4, dtype=DTYPE)
-    x[..., obs], x[..., other] = value.expand(16, 5, -1), y
-    marginal = MixtureSameFamily(
-        Categorical(logits=logits),
-        MultivariateNormal(loc[..., obs], cov[..., obs, :][..., :, obs]),
-    )
-    bayes = reference.log_prob(x) - marginal.log_prob(value)
-
-    assert torch.allclose(c.log_prob(y), bayes, rtol=0, atol=1e-10)
+    expected = bayes(reference, logits, loc, cov, obs, value, y)
+    assert torch.allclose(c.log_prob(y), expected, rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -381,15 +387,8 @@ def test_condition_batched(family):
     assert c.event_shape == (2,)
 
     y = randn(7, 6, 2, 2, seed=3)
-    x = torch.empty(7, 6, 2, 4, dtype=DTYPE)
-    x[..., [0, 3]], x[..., [1, 2]] = value.expand(7, -1, -1, -1), y
-    marginal = MixtureSameFamily(
-        Categorical(logits=logits),
-        MultivariateNormal(loc[..., [0, 3]], cov[..., [0, 3], :][..., :, [0, 3]]),
-    )
-    bayes = reference.log_prob(x) - marginal.log_prob(value)
-
-    assert torch.allclose(c.log_prob(y), bayes, rtol=0, atol=1e-10)
+    expected = bayes(reference, logits, loc, cov, [0, 3], value, y)
+    assert torch.allclose(c.log_prob(y), expected, rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -502,9 +501,7 @@ def make_nested(family: str, C: int = 2, K: int = 3, D: int = 4):
 
     flat_logits = (torch.log_softmax(eta, -1)[:, None] + torch.log_softmax(pi, -1)).flatten()
     flat_loc, flat_cov = loc.flatten(0, 1), cov.flatten(0, 1)
-    flat = MixtureSameFamily(
-        Categorical(logits=flat_logits), MultivariateNormal(flat_loc, flat_cov)
-    )
+    flat = torch_mixture(flat_logits, flat_loc, flat_cov)
 
     return nested, flat, flat_logits, flat_loc, flat_cov
 
@@ -547,10 +544,7 @@ def test_nested_marginal_condition(family):
     nested, _, flat_logits, flat_loc, flat_cov = make_nested(family)
 
     m = nested.marginal([2, 0])
-    flat_m = MixtureSameFamily(
-        Categorical(logits=flat_logits),
-        MultivariateNormal(flat_loc[:, [2, 0]], flat_cov[:, [2, 0], :][:, :, [2, 0]]),
-    )
+    flat_m = torch_mixture(flat_logits, flat_loc, flat_cov, [2, 0])
     z = randn(16, 2)
     assert isinstance(m.base, GaussianMixture)
     assert torch.allclose(m.log_prob(z), flat_m.log_prob(z), rtol=0, atol=1e-10)
@@ -558,7 +552,7 @@ def test_nested_marginal_condition(family):
     value = randn(5, 2, seed=2)
     c = nested.condition([-1, 1], value)
     _, weights, mean, cond = brute_condition(flat_logits, flat_loc, flat_cov, [3, 1], value)
-    flat_c = MixtureSameFamily(Categorical(logits=weights), MultivariateNormal(mean, cond))
+    flat_c = torch_mixture(weights, mean, cond)
     y = randn(16, 5, 2, seed=3)
 
     assert c.batch_shape == (5,)

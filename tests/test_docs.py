@@ -18,6 +18,11 @@ import torch.distributed as dist
 
 from helpers import fenced_blocks, run_python_blocks
 
+# contmix imports zuko, which turns off torch's argument validation for the whole process
+# (guide/troubleshooting.md checks it): imported here, before a test records the setting
+# that it restores, so that every page starts from that state, whichever test runs first
+import contmix  # noqa: F401
+
 DOCS = Path(__file__).parents[1] / "docs"
 PAGES = sorted(p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md"))
 

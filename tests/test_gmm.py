@@ -10,7 +10,7 @@ import torch
 import zuko
 
 from data import blobs
-from helpers import unchanged
+from helpers import train, unchanged
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture as SKGaussianMixture
 from torch import Tensor
@@ -95,16 +95,10 @@ def load_natural(gmm: GMM, weights, means, covariances) -> None:
         p.copy_(value)
 
 
-def gaussians(centers: list, n: int, scale: float, seed: int) -> Tensor:
-    r"""``n`` samples of an isotropic Gaussian around each centre, in float64."""
-
-    return blobs(centers, n, scale, seed)[0]
-
-
 def data(n=200, seed=0) -> Tensor:
     r"""Three overlapping 4-D Gaussians, so that EM needs many iterations."""
 
-    return gaussians([[0, 0, 0, 0], [2, 1, 0, -1], [0, 2.5, 1, 1]], n, 0.8, seed)
+    return blobs([[0, 0, 0, 0], [2, 1, 0, -1], [0, 2.5, 1, 1]], n, 0.8, seed)[0]
 
 
 def mixture_moments(d: MixtureSameFamily) -> tuple[Tensor, Tensor]:
@@ -410,10 +404,10 @@ def test_em_iterations_vs_sklearn(cov, tied):
         assert np.allclose(fitted, sk.covariances_, atol=1e-8)
 
 
-@pytest.mark.parametrize("cov,tied", list(SKLEARN), ids=list(SKLEARN.values()))
-def test_initialize_em_vs_sklearn(cov, tied):
-    r"""``initialize(x, "em")`` against scikit-learn's EM with its defaults (tol=1e-3,
-    max_iter=100, reg_covar=1e-6) from the same k-means start."""
+def em_and_sklearn(cov: str, tied: bool) -> tuple[Tensor, GMM, FitReport, SKGaussianMixture]:
+    r"""``initialize(x, "em")`` and scikit-learn's EM with its defaults (tol=1e-3,
+    max_iter=100, reg_covar=1e-6) from the same k-means start: the data, the model, its
+    report and scikit-learn's fit."""
 
     x = data(seed=1)
     torch.manual_seed(3)
@@ -422,7 +416,14 @@ def test_initialize_em_vs_sklearn(cov, tied):
 
     gmm = make_gmm(cov=cov, tied=tied)
     torch.manual_seed(3)
-    gmm.initialize(x, strategy="em")
+    return x, gmm, gmm.initialize(x, strategy="em"), sk
+
+
+@pytest.mark.parametrize("cov,tied", list(SKLEARN), ids=list(SKLEARN.values()))
+def test_initialize_em_vs_sklearn(cov, tied):
+    r"""``initialize(x, "em")`` against scikit-learn's EM from the same start."""
+
+    x, gmm, _, sk = em_and_sklearn(cov, tied)
 
     assert sk.converged_
     assert abs(gmm().log_prob(x).mean().item() - sk.score(x.numpy())) < 1e-4
@@ -439,11 +440,7 @@ def test_em_from_current_parameters_vs_sklearn(cov, tied):
     x = data(seed=2)
     gmm = make_gmm(cov=cov, tied=tied)
     gmm.initialize(x, strategy="random")
-    optimizer = torch.optim.Adam(gmm.parameters(), lr=0.1)
-    for _ in range(5):
-        optimizer.zero_grad()
-        (-gmm().log_prob(x).mean()).backward()
-        optimizer.step()
+    train(gmm, lambda: -gmm().log_prob(x).mean(), steps=5, lr=0.1)
 
     with torch.no_grad():  # the start in scikit-learn's layout, from the distribution
         d = gmm()
@@ -649,7 +646,7 @@ def test_bic_aic_vs_sklearn(cov, tied):
 
 
 def test_bic_picks_components():
-    x = gaussians([[-6, 0], [6, 0], [0, 8]], 150, 1.0, seed=4)
+    x, _ = blobs([[-6, 0], [6, 0], [0, 8]], 150, 1.0, seed=4)
     bic = []
 
     for K in range(1, 6):
@@ -710,7 +707,7 @@ def test_n_init_keeps_the_best(strategy):
     the one of the highest log-likelihood is kept (for ``"em"``, the one of the highest
     log-likelihood at its last E-step, which is within tol of its final one)."""
 
-    x = gaussians([[0, 0], [4, 0], [0, 4], [4, 4], [2, 2]], 60, 0.7, seed=3)
+    x, _ = blobs([[0, 0], [4, 0], [0, 4], [4, 4], [2, 2]], 60, 0.7, seed=3)
     generator = torch.Generator().manual_seed(0)
     singles = []
     for _ in range(4):
@@ -826,14 +823,7 @@ def test_report_of_em_vs_sklearn(cov, tied):
     r"""The report of ``initialize(x, "em")`` is scikit-learn's ``converged_``,
     ``n_iter_`` and ``lower_bound_`` of EM from the same k-means start."""
 
-    x = data(seed=1)
-    torch.manual_seed(3)
-    centers = kmeans(x, 3)[0]
-    sk = sklearn_fit(x, start(x, centers, cov, tied), SKLEARN[cov, tied])
-
-    gmm = make_gmm(cov=cov, tied=tied)
-    torch.manual_seed(3)
-    report = gmm.initialize(x, strategy="em")
+    _, gmm, report, sk = em_and_sklearn(cov, tied)
 
     assert isinstance(report, FitReport) and gmm.fit_report is report
     assert report.strategy == "em" and (report.restart, report.n_init) == (0, 1)
@@ -859,7 +849,7 @@ def test_report_without_em(strategy):
 
 
 def test_report_records_the_restart_that_won():
-    x = gaussians([[-6, 0], [6, 0], [0, 8], [0, -8]], 50, 1.5, seed=0)
+    x, _ = blobs([[-6, 0], [6, 0], [0, 8], [0, -8]], 50, 1.5, seed=0)
     generator = torch.Generator().manual_seed(5)
     singles = [make_gmm(D=2, K=6).initialize(x, "em", generator=generator) for _ in range(4)]
     bounds = [report.lower_bound for report in singles]

@@ -7,17 +7,11 @@ import math
 import pytest
 import torch
 
-from data import blobs as make_blobs
+from data import plane as blobs
 from helpers import unchanged
 
 from contmix import MFA, HierarchicalMFA
 from contmix.mixtures.groups import group_labels, order_path
-
-
-def blobs(n: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Three unit blobs in 2-D (float32), cycling through the centres, and their labels."""
-
-    return make_blobs([[-4.0, 0.0], [4.0, 0.0], [0.0, 5.0]], n, dtype=torch.float32, cycle=True)
 
 
 def test_hierarchical_generator_and_restarts():

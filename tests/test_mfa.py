@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from data import TWO, blobs
-from helpers import changed, snapshot, unchanged
+from helpers import changed, snapshot, train, unchanged
 from torch.distributions import (
     Categorical,
     LowRankMultivariateNormal,
@@ -335,14 +335,8 @@ def test_training_step():
     x = torch.randn(64, 4)
     mfa = MFA(features=4, components=2, rank=2)
     mfa.initialize(x, strategy="kmeans")
-    optimizer = torch.optim.Adam(mfa.parameters(), lr=1e-2)
-
     before = -mfa().log_prob(x).mean()
-    for _ in range(20):
-        loss = -mfa().log_prob(x).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    train(mfa, lambda: -mfa().log_prob(x).mean(), steps=20, lr=1e-2)
 
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in mfa.parameters())
     assert -mfa().log_prob(x).mean() < before

@@ -4,24 +4,22 @@ through a small CPMM."""
 import pytest
 import torch
 
-from contmix import CPMM, Solver, SolverError
+from models import ode
+
+from contmix import Solver, SolverError
 from contmix.mixtures.solver import FIXED, METHODS
-
-
-def small(**kwargs) -> CPMM:
-    return CPMM(2, **(dict(components=6, rank=1, hidden_features=(16, 16)) | kwargs))
 
 
 def test_step_budget_error():
     torch.manual_seed(0)
-    model = small(solver=Solver("dopri5", rtol=1e-8, atol=1e-8, max_steps=3))
+    model = ode(solver=Solver("dopri5", rtol=1e-8, atol=1e-8, max_steps=3))
     with torch.no_grad():
         model.dynamics.output_layer()[0].mul_(100.0)
 
     with pytest.raises(SolverError, match=r"max_steps=3.*stiff.*rk4"):
         model()
 
-    rk4 = small(solver=Solver("rk4"))
+    rk4 = ode(solver=Solver("rk4"))
     with torch.no_grad():
         rk4.dynamics.output_layer()[1].fill_(float("nan"))
     with pytest.raises(SolverError, match="NaN"):
@@ -30,7 +28,7 @@ def test_step_budget_error():
 
 def test_stiff_solve_stops_at_default_budget():
     torch.manual_seed(0)
-    model = small(solver=Solver("dopri5"))
+    model = ode(solver=Solver("dopri5"))
     with torch.no_grad():  # a fast oscillating field: far too many steps for dopri5
         model.dynamics.network[0].weight.mul_(1e3)
         model.dynamics.output_layer()[0].mul_(1e3)
@@ -50,6 +48,6 @@ def test_every_torchdiffeq_method(method):
     # the methods accepted are torchdiffeq's (its list is private): each one solves
     torch.manual_seed(0)
     options = {"step_size": 0.25} if method in FIXED else {}
-    model = small(components=3, solver=Solver(method, max_steps=1000, options=options)).eval()
+    model = ode(components=3, solver=Solver(method, max_steps=1000, options=options)).eval()
     with torch.no_grad():
         assert torch.isfinite(model().log_prob(torch.randn(5, 2))).all()

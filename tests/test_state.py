@@ -6,6 +6,8 @@ import torch
 
 from contmix.mixtures.state import StateLayout, inverse_soft_clip, soft_clip
 
+SHAPE = (2, 5, 6)  # (C, H, W) of the state in image shape
+
 
 @pytest.mark.parametrize("weights", [False, True])
 def test_layout_round_trip(weights):
@@ -42,3 +44,37 @@ def test_soft_clip():
     assert (y[1:] > y[:-1]).all()  # smooth and increasing
     assert torch.allclose(y[x > 4], x[x > 4], atol=1e-4)
     assert torch.allclose(inverse_soft_clip(y[y > -5.9], -6.0), x[y > -5.9], atol=1e-6)
+
+
+# the state in image shape
+
+
+def test_layout_image_channels():
+    C, H, W = SHAPE
+    layout = StateLayout(features=C * H * W, rank=3, augmented=4 * H * W, shape=SHAPE)
+    assert layout.channels == (3 + 2) * C + 4
+
+    h = torch.randn(7, layout.size)
+    image, state = layout.image(h), layout.unpack(h)
+
+    # the means and log-diagonals are images in the features' own (C, H, W) order
+    assert torch.equal(image[:, :C], state.loc.unflatten(-1, SHAPE))
+    assert torch.equal(image[:, 4 * C : 5 * C], state.log_diag.unflatten(-1, SHAPE))
+    # each column of the loadings is an image
+    for r in range(3):
+        column = state.factor[..., r].unflatten(-1, SHAPE)
+        assert torch.equal(image[:, (1 + r) * C : (2 + r) * C], column)
+    assert torch.equal(image[:, 5 * C :].flatten(1), state.alpha)
+
+
+@pytest.mark.parametrize(
+    "shape, augmented, weights, match",
+    [
+        ((2, 5), 30, False, "C, H, W"),
+        ((2, 5, 6), 31, False, "multiple"),
+        (SHAPE, 30, True, "weights"),
+    ],
+)
+def test_layout_image_errors(shape, augmented, weights, match):
+    with pytest.raises(ValueError, match=match):
+        StateLayout(features=60, rank=1, augmented=augmented, weights=weights, shape=shape)

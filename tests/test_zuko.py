@@ -4,6 +4,7 @@ import pytest
 import torch
 import zuko
 
+from helpers import train
 from torch import Tensor
 from zuko.flows import MaskedAutoregressiveTransform
 
@@ -23,14 +24,6 @@ def moons(n: int, seed: int) -> Tensor:
         torch.stack((1 - t.cos(), 0.5 - t.sin()), dim=-1),
     )
     return 2 * (x - torch.tensor([0.5, 0.25])) + 0.1 * torch.randn(n, 2, generator=generator)
-
-
-def train(model, loss, steps: int = 300, lr: float = 1e-2) -> None:
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        loss().backward()
-        optimizer.step()
 
 
 def test_gmm_base_of_flow():
