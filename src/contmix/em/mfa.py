@@ -167,31 +167,49 @@ def _latent(x: Tensor, loc: Tensor, beta: Tensor) -> Tensor:
 
 def _pairs(x: Tensor, loc: Tensor, beta: Tensor, rows: Tensor, comps: Tensor, w: Tensor):
     r"""Returns the sums of :func:`_statistics` of the pairs :math:`(n, k)` =
-    ``(rows, comps)`` with responsibilities ``w``, each pair a row of the features
-    :math:`w (1, z, z z^T, x z^T, x, x^2)` in float64, scattered onto its component, with
-    :math:`z = \beta_k (x_n - \mu_k)` formed from the difference itself."""
+    ``(rows, comps)``, sorted by sample, with responsibilities ``w``, in float64, with
+    :math:`z = \beta_k (x_n - \mu_k)` formed from the difference itself. The sums over
+    the samples, :math:`\sum_n r_{nk} (x_n, x_n^2)` and :math:`\sum_n r_{nk} z_{nkr} x_n`,
+    are products of sparse :math:`K \times N` matrices of the pairs' weights with the
+    samples (never an :math:`M \times R` outer product per pair), block by block of
+    samples."""
 
     K, R, M = beta.shape
-    P = 1 + R + R * R + M * R + 2 * M
-    sums = x.new_zeros(K, P, dtype=torch.float64)
+    z = x.new_empty(len(rows), R)
+    for n, k, z_ in zip(
+        *(t.split(max(1, BLOCK // (R * M))) for t in (rows, comps, z)), strict=True
+    ):
+        diff = x.index_select(0, n) - loc.index_select(0, k)
+        z_.copy_((diff.unsqueeze(-2) @ beta.index_select(0, k).mT).squeeze(-2))
 
-    for n, k, w_ in zip(*(t.split(max(1, BLOCK // P)) for t in (rows, comps, w)), strict=True):
-        x_ = x.index_select(0, n)
-        z = torch.einsum("nrm,nm->nr", beta.index_select(0, k), x_ - loc.index_select(0, k))
-        x_, z, w_ = x_.double(), z.double(), w_.double().unsqueeze(-1)
-        wz = w_ * z
-        features = (
-            w_,
-            wz,
-            (wz.unsqueeze(-1) * z.unsqueeze(-2)).flatten(1),
-            (x_.unsqueeze(-1) * wz.unsqueeze(-2)).flatten(1),
-            w_ * x_,
-            w_ * x_.square(),
-        )
-        sums.index_add_(0, k, torch.cat(features, dim=-1))
+    z, w = z.double(), w.double().unsqueeze(-1)
+    wz = w * z
+    nk = w.new_zeros(K).index_add_(0, comps, w.squeeze(-1))
+    sz = w.new_zeros(K, R).index_add_(0, comps, wz)
+    szz = w.new_zeros(K, R * R).index_add_(
+        0, comps, (wz.unsqueeze(-1) * z.unsqueeze(-2)).flatten(1)
+    )
+    weights = torch.cat((w, wz), dim=-1)  # (P, 1 + R): the weights of x of each pair
+    moments, sxz = w.new_zeros(K, 2 * M), w.new_zeros(R, K, M)
 
-    nk, sz, szz, sxz, sx, sxx = sums.split((1, R, R * R, M * R, M, M), dim=-1)
-    return nk.squeeze(-1), sz, szz.unflatten(-1, (R, R)), sxz.unflatten(-1, (M, R)), sx, sxx
+    step = max(1, BLOCK // (2 * M))
+    bounds = torch.searchsorted(rows, torch.arange(0, len(x) + step, step, device=x.device))
+    for start, (lo, hi) in zip(
+        range(0, len(x), step), bounds.unfold(0, 2, 1).tolist(), strict=True
+    ):
+        block = x[start : start + step].double()
+        index = torch.stack((comps[lo:hi], rows[lo:hi] - start))
+        for r in range(1 + R):
+            sparse = torch.sparse_coo_tensor(
+                index, weights[lo:hi, r], (K, len(block)), check_invariants=False
+            )
+            if r == 0:
+                moments += torch.sparse.mm(sparse, torch.cat((block, block.square()), dim=-1))
+            else:
+                sxz[r - 1] += torch.sparse.mm(sparse, block)
+
+    sx, sxx = moments.split(M, dim=-1)
+    return nk, sz, szz.unflatten(-1, (R, R)), sxz.movedim(0, -1), sx, sxx
 
 
 def _sums(x: Tensor, resp: Tensor, loc: Tensor, beta: Tensor) -> tuple[Tensor, ...]:
