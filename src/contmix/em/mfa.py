@@ -259,7 +259,8 @@ def _m_step(
     the sums are accumulated in float64 (:func:`_statistics`) and the systems are solved
     by Cholesky decompositions in float64 with a guard (:func:`_solve`). The posterior
     means :math:`z_{nk} = \beta_k (x_n - \mu_k)` are one float32 product (around the
-    reference point of the samples, :func:`_latent`); their rounding does not bias the
+    reference point of the samples, :func:`_latent`; of the pairs of the sparse sums, from
+    the differences themselves, :func:`_pairs`); their rounding does not bias the
     diagonals, which are the residuals of the regression of :math:`x` on these very
     :math:`\tilde{z}`, exact in float64 (formed from float32 sums, the diagonals at the
     floor came out 10 times too large). Components without samples keep their
