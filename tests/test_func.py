@@ -15,7 +15,7 @@ from test_zuko import MODELS as ZUKO_MODELS
 from torch.func import functional_call, grad, jacrev, stack_module_state, vmap
 
 from contmix import CPMM, GMM, MFA, HierarchicalCPMM, HierarchicalMFA, Solver, SolverError
-from contmix.ops import known
+from contmix.anchors import known
 from contmix.utils import check_context
 
 D, C = 2, 3

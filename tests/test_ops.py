@@ -4,7 +4,7 @@ anchors, against the differences formed directly (float64)."""
 import pytest
 import torch
 
-from contmix import ops
+from contmix import anchors, ops
 
 
 def direct(x, loc, precision, weight):
@@ -98,20 +98,20 @@ def test_groups():
     table[0, 1] = table[1, 2] = 10.0
     table[4, 3] = 10.0
 
-    assert ops.groups(table).tolist() == [0, 0, 0, 3, 3]
+    assert anchors.groups(table).tolist() == [0, 0, 0, 3, 3]
 
     chain = torch.full((64, 64), 1e9)
     chain[torch.arange(63), torch.arange(1, 64)] = 1.0
-    assert (ops.groups(chain) == 0).all()  # the longest chain joins in few steps
+    assert (anchors.groups(chain) == 0).all()  # the longest chain joins in few steps
 
 
 def test_anchors_and_center():
     loc = torch.tensor([[0.0, 0.0], [1.0, 1.0], [1e6, 1e6], [float("nan"), 0.0]])
-    center = ops.center(loc)
+    center = anchors.center(loc)
     x = torch.tensor([[0.9, 0.8], [1e6 + 1, 1e6], [-0.1, 0.0]])
 
     assert center.tolist() == [1.0, 0.0]  # one far mean does not move it; NaN ignored
-    assert ops.anchors(x, loc, center).tolist() == [1, 2, 0]  # a NaN mean is no anchor
+    assert anchors.anchors(x, loc, center).tolist() == [1, 2, 0]  # a NaN mean is no anchor
 
 
 def test_exact_at_the_anchor():

@@ -12,7 +12,7 @@ import torch
 
 from torch import Tensor
 
-from .ops import known
+from .anchors import known
 
 
 def check_samples(x: Tensor, features: int, minimum: int = 1, reference: Tensor | None = None):

@@ -108,7 +108,7 @@ def _kept(resp: Tensor) -> Tensor | None:
     A responsibility is left out when it is below :data:`NEGLIGIBLE` / :math:`K` of its
     sample's total (a sample loses at most :data:`NEGLIGIBLE` of its mass, less than the
     rounding of the float64 sums over :math:`N` samples, the argument of
-    :func:`~contmix.em.gmm.weighted_sums`) and below :data:`NEGLIGIBLE` of the largest
+    :func:`~contmix.em.sums.weighted_sums`) and below :data:`NEGLIGIBLE` of the largest
     responsibility of its component in the block (a component that nearly no sample
     belongs to keeps those that it has)."""
 

@@ -10,8 +10,9 @@ from torch import Tensor
 
 from . import full
 from .base import BLOCK, CACHE, check_em, check_reg, degenerate, dtype_of, iterate
-from .full import NEGLIGIBLE, REG
+from .full import REG
 from .full import factor as _factor
+from .sums import weighted_sums
 from ..distributed import Data, accumulate, all_reduce, batches, check_batches, mean, samples
 from ..distributions import LOG_2PI, DiagNormal, FullNormal, GaussianMixture
 from ..report import check_progress
@@ -22,7 +23,6 @@ COVARIANCE_TYPES = ("full", "diagonal", "spherical")
 # the dimension from which full covariances take the covariance form (K=10, N=20,000, one
 # iteration: 20-D 11 ms by the statistics vs 23 ms; 24-D 38 vs 28 ms; 128-D 1.66 vs 0.27 s)
 COVARIANCE_FORM = 24
-SPARSE = 4  # the responsibilities of each sample that the sparse M-step sums keep
 
 
 class GMMFit(NamedTuple):
@@ -425,48 +425,6 @@ def _expectation(blocks: Iterable[Tensor], theta: Tensor) -> tuple[Tensor, Tenso
         return weighted_sums(weights / total, phi), (top + total.log()).sum()
 
     return accumulate(block, blocks)
-
-
-def weighted_sums(resp: Tensor, phi: Tensor) -> Tensor:
-    r"""Returns the sums :math:`\sum_n r_{nk} \phi(x_n)` of the M-step, with shape
-    :math:`(K, P)`, for non-negative responsibilities with shape :math:`(N, K)`.
-
-    In high dimension the responsibilities are nearly hard (on Fashion-MNIST with 250
-    components, the largest holds all but :math:`e^{-30}` of the mass for 97% of the
-    samples). The sums are taken over the :data:`SPARSE` largest responsibilities of each
-    sample (a scatter of :math:`N \times` :data:`SPARSE` rows instead of a product with
-    all :math:`K` columns), plus, for the samples whose other responsibilities hold more
-    than :data:`NEGLIGIBLE` of their mass (less than the rounding of float64 sums over
-    :math:`N` samples), a product with those others. When more than a quarter of the
-    samples are such, on a GPU (where finding them would wait for the device) and for
-    few components, the sums are one matrix product.
-
-    Example:
-        >>> resp = torch.eye(16, dtype=torch.float64)[torch.randint(16, (100,))]
-        >>> phi = torch.randn(100, 5, dtype=torch.float64)
-        >>> torch.allclose(weighted_sums(resp, phi), resp.T @ phi)
-        True
-    """
-
-    N, K = resp.shape
-    if K <= 2 * SPARSE or resp.device.type != "cpu" or not bool(resp.min() >= 0):
-        return resp.T @ phi
-
-    top, index = resp.topk(SPARSE, dim=-1)
-    total = resp.sum(dim=-1)
-    soft = (total - top.sum(dim=-1) > NEGLIGIBLE * total).nonzero().squeeze(-1)
-    if 4 * len(soft) > N:
-        return resp.T @ phi
-
-    sums = phi.new_zeros(K, phi.shape[-1])
-    for j in range(SPARSE):
-        sums.index_add_(0, index[:, j], top[:, j, None] * phi)
-
-    if len(soft) > 0:  # the other responsibilities of the samples that have some
-        rest = resp[soft].scatter(-1, index[soft], 0.0)
-        sums += rest.T @ phi[soft]
-
-    return sums
 
 
 @torch.no_grad()
