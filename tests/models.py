@@ -48,8 +48,16 @@ class Model:
 
         return self.family != "cwm"
 
-    def build(self, features: int = 2, context: int = 0, **sizes) -> torch.nn.Module:
+    def build(
+        self, features: int = 2, context: int = 0, hidden: tuple | None = None, **sizes
+    ) -> torch.nn.Module:
+        r"""The model, of the registry's sizes unless ``sizes`` say otherwise; ``hidden``
+        replaces the hidden features of the networks that the registry sizes (CWM's, the
+        dynamics), not those of the context networks of the other models."""
+
         shape = (features, 1, 1) if self.image else features
+        if hidden is not None and "hidden_features" in self.sizes:
+            sizes = {"hidden_features": hidden, **sizes}
         return self.cls(shape, context=context, **{**self.sizes, **sizes})
 
 
@@ -106,6 +114,8 @@ MODELS = {
 VECTORS = [name for name, m in MODELS.items() if not m.image]
 CONTEXTUAL = [name for name, m in MODELS.items() if m.contextual]
 ODES = [name for name, m in MODELS.items() if m.ode and not m.image]
+# the models of test_zuko and test_func: the models of vectors, with one tied GMM
+BASES = [name for name in VECTORS if name not in ("gmm-diagonal-tied", "gmm-spherical-tied")]
 
 
 def build(name: str, features: int = 2, context: int = 0, seed: int = 0, **sizes):
