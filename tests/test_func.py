@@ -40,10 +40,6 @@ ODE_REASON = (
 )
 
 
-def make(name: str, context: int) -> torch.nn.Module:
-    return new(name, context).double().eval()
-
-
 def data(n: int = 6, context: int = 0, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     x = 2 * torch.randn(n, D, generator=generator, dtype=torch.float64)
@@ -87,7 +83,7 @@ def xfail_vmap_context(name: str, context: int) -> list:
     [pytest.param(n, c, marks=xfail_vmap_context(n, c)) for n, c in CASES],
 )
 def test_vmap_grad_per_sample(name, context):
-    model = make(name, context)
+    model = new(name, context).double().eval()
     x, c = data(context=context)
     inputs = (x,) if c is None else (x, c)
     f = per_sample(model, context)
@@ -102,7 +98,7 @@ def test_vmap_grad_per_sample(name, context):
 
 @pytest.mark.parametrize("name, context", CASES)
 def test_jacrev_parameters(name, context):
-    model = make(name, context)
+    model = new(name, context).double().eval()
     x, c = data(n=7, context=context)  # more samples than components: the expanded path
     params = {k: p.detach() for k, p in model.named_parameters()}
 
@@ -122,7 +118,7 @@ def test_vmap_over_data_sets(name):
     :mod:`contmix.ops` (anchors, groups and their custom autograd functions) under
     vmap, and jacrev with respect to the samples."""
 
-    model = make(name, 0)
+    model = new(name).double().eval()
     xs = torch.stack([data(n=20, seed=s)[0] for s in range(3)])
     xs[1, :5] += 1e3  # a far group of samples
     f = lambda x: model().log_prob(x).mean()
