@@ -178,16 +178,15 @@ BAD_ARGUMENTS = {
     "max_iter": ({"max_iter": 0}, ValueError, r"max_iter must be an integer of at least 1"),
 }
 EM_ARGUMENTS = list(BAD_ARGUMENTS)[-6:]
-NOT_ODE = EM_ARGUMENTS[1:]  # the ODE models take no reg, tol or max_iter
+ODE_ARGUMENTS = list(BAD_ARGUMENTS)[:-5]  # the ODE models take no reg, tol or max_iter
 ARGUMENT_CASES = [
-    *[(name, "initialize", bad) for name in FAMILIES for bad in BAD_ARGUMENTS],
-    *[(name, "em", bad) for name in EM for bad in EM_ARGUMENTS],
+    *[(n, "initialize", bad) for n in FAMILIES if not MODELS[n].ode for bad in BAD_ARGUMENTS],
+    *[(n, "initialize", bad) for n in FAMILIES if MODELS[n].ode for bad in ODE_ARGUMENTS],
+    *[(n, "em", bad) for n in EM for bad in EM_ARGUMENTS],
 ]
 
 
-@pytest.mark.parametrize(
-    "name, entry, bad", [c for c in ARGUMENT_CASES if not (MODELS[c[0]].ode and c[2] in NOT_ODE)]
-)
+@pytest.mark.parametrize("name, entry, bad", ARGUMENT_CASES)
 def test_fit_bad_arguments(name, entry, bad):
     model = make(name)
     kwargs, error, pattern = BAD_ARGUMENTS[bad]
