@@ -2,9 +2,10 @@ r"""The registry of the models that the suites check one by one (importable as
 ``models``: pytest puts the folder of the tests on the path).
 
 Each entry builds a small model of its family, ``MODELS[name].build(features,
-context=0, **sizes)``, and says what the model can do, so that a suite selects the
-models by capability instead of keeping its own list. A new model goes here, and the
-cross-cutting suites (battery, properties, persistence, cuda, ddp) check it.
+context=0, hidden=None, **sizes)`` (other sizes where a suite needs them), and says what
+the model can do, so that a suite selects the models by capability instead of keeping
+its own list. A new model goes here, and the cross-cutting suites (battery, properties,
+persistence, cuda, ddp) check it.
 """
 
 from dataclasses import dataclass, field
