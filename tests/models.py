@@ -2,9 +2,10 @@ r"""The registry of the models that the suites check one by one (importable as
 ``models``: pytest puts the folder of the tests on the path).
 
 Each entry builds a small model of its family, ``MODELS[name].build(features,
-context=0, **sizes)``, and says what the model can do, so that a suite selects the
-models by capability instead of keeping its own list. A new model goes here, and the
-cross-cutting suites (battery, properties, persistence, cuda, ddp) check it.
+context=0, hidden=None, **sizes)`` (other sizes where a suite needs them), and says what
+the model can do, so that a suite selects the models by capability instead of keeping
+its own list. A new model goes here, and the cross-cutting suites (battery, properties,
+persistence, cuda, ddp) check it.
 """
 
 from dataclasses import dataclass, field
@@ -48,8 +49,16 @@ class Model:
 
         return self.family != "cwm"
 
-    def build(self, features: int = 2, context: int = 0, **sizes) -> torch.nn.Module:
+    def build(
+        self, features: int = 2, context: int = 0, hidden: tuple | None = None, **sizes
+    ) -> torch.nn.Module:
+        r"""The model, of the registry's sizes unless ``sizes`` say otherwise; ``hidden``
+        replaces the hidden features of the networks that the registry sizes (CWM's, the
+        dynamics), not those of the context networks of the other models."""
+
         shape = (features, 1, 1) if self.image else features
+        if hidden is not None and "hidden_features" in self.sizes:
+            sizes = {"hidden_features": hidden, **sizes}
         return self.cls(shape, context=context, **{**self.sizes, **sizes})
 
 
@@ -106,6 +115,8 @@ MODELS = {
 VECTORS = [name for name, m in MODELS.items() if not m.image]
 CONTEXTUAL = [name for name, m in MODELS.items() if m.contextual]
 ODES = [name for name, m in MODELS.items() if m.ode and not m.image]
+# the models of test_zuko and test_func: the models of vectors, with one tied GMM
+BASES = [name for name in VECTORS if name not in ("gmm-diagonal-tied", "gmm-spherical-tied")]
 
 
 def build(name: str, features: int = 2, context: int = 0, seed: int = 0, **sizes):

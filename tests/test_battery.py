@@ -117,46 +117,104 @@ BAD_SAMPLES = {
     "integer": (lambda x, n: x.round().long(), TypeError, r"float32 or float64, got torch.int64"),
     "float16": (lambda x, n: x.half(), TypeError, r"float32 or float64, got torch.float16"),
     "list": (lambda x, n: x.tolist(), TypeError, r"must be a torch.Tensor, got list"),
+    "numpy": (lambda x, n: x.numpy(), TypeError, r"must be a torch.Tensor, got ndarray"),
     "meta": (lambda x, n: x.to("meta"), ValueError, r"x is on meta but the model is on cpu"),
     "tiny": (lambda x, n: 1e-8 * x, ValueError, r"variance of x is at most .* standardize x"),
     "all-constant": (lambda x, n: 0 * x + 1, ValueError, r"variance of x is at most 0 per"),
 }
 
 
+# one model of each family, and those with an EM method (em)
+FAMILIES = ["gmm-full", "mfa", "cwm-affine", "hmfa", "cpmm", "hcpmm"]
+EM = [name for name in FAMILIES if hasattr(MODELS[name].cls, "em")]
+
+# initialize with every strategy of the models of vectors, initialize with the default
+# strategy of the conditional models, and em: (name, context, entry, strategy)
+FITS = [
+    *[(name, 0, "initialize", strategy) for name, strategy in CASES],
+    *[(name, 2, "initialize", None) for name in CONTEXTUAL],
+    *[(name, 0, "em", None) for name in EM],
+]
+
+
+def run_fit(model, name: str, entry: str, x, strategy: str | None = None, **kwargs):
+    r"""``model.em(x)``, or ``model.initialize(x)`` with ``strategy`` unless None (the
+    default) and a few gradient steps for the ODE models."""
+
+    if entry == "em":
+        return model.em(x, **kwargs)
+    if strategy is not None:
+        kwargs["strategy"] = strategy
+    return model.initialize(x, **{**init_kwargs(name), **kwargs})
+
+
 @pytest.mark.parametrize("bad", BAD_SAMPLES)
-@pytest.mark.parametrize("name, strategy", CASES)
-def test_initialize_bad_samples(name, strategy, bad):
-    model = make(name)
+@pytest.mark.parametrize("name, context, entry, strategy", FITS)
+def test_fit_bad_samples(name, context, entry, strategy, bad):
+    model = make(name, context=context)
     transform, error, pattern = BAD_SAMPLES[bad]
     x = transform(data(), MODELS[name].few)
 
     with unchanged(model), pytest.raises(error, match=pattern):
-        model.initialize(x, strategy=strategy, **init_kwargs(name))
+        run_fit(model, name, entry, x, strategy)
 
 
-@pytest.mark.parametrize("name", CONTEXTUAL)
-def test_initialize_bad_samples_conditional(name):
+# the other arguments of initialize, the last six also of em: (keyword arguments, error,
+# message)
+BAD_ARGUMENTS = {
+    "n_init-0": ({"n_init": 0}, ValueError, r"n_init must be an integer of at least 1"),
+    "n_init-1.5": ({"n_init": 1.5}, ValueError, r"n_init must be an integer of at least 1"),
+    "generator": ({"generator": 1}, TypeError, r"generator must be a torch.Generator"),
+    "steps": ({"steps": -1}, ValueError, r"steps must be an integer of at least 0"),
+    "lr-0": ({"lr": 0.0}, ValueError, r"lr must be a positive finite number"),
+    "lr-negative": ({"lr": -1e-2}, ValueError, r"lr must be a positive finite number"),
+    "lr-nan": ({"lr": math.nan}, ValueError, r"lr must be a positive finite number"),
+    "lr-inf": ({"lr": math.inf}, ValueError, r"lr must be a positive finite number"),
+    "progress": ({"progress": "yes"}, TypeError, r"progress must be True, False or None"),
+    "reg-negative": ({"reg": -1.0}, ValueError, r"reg must be a finite number of at least"),
+    "reg-nan": ({"reg": math.nan}, ValueError, r"reg must be a finite number of at least"),
+    "tol-negative": ({"tol": -1.0}, ValueError, r"tol must be a finite number of at least"),
+    "tol-nan": ({"tol": math.nan}, ValueError, r"tol must be a finite number of at least"),
+    "max_iter": ({"max_iter": 0}, ValueError, r"max_iter must be an integer of at least 1"),
+}
+EM_ARGUMENTS = list(BAD_ARGUMENTS)[-6:]
+ODE_ARGUMENTS = list(BAD_ARGUMENTS)[:-5]  # the ODE models take no reg, tol or max_iter
+ARGUMENT_CASES = [
+    *[(n, "initialize", bad) for n in FAMILIES if not MODELS[n].ode for bad in BAD_ARGUMENTS],
+    *[(n, "initialize", bad) for n in FAMILIES if MODELS[n].ode for bad in ODE_ARGUMENTS],
+    *[(n, "em", bad) for n in EM for bad in EM_ARGUMENTS],
+]
+
+
+@pytest.mark.parametrize("name, entry, bad", ARGUMENT_CASES)
+def test_fit_bad_arguments(name, entry, bad):
+    model = make(name)
+    kwargs, error, pattern = BAD_ARGUMENTS[bad]
+    strategy = MODELS[name].strategies[0] if MODELS[name].ode else "em"
+
+    with unchanged(model), pytest.raises(error, match=pattern):
+        run_fit(model, name, entry, data(), strategy, **kwargs)
+    assert model.fit_report is None
+
+
+@pytest.mark.parametrize("name", EM)
+def test_em_conditional(name):
     model = make(name, context=2)
 
-    with unchanged(model):
-        for bad in ("nan", "too-few", "float16", "tiny"):
-            transform, error, pattern = BAD_SAMPLES[bad]
-            with pytest.raises(error, match=pattern):
-                model.initialize(transform(data(), MODELS[name].few), **init_kwargs(name))
-
-        with pytest.raises(ValueError, match=r"Unknown strategy 'spectral'"):
-            model.initialize(data(), strategy="spectral")
+    with unchanged(model), pytest.raises(ValueError, match=r"em\(\) fits an unconditional"):
+        model.em(data())
 
 
-@pytest.mark.parametrize("name", VECTORS)
-def test_initialize_unknown_strategy(name):
-    model = make(name)
+@pytest.mark.parametrize("name, context", [(n, 0) for n in VECTORS] + [(n, 2) for n in CONTEXTUAL])
+def test_initialize_unknown_strategy(name, context):
+    model = make(name, context=context)
 
-    with unchanged(model), pytest.raises(ValueError, match=r"Unknown strategy 'spectral': c"):
+    with unchanged(model), pytest.raises(ValueError, match=r"Unknown strategy 'spectral'") as info:
         model.initialize(data(), strategy="spectral")
+    assert all(repr(s) in str(info.value) for s in MODELS[name].strategies)  # the choices
 
 
-@pytest.mark.parametrize("name", ["gmm-full", "mfa", "cwm-affine", "hmfa", "cpmm"])
+@pytest.mark.parametrize("name", FAMILIES)
 def test_initialize_dtype_mismatch(name):
     r"""float64 data into a float32 model: an error for the ODE models, a float32 fit
     equal to the fit of the data cast to float32 for the others."""
@@ -412,7 +470,8 @@ def test_sample(name, context):
     batch = (3,) if context else ()
 
     x = d.sample((5,))
-    assert x.shape == (5, *batch, D) and torch.isfinite(x).all()
+    assert x.shape == (5, *batch, D) and x.dtype == torch.float32
+    assert torch.isfinite(x).all()
     assert d.sample((0,)).shape == (0, *batch, D)
 
     with pytest.raises(ValueError, match=r"sample shape must be non-negative, got \(-1,\)"):

@@ -7,31 +7,29 @@ import pytest
 import torch
 
 from helpers import snapshot, unchanged
+from models import build
 from torch import Tensor
 
 import contmix.mixtures.conditional
 
-from contmix import CWM, GMM, MFA, HierarchicalMFA
+from contmix import GMM
 from contmix.mixtures.conditional import check_steps, fit_context, initialize_context
 
 D, C = 2, 2
 
+# the registry's models, of two components and context networks of 16 hidden features
+SIZES = dict(components=2, hidden_features=(16,))
 MODELS = {
-    "gmm": lambda: GMM(D, context=C, components=2, hidden_features=(16,)),
-    "gmm-diagonal": lambda: GMM(
-        D, context=C, components=2, covariance_type="diagonal", hidden_features=(16,)
-    ),
-    "mfa": lambda: MFA(D, context=C, components=2, rank=1, hidden_features=(16,)),
-    "hmfa": lambda: HierarchicalMFA(
-        D, context=C, groups=2, components=1, rank=1, hidden_features=(16,)
-    ),
-    "cwm": lambda: CWM(D, context=C, components=2, maps="affine", hidden_features=(8,)),
+    "gmm-full": SIZES,
+    "gmm-diagonal": SIZES,
+    "mfa": SIZES,
+    "hmfa": dict(SIZES, components=1),
+    "cwm-affine": dict(components=2),
 }
 
 
 def make(name: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    return MODELS[name]()
+    return build(name, D, C, **MODELS[name])
 
 
 def data(n: int = 200) -> tuple[Tensor, Tensor]:
@@ -95,7 +93,7 @@ def test_seeded_fit_ignores_the_global_seed(name):
     assert torch.equal(torch.get_rng_state(), state)  # given a generator, left alone
 
 
-@pytest.mark.parametrize("name", ["gmm", "cwm"])
+@pytest.mark.parametrize("name", ["gmm-full", "cwm-affine"])
 def test_without_contexts_the_mixture_whatever_the_context(name):
     x, c = data()
     model = make(name)
@@ -109,7 +107,7 @@ def test_without_contexts_the_mixture_whatever_the_context(name):
 
 def test_no_steps_is_exactly_the_mixture():
     x, c = data()
-    model = make("gmm")
+    model = make("gmm-full")
     report = fit(model, x, c=c, steps=0)
 
     assert len(report.context_history) == 1
@@ -120,7 +118,7 @@ def test_no_steps_is_exactly_the_mixture():
 
 def test_never_worse_than_the_start():
     x, c = data()
-    model = make("gmm")
+    model = make("gmm-full")
     report = fit(model, x, c=c, steps=5, lr=50.0)  # diverges
 
     assert report.context_log_likelihood >= report.context_history[0]
@@ -181,7 +179,7 @@ def test_bad_contexts_change_nothing(name):
 
 def test_bad_arguments_change_nothing():
     x, c = data()
-    model = make("gmm")
+    model = make("gmm-full")
 
     with unchanged(model), pytest.raises(ValueError, match="steps must be an integer"):
         fit(model, x, c=c, steps=-1)
@@ -207,7 +205,7 @@ def test_check_steps():
             check_steps(1, lr)
 
 
-@pytest.mark.parametrize("name", ["gmm", "cwm"])
+@pytest.mark.parametrize("name", ["gmm-full", "cwm-affine"])
 def test_interrupted_context_fit_changes_nothing(name, monkeypatch):
     x, c = data()
     model = make(name)
@@ -223,7 +221,7 @@ def test_interrupted_context_fit_changes_nothing(name, monkeypatch):
 
 def test_initialize_context_without_contexts_is_a_no_op():
     x, _ = data()
-    model = make("gmm")
+    model = make("gmm-full")
     report = fit(model, x)
 
     with unchanged(model):
@@ -232,7 +230,7 @@ def test_initialize_context_without_contexts_is_a_no_op():
 
 def test_frozen_parameters_are_left_alone():
     x, c = data()
-    model = make("gmm")
+    model = make("gmm-full")
     model.hyper.requires_grad_(False)
 
     report = fit(model, x, c=c, steps=5)

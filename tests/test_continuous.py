@@ -287,11 +287,7 @@ def test_conditional_gradients_reach_context():
     assert c.grad is not None and (c.grad != 0).all()
 
 
-def test_bad_arguments():
-    with pytest.raises(ValueError, match="Unknown method"):
-        Solver("foo")
-    with pytest.raises(ValueError, match="Unknown activation"):
-        ode(activation="relu")
+def test_bad_arguments():  # the others, of every model, in test_battery.py
     with pytest.raises(ValueError, match="no context"):
         ode().solve(torch.linspace(0, 1, 3), torch.randn(3))
     x = torch.randn(5, 2)  # the forward pass ignores a context, as zuko's unconditional ones
@@ -419,48 +415,6 @@ def test_two_components_follow_the_two_blobs(cls):
     means = torch.stack((x[:100].mean(dim=0), x[100:].mean(dim=0)))
     error = (loc[:, None] - means).abs().amax(dim=-1)  # (component, blob)
     assert error.min(dim=-1).values.max() < 0.5 and error.min(dim=0).values.max() < 0.5
-
-
-@pytest.mark.parametrize(
-    "bad, error",
-    [
-        (torch.randn(10, 3), "shape"),
-        (torch.full((10, 2), float("nan")), "NaN"),
-        (torch.randn(2, 2), "samples"),
-        (torch.randint(5, (10, 2)), "float"),
-        (torch.randn(10, 2, dtype=torch.float64), "float64"),
-    ],
-)
-def test_initialize_bad_input_changes_nothing(bad, error):
-    torch.manual_seed(0)
-    model = ode(HierarchicalCPMM, trajectories=3)
-
-    with unchanged(model), pytest.raises((ValueError, TypeError), match=error):
-        model.initialize(bad)
-
-
-def test_initialize_bad_labels_and_strategy():
-    model = ode(HierarchicalCPMM, trajectories=3)
-    x = torch.randn(30, 2)
-
-    with unchanged(model):
-        with pytest.raises(ValueError, match="Unknown strategy"):
-            model.initialize(x, strategy="foo")
-        with pytest.raises(ValueError, match=r"\[0, 3\)"):
-            model.initialize(x, y=torch.arange(30) % 4)
-        with pytest.raises(ValueError, match="no samples"):
-            model.initialize(x, y=torch.arange(30) % 2)
-        with pytest.raises(TypeError, match="integer"):
-            model.initialize(x, y=torch.zeros(30))
-        with pytest.raises(ValueError, match="n_init"):
-            model.initialize(x, n_init=0)
-        with pytest.raises(TypeError, match="generator"):
-            model.initialize(x, generator=0)
-        with pytest.raises(ValueError, match="steps"):
-            model.initialize(x, steps=-1)
-        for lr in (0.0, -1e-2, float("nan"), float("inf")):
-            with pytest.raises(ValueError, match="lr"):
-                model.initialize(x, lr=lr)
 
 
 def initializations():

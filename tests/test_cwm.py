@@ -406,26 +406,6 @@ def test_distribution_direct():
     assert d.log_prob(x).shape == (4,)
 
 
-@pytest.mark.parametrize(
-    ("x", "strategy", "error", "message"),
-    [
-        (torch.randn(50, 3), "em", ValueError, "shape"),
-        (torch.randn(50), "em", ValueError, "shape"),
-        (torch.randn(3, 2), "em", ValueError, "at least"),
-        (torch.randint(0, 5, (50, 2)), "em", TypeError, "float"),
-        (torch.full((50, 2), math.nan), "em", ValueError, "NaN"),
-        ([[0.0, 1.0]] * 50, "em", TypeError, "torch.Tensor"),
-        (torch.randn(50, 2), "bogus", ValueError, "Unknown strategy"),
-    ],
-)
-def test_initialize_bad_input(x, strategy, error, message):
-    torch.manual_seed(0)
-    cwm = CWM(2, components=4)
-
-    with unchanged(cwm), pytest.raises(error, match=message):
-        cwm.initialize(x, strategy=strategy)
-
-
 def test_initialize_degenerate_leaves_parameters():
     cwm = CWM(2, components=2)
     before = snapshot(cwm)
@@ -440,21 +420,9 @@ def test_initialize_degenerate_leaves_parameters():
         assert all(torch.isfinite(p).all() for p in cwm.parameters())
 
 
-def test_bad_arguments():
-    with pytest.raises(ValueError, match="maps"):
-        CWM(2, maps="full")
+def test_bad_transforms():  # the other bad arguments, of every model, in test_battery.py
     with pytest.raises(ValueError, match="one transformation per component"):
         CWM(2, components=3, transforms=[zuko.flows.MaskedAutoregressiveTransform(2)])
-
-    cwm = CWM(2, components=3)
-    with pytest.raises(ValueError, match=r"shape \(\*, 2\)"):
-        cwm().log_prob(torch.randn(4, 3))
-
-    conditional = CWM(2, context=3, components=3)
-    with pytest.raises(ValueError, match="needs a context"):
-        conditional()
-    with pytest.raises(ValueError, match="context c must have shape"):
-        conditional(torch.randn(4, 2))
 
 
 @pytest.mark.parametrize("strategy", ["kmeans++", "em"])
@@ -479,16 +447,6 @@ def test_initialize_restarts_and_generator_equal_gmm(strategy: str):
         assert torch.allclose(cwm().log_prob(x), gmm().log_prob(x), atol=1e-4)
         assert torch.equal(cwm().log_prob(x), again().log_prob(x))
     assert all(p.is_leaf and p.grad_fn is None for p in cwm.parameters())
-
-
-def test_initialize_bad_restarts():
-    cwm = CWM(2, components=2)
-    x = torch.randn(50, 2)
-
-    with unchanged(cwm), pytest.raises(ValueError, match="n_init must be an integer"):
-        cwm.initialize(x, n_init=0)
-    with unchanged(cwm), pytest.raises(TypeError, match=r"torch\.Generator"):
-        cwm.initialize(x, generator="0")
 
 
 # fit reports and posteriors

@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch._dynamo  # only for explain(), to count graph breaks
 
-from test_zuko import MODELS as ZUKO_MODELS
+from models import BASES, MODELS, build
 from torch.func import functional_call, grad, jacrev, stack_module_state, vmap
 
-from contmix import CPMM, GMM, MFA, HierarchicalCPMM, HierarchicalMFA, Solver, SolverError
+from contmix import Solver, SolverError
 from contmix.anchors import known
 from contmix.utils import check_context
 
@@ -23,26 +23,21 @@ D, C = 2, 3
 # torchdiffeq's adaptive solvers are not torch.func transformable (see the xfail below):
 # the CPMMs here integrate with the fixed-step rk4
 RK4 = dict(solver=Solver("rk4", options={"step_size": 0.25}))
-MODELS = {
-    **ZUKO_MODELS,
-    "cpmm": lambda c: CPMM(D, c, components=4, rank=1, hidden_features=(16,), **RK4),
-    "hcpmm": lambda c: HierarchicalCPMM(
-        D, c, trajectories=2, components=3, rank=1, hidden_features=(16,), **RK4
-    ),
-}
-CASES = [(name, context) for name in MODELS for context in (0, C)]
-MIXTURES = [name for name in MODELS if "cpmm" not in name]
+CASES = [(name, context) for name in BASES for context in (0, C)]
+MIXTURES = [name for name in BASES if not MODELS[name].ode]
+
+
+def new(name: str, context: int = 0, seed: int = 0) -> torch.nn.Module:
+    r"""The registry's model, with networks of 16 hidden features, the ODE models with rk4."""
+
+    return build(name, D, context, seed, hidden=(16,), **(RK4 if MODELS[name].ode else {}))
+
 
 ODE_REASON = (
     "torchdiffeq's fixed-grid solver writes each step in place into a solution buffer "
     "(torchdiffeq/_impl/solvers.py, solution[j] = ...), which vmap cannot do when the "
     "state is batched and the buffer is not"
 )
-
-
-def make(name: str, context: int) -> torch.nn.Module:
-    torch.manual_seed(0)
-    return MODELS[name](context).double().eval()
 
 
 def data(n: int = 6, context: int = 0, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,7 +83,7 @@ def xfail_vmap_context(name: str, context: int) -> list:
     [pytest.param(n, c, marks=xfail_vmap_context(n, c)) for n, c in CASES],
 )
 def test_vmap_grad_per_sample(name, context):
-    model = make(name, context)
+    model = new(name, context).double().eval()
     x, c = data(context=context)
     inputs = (x,) if c is None else (x, c)
     f = per_sample(model, context)
@@ -103,7 +98,7 @@ def test_vmap_grad_per_sample(name, context):
 
 @pytest.mark.parametrize("name, context", CASES)
 def test_jacrev_parameters(name, context):
-    model = make(name, context)
+    model = new(name, context).double().eval()
     x, c = data(n=7, context=context)  # more samples than components: the expanded path
     params = {k: p.detach() for k, p in model.named_parameters()}
 
@@ -123,7 +118,7 @@ def test_vmap_over_data_sets(name):
     :mod:`contmix.ops` (anchors, groups and their custom autograd functions) under
     vmap, and jacrev with respect to the samples."""
 
-    model = make(name, 0)
+    model = new(name).double().eval()
     xs = torch.stack([data(n=20, seed=s)[0] for s in range(3)])
     xs[1, :5] += 1e3  # a far group of samples
     f = lambda x: model().log_prob(x).mean()
@@ -147,7 +142,7 @@ def test_vmap_over_data_sets(name):
 def test_vmap_over_ensembles(name):
     r"""Models stacked by torch.func.stack_module_state, evaluated at once."""
 
-    models = [MODELS[name](0).double() for _ in range(3)]
+    models = [new(name, seed=seed).double() for seed in range(3)]
     params, buffers = stack_module_state(models)
     x = data(n=20)[0]
     base = copy.deepcopy(models[0]).to("meta")
@@ -166,9 +161,7 @@ def test_vmap_over_ensembles(name):
     "setup_context, which no torch.func transform accepts",
 )
 def test_func_adaptive_cpmm():
-    torch.manual_seed(0)
-    model = CPMM(D, components=4, rank=1, hidden_features=(16,), solver=Solver("dopri5"))
-    model = model.double().eval()
+    model = build("cpmm", D, hidden=(16,), solver=Solver("dopri5")).double().eval()
     x = data()[0]
     vmap(grad(lambda x: model().log_prob(x)))(x)
 
@@ -179,8 +172,7 @@ def test_func_adaptive_cpmm():
 
 def compiled_training(name: str, context: int, backend: str, steps: int = 3) -> None:
     torch.compiler.reset()  # the same code compiled for each model: a fresh cache
-    torch.manual_seed(0)
-    model = MODELS[name](context)
+    model = new(name, context)
     twin = copy.deepcopy(model)
     x, c = (t.float() if t is not None else None for t in data(n=64, context=context))
 
@@ -226,11 +218,12 @@ CPMM_BREAKS = (
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason=CPMM_BREAKS)
-@pytest.mark.parametrize("model", [CPMM, HierarchicalCPMM])
+@pytest.mark.parametrize(
+    "name, sizes", [("cpmm", {}), ("hcpmm", dict(trajectories=10, components=4))]
+)
 @pytest.mark.parametrize("context", [0, C])
-def test_compile_cpmm_graph_breaks(model, context):
-    torch.manual_seed(0)
-    cpmm = model(D, context, components=4, rank=1, hidden_features=(8,), **RK4)
+def test_compile_cpmm_graph_breaks(name, sizes, context):
+    cpmm = build(name, D, context, **sizes, **RK4)
     x, c = (t.float() if t is not None else None for t in data(n=64, context=context))
 
     explanation = torch._dynamo.explain(lambda: -cpmm(c).log_prob(x).mean())()
@@ -241,12 +234,7 @@ def test_compile_cpmm_graph_breaks(model, context):
 # the finiteness check of the context
 
 
-CONDITIONAL = {
-    "gmm": lambda: GMM(D, C, components=3),
-    "mfa": lambda: MFA(D, C, components=3),
-    "hmfa": lambda: HierarchicalMFA(D, C, groups=2, components=2),
-    **{name: (lambda name=name: MODELS[name](C)) for name in ("cwm-diagonal", "cwm-affine")},
-}
+CONDITIONAL = ["gmm-full", "mfa", "hmfa", "cwm-diagonal", "cwm-affine"]
 
 
 @pytest.mark.parametrize("name", CONDITIONAL)
@@ -255,8 +243,7 @@ def test_nan_context_where_unchecked(name, monkeypatch):
     of c makes its own densities NaN, those of the other rows unchanged, whether each
     sample has its context or every sample meets every mixture."""
 
-    torch.manual_seed(0)
-    model = CONDITIONAL[name]().double()
+    model = new(name, C).double()
     x, c = data(n=8, context=C)
     bad = c.clone()
     bad[3, 1] = float("nan")
@@ -274,8 +261,7 @@ def test_nan_context_where_unchecked(name, monkeypatch):
 
 
 def test_nan_context_compiled():
-    torch.manual_seed(0)
-    model = GMM(D, C, components=3)
+    model = build("gmm-full", D, C)
     x, c = (t.float() for t in data(n=8, context=C))
     c[3, 1] = float("inf")
 
@@ -290,8 +276,7 @@ def test_nan_context_cpmm(solver, monkeypatch):
     r"""A CPMM solves the whole batch at once: unchecked, a NaN context stops the
     solver with an error, not a silent NaN."""
 
-    torch.manual_seed(0)
-    cpmm = CPMM(D, C, components=4, rank=1, hidden_features=(8,), **solver).double()
+    cpmm = build("cpmm", D, C, **solver).double()
     c = data(n=8, context=C)[1]
     c[3, 1] = float("nan")
 

@@ -135,24 +135,13 @@ def test_hierarchical_bad_input_leaves_everything_unchanged():
     x = hierarchical_data()
     model = HierarchicalMFA(3, groups=2, components=2, rank=1).double()
     model.initialize(x)
-    report = model.fit_report
-    cases = [
-        ({"strategy": "fa"}, ValueError, r"'kmeans\+\+' or 'em'\."),
-        ({"strategy": "em", "max_iter": 0}, ValueError, "max_iter must be"),
-        ({"reg": -1.0}, ValueError, "reg must be"),
-        ({"progress": "no"}, TypeError, "progress must be"),
-        ({"y": torch.arange(240) % 3}, ValueError, r"y must lie in \[0, 2\)"),
-    ]
-    for kwargs, error, match in cases:
-        with unchanged(model), pytest.raises(error, match=match):
-            model.initialize(x, **kwargs)
+    report = model.fit_report  # the other bad arguments of every model in test_battery.py
+
+    with unchanged(model), pytest.raises(ValueError, match=r"'kmeans\+\+' or 'em'\."):
+        model.initialize(x, strategy="fa")
     with unchanged(model), pytest.raises(ValueError, match="tol must be"):
         model.em(x, tol=-1.0)
     assert model.fit_report is report
-
-    conditional = HierarchicalMFA(3, context=2)
-    with unchanged(conditional), pytest.raises(ValueError, match="unconditional Hierarch"):
-        conditional.em(x.float())
 
 
 def test_order_path():

@@ -5,10 +5,11 @@ import torch
 import zuko
 
 from helpers import train
+from models import BASES, MODELS, build
 from torch import Tensor
 from zuko.flows import MaskedAutoregressiveTransform
 
-from contmix import CPMM, CWM, GMM, MFA, CWMDistribution, HierarchicalCPMM, HierarchicalMFA
+from contmix import GMM, CWMDistribution
 from contmix.distributions import GaussianMixture
 
 
@@ -130,28 +131,8 @@ def test_conditional_flow():
 
 D, C = 2, 3
 
-MODELS = {
-    "gmm-full": lambda c: GMM(D, c, components=3),
-    "gmm-full-tied": lambda c: GMM(D, c, components=3, tied=True),
-    "gmm-diagonal": lambda c: GMM(D, c, components=3, covariance_type="diagonal"),
-    "gmm-spherical": lambda c: GMM(D, c, components=3, covariance_type="spherical"),
-    "mfa": lambda c: MFA(D, c, components=3, rank=1),
-    "hmfa": lambda c: HierarchicalMFA(D, c, groups=2, components=2, rank=1),
-    "cwm-diagonal": lambda c: CWM(D, c, components=3, hidden_features=(16,)),
-    "cwm-affine": lambda c: CWM(D, c, components=3, maps="affine", hidden_features=(16,)),
-    "cpmm": lambda c: CPMM(D, c, components=4, rank=1, hidden_features=(16,)),
-    "hcpmm": lambda c: HierarchicalCPMM(
-        D, c, trajectories=2, components=3, rank=1, hidden_features=(16,)
-    ),
-}
-
-
-def flow_cases() -> list:
-    cases = []
-    for name in MODELS:
-        for base, transform in [(0, 0), (C, 0), (0, C), (C, C)]:
-            cases.append(pytest.param(name, base, transform))
-    return cases
+# the registry's models, with networks of 16 hidden features
+WIDE = (16,)
 
 
 def transform_of(context: int, conditional_flow: bool) -> zuko.lazy.LazyTransform:
@@ -164,13 +145,15 @@ def transform_of(context: int, conditional_flow: bool) -> zuko.lazy.LazyTransfor
     return maf
 
 
-@pytest.mark.parametrize("name, base, transform", flow_cases())
+@pytest.mark.parametrize("base, transform", [(0, 0), (C, 0), (0, C), (C, C)])
+@pytest.mark.parametrize("name", BASES)
 def test_every_model_base_of_flow(name, base, transform):
     torch.manual_seed(0)
     x, c = regression(64, seed=0)
     c = torch.cat((c, c.square(), c.cos()), dim=-1) if base or transform else None
 
-    flow = zuko.lazy.Flow(transform_of(transform, c is not None), MODELS[name](base))
+    maf = transform_of(transform, c is not None)
+    flow = zuko.lazy.Flow(maf, MODELS[name].build(D, base, hidden=WIDE))
     optimizer = torch.optim.Adam(flow.parameters(), lr=1e-2)
 
     losses = []
@@ -201,10 +184,9 @@ def test_every_model_base_of_flow(name, base, transform):
     assert torch.allclose(log_p, d.log_prob(y), atol=1e-3, rtol=1e-3)
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", BASES)
 def test_unconditional_model_ignores_context(name):
-    torch.manual_seed(0)
-    model = MODELS[name](0).eval()
+    model = build(name, D, hidden=WIDE).eval()
     x, c = torch.randn(5, D), torch.randn(5, C)
 
     with torch.no_grad():
@@ -224,8 +206,7 @@ def test_unconditional_model_ignores_context(name):
 
 @pytest.mark.parametrize("maps", ["diagonal", "affine"])
 def test_cwm_expand(maps):
-    torch.manual_seed(0)
-    cwm = CWM(D, C, components=3, maps=maps, hidden_features=(16,))
+    cwm = build(f"cwm-{maps}", D, C, hidden=WIDE)
     c, x = torch.randn(5, C), torch.randn(4, 5, D)
     d = cwm(c)
     e = d.expand((4, 5))
@@ -245,6 +226,6 @@ def test_cwm_expand(maps):
             d.expand(bad)
 
     # an unconditional CWM expands from no batch at all
-    u = CWM(D, components=3, hidden_features=(16,))()
+    u = MODELS["cwm-diagonal"].build(D, hidden=WIDE)()
     with torch.no_grad():
         assert torch.allclose(u.expand((4, 5)).log_prob(x), u.log_prob(x))
