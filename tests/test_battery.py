@@ -346,7 +346,7 @@ SCALED = {
     "gmm": lambda s: ({"epsilon": 1e-6 * s}, {"reg": 1e-6 * s**2}),
     "cwm": lambda s: ({"epsilon": 1e-6 * s}, {"reg": 1e-6 * s**2}),
     "mfa": lambda s: ({"epsilon": 1e-6 * s**2}, {"reg": 1e-6 * s**2}),
-    "hmfa": lambda s: ({"epsilon": 1e-6 * s**2}, {}),
+    "hmfa": lambda s: ({"epsilon": 1e-6 * s**2}, {"reg": 1e-6 * s**2}),
     "cpmm": lambda s: ({"epsilon": 1e-6 * s**2, "log_diag_min": -6 + 2 * math.log(s)}, {}),
     "hcpmm": lambda s: ({"epsilon": 1e-6 * s**2, "log_diag_min": -6 + 2 * math.log(s)}, {}),
 }

@@ -28,6 +28,7 @@ from .groups import GroupStatistics, group_labels, group_statistics
 from .paths import PathComponents, path_components
 from .regression import fit_components, fit_path
 from .solver import Solver
+from .start import check_strategy
 from .state import State, StateLayout, inverse_soft_clip, soft_clip
 from ..cluster import check_generator
 from ..distributions import GaussianMixture, LowRankNormal
@@ -337,8 +338,7 @@ class _ContinuousMixture(Clustering, LazyDistribution):
         r"""Initializes the initial states and the dynamics; returns the log-sizes of
         the groups and the report of the fit."""
 
-        if strategy not in STRATEGIES:
-            raise ValueError(f"Unknown strategy '{strategy}': choose one of {STRATEGIES}.")
+        check_strategy(strategy, STRATEGIES)
 
         check_sizes(n_init=n_init)
         if steps is None:
