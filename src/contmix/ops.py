@@ -60,7 +60,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from .anchors import _groups, _tables, anchors, center, known  # noqa: F401 (known: re-export)
+from .anchors import _groups, _tables, anchors, center
 
 CHUNK = 2**22  # elements of the differences formed at once
 ROWS = 128  # samples expanded at once

@@ -74,7 +74,7 @@ def check_context(
     The values of ``c`` must be finite: a NaN or an infinity would make its densities NaN
     and, in a CPMM, whose ODE is solved for the whole batch at once, stop the solver.
     They are checked where reading them costs nothing, on the CPU in eager mode
-    (:func:`contmix.ops.known`). On other devices the check would make every forward
+    (:func:`contmix.anchors.known`). On other devices the check would make every forward
     pass wait for the device (a host synchronization), under :func:`torch.compile` it
     would break the graph and under :func:`torch.func.vmap` it cannot be read, so it is
     not done there: every context is mapped by the networks on its own, so a
