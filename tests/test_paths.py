@@ -7,9 +7,9 @@ import torch
 
 from data import blobs as make_blobs
 
-from contmix import MFA
-from contmix.mixtures.groups import order_path
-from contmix.mixtures.paths import align_loadings, path_components
+from contmix import MFA, HierarchicalCPMM
+from contmix.mixtures.groups import order_path, ward, ward_groups
+from contmix.mixtures.paths import align_loadings, path_components, path_groups
 
 
 def test_align_loadings_keeps_covariances_and_follows_the_path():
@@ -92,3 +92,79 @@ def test_path_components_leave_the_global_seed_alone():
     assert torch.equal(torch.random.get_rng_state(), state)
     b = path_components(x, labels, 2, 3, 1, generator=torch.Generator().manual_seed(1))
     assert all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
+
+
+def same_partition(a: torch.Tensor, b: torch.Tensor) -> bool:
+    r"""Whether two labellings are the same partition, whatever the names of the groups."""
+
+    return bool(((a[:, None] == a) == (b[:, None] == b)).all())
+
+
+def test_ward_is_scipys_ward_linkage():
+    hierarchy = pytest.importorskip("scipy.cluster.hierarchy")
+    generator = torch.Generator().manual_seed(0)
+    points = torch.randn(40, 3, generator=generator, dtype=torch.float64) * 3
+    for k in (1, 4, 9, 40):
+        expected = hierarchy.fcluster(hierarchy.linkage(points.numpy(), "ward"), k, "maxclust")
+        labels = ward(points, torch.ones(40), k)
+        assert labels.unique().tolist() == list(range(k))
+        assert same_partition(labels, torch.as_tensor(expected))
+
+    # a centre of weight 3 is three samples at that centre
+    counts = torch.randint(1, 4, (40,), generator=generator)
+    repeated = points.repeat_interleave(counts, dim=0)
+    expected = hierarchy.fcluster(hierarchy.linkage(repeated.numpy(), "ward"), 6, "maxclust")
+    expected = torch.as_tensor(expected)[counts.cumsum(0) - 1]  # one copy of each centre
+    assert same_partition(ward(points, counts, 6), expected)
+
+
+def bars(n: int = 300, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Two long parallel bars, 30 apart: separated, each in fine clusters along it."""
+
+    generator = torch.Generator().manual_seed(seed)
+    label = torch.arange(n) % 2
+    along = 20 * torch.rand(n, generator=generator, dtype=torch.float64) - 10
+    across = 30 * label - 15 + 0.1 * torch.randn(n, generator=generator, dtype=torch.float64)
+
+    return torch.stack((along, across), dim=-1), label
+
+
+def test_ward_groups_follow_elongated_groups():
+    x, label = bars()
+    for seed in range(3):
+        generator = torch.Generator().manual_seed(seed)
+        assert same_partition(ward_groups(x, 2, 20, generator=generator), label)
+        assert same_partition(ward_groups(x, 2, len(x), generator=generator), label)
+
+    # with four groups, each bar is split, never joined to the other
+    halves = ward_groups(x, 4, 20, generator=torch.Generator().manual_seed(0))
+    assert halves.unique().tolist() == [0, 1, 2, 3]
+    assert bool(((halves[:, None] == halves) <= (label[:, None] == label)).all())
+
+
+def test_path_groups():
+    x, label = bars()
+    generator = torch.Generator().manual_seed(0)
+    assert same_partition(path_groups(x, 2, 10, generator=generator), label)
+    assert torch.equal(path_groups(x, 2, 10, y=1 - label), 1 - label)  # given labels
+    assert torch.equal(path_groups(x, 1, 10), torch.zeros(len(x), dtype=torch.long))
+
+    # bad arguments, with what to do
+    with pytest.raises(ValueError, match=r"y must lie in \[0, 2\)"):
+        path_groups(x, 2, 10, y=label + 1)
+    with pytest.raises(ValueError, match="clusters must be an integer of at least groups=3"):
+        ward_groups(x, 3, 2)
+    with pytest.raises(ValueError, match=r"k must lie in \[1, 4\]"):
+        ward(x[:4], torch.ones(4), 5)
+    with pytest.raises(ValueError, match="positive weights"):
+        ward(x[:4], torch.tensor([1, 0, 1, 1]), 2)
+
+
+def test_hierarchical_cpmm_starts_from_the_ward_groups():
+    x, label = bars(200)
+    x = x.float()
+    model = HierarchicalCPMM(2, trajectories=2, components=5, rank=1, hidden_features=(16,))
+    model.initialize(x, steps=50, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        predicted = model().predict(x)
+    assert same_partition(predicted, label)

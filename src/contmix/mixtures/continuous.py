@@ -25,7 +25,7 @@ from zuko.nn import MLP
 from .clustering import Clustering
 from .conditional import restore_on_error
 from .groups import GroupStatistics, group_labels, group_statistics
-from .paths import PathComponents, path_components
+from .paths import PathComponents, path_components, path_groups
 from .regression import fit_components, fit_path
 from .solver import Solver
 from .start import check_strategy
@@ -357,7 +357,7 @@ class _ContinuousMixture(Clustering, LazyDistribution):
         check_scale(x, math.exp(self.log_diag_min) + self.epsilon, "log_diag_min")
 
         if strategy == "em":
-            labels = group_labels(x, self.trajectories, "kmeans", y, generator)
+            labels = path_groups(x, self.trajectories, self.components, y, generator)
             paths = path_components(
                 x, labels, self.trajectories, self.components, self.rank, n_init, generator
             )

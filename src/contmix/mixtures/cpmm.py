@@ -394,8 +394,10 @@ class HierarchicalCPMM(_ContinuousMixture):
         r"""Initializes the trajectories from data.
 
         The samples are split into :math:`C` groups: by the labels ``y`` when given
-        (supervised), else by k-means (``"em"``, ``"kmeans"``) or around :math:`C`
-        random samples (``"random"``). For ``"em"`` (the default), each group gets its
+        (supervised), else, for ``"em"``, by Ward's agglomeration of :math:`C G` k-means
+        clusters (:func:`~contmix.mixtures.paths.path_groups`), by k-means for
+        ``"kmeans"`` or around :math:`C` random samples (``"random"``); the trajectories
+        keep the groups of their start. For ``"em"`` (the default), each group gets its
         own MFA fitted by EM, laid along its path, and the trajectories are regressed on
         them all at once, as in :meth:`CPMM.initialize`; otherwise each group is split
         into :math:`G` sub-clusters (k-means, or random samples) ordered along a path,

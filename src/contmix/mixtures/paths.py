@@ -5,6 +5,7 @@ __all__ = [
     "PathComponents",
     "align_loadings",
     "path_components",
+    "path_groups",
 ]
 
 from typing import NamedTuple
@@ -13,7 +14,7 @@ import torch
 
 from torch import Tensor
 
-from .groups import order_path
+from .groups import group_labels, order_path, ward_groups
 from .mfa import MFA
 
 
@@ -147,3 +148,47 @@ def path_components(
     logits = (sizes.to(x.dtype) / len(x)).log()
 
     return PathComponents(logits, log_weights.log_softmax(dim=-1), loc, factor, diag)
+
+
+@torch.no_grad()
+def path_groups(
+    x: Tensor,
+    groups: int,
+    components: int,
+    y: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool | None = None,
+) -> Tensor:
+    r"""Returns the group of each sample that :func:`path_components` fits, one group
+    per trajectory: the labels ``y`` when given (checked), else the :math:`C`
+    groups of Ward's agglomeration of :math:`C G` k-means clusters
+    (:func:`~contmix.mixtures.groups.ward_groups`), as many as the components of the
+    model; one group is all the samples (k-means with one cluster, as before).
+
+    The trajectories keep the groups of their start (training moves the accuracy of
+    their posterior on the digits by 0.01 to 0.03). On the 8x8 digits, seeds 0 to 2,
+    the test accuracy of ``HierarchicalCPMM(64, trajectories=10, components=25,
+    rank=4)`` at its start is 0.79, 0.76, 0.79 from these groups, 0.78, 0.76, 0.78
+    from those of k-means with 10 restarts, 0.67, 0.76, 0.79 from one k-means run
+    (``docs/benchmarks/cpmm_training.md``).
+
+    Arguments:
+        x: The samples, with shape :math:`(N, M)`.
+        groups: The number of groups :math:`C`.
+        components: The number of components :math:`G` per group.
+        y: Optional labels in :math:`[0, C)`, with shape :math:`(N,)`.
+        generator: The random generator (see
+            :func:`~contmix.mixtures.groups.ward_groups`).
+        progress: Whether to show progress bars (see
+            :func:`~contmix.mixtures.groups.ward_groups`).
+
+    Example:
+        >>> x = torch.cat((torch.randn(60, 3) - 6, torch.randn(140, 3) + 6))
+        >>> path_groups(x, 2, 4).bincount().sort().values.tolist()
+        [60, 140]
+    """
+
+    if y is not None or groups == 1:
+        return group_labels(x, groups, "kmeans", y, generator, progress)
+
+    return ward_groups(x, groups, groups * components, generator, progress)
