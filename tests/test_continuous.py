@@ -16,8 +16,7 @@ from torch.distributions import LowRankMultivariateNormal
 from contmix import CPMM, HierarchicalCPMM, HierarchicalMFA, Solver, SolverError
 from contmix.datasets import two_circles
 from contmix.mixtures.continuous import pseudotimes
-from contmix.mixtures.groups import group_labels
-from contmix.mixtures.paths import path_components
+from contmix.mixtures.paths import path_components, path_groups
 
 # float32 log-densities of the same states solved twice in two dtypes agree to rounding
 LOG_PROB = dict(rtol=1e-5, atol=1e-5)
@@ -312,7 +311,7 @@ def test_initialize_em_passes_through_the_components(cls):
     model.initialize(x, steps=400, generator=generator)
 
     generator = torch.Generator().manual_seed(0)
-    labels = group_labels(x, model.trajectories, "kmeans", None, generator)
+    labels = path_groups(x, model.trajectories, 8, None, generator)
     paths = path_components(x, labels, model.trajectories, 8, 1, generator=generator)
     model.eval()
     with torch.no_grad():
