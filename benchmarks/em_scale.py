@@ -26,12 +26,10 @@ import statistics
 import time
 import warnings
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
-from machine import describe
+from machine import describe, reset_peak, resident
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
@@ -43,27 +41,11 @@ from contmix.transforms import logit_bits_per_dim
 TOL, REG, MAX_ITER = 1e-3, 1e-6, 100
 
 
-def reset_peak() -> None:
-    r"""Resets the peak resident memory of this process (Linux ``clear_refs``)."""
-
-    Path("/proc/self/clear_refs").write_text("5")
-
-
-def peak() -> float:
-    r"""The peak resident memory of this process since :func:`reset_peak`, in GiB."""
-
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 2**20
-
-    return float("nan")
-
-
 def measure(fit) -> tuple[float, float, object]:
     reset_peak()
     start = time.perf_counter()
     result = fit()
-    return time.perf_counter() - start, peak(), result
+    return time.perf_counter() - start, resident(), result
 
 
 def contmix_row(x: torch.Tensor, x_test: torch.Tensor, K: int, seed: int) -> dict:

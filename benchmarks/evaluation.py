@@ -51,7 +51,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -64,7 +63,7 @@ import zuko
 from cpmm_digits import fit_cpmm
 from cpmm_digits import metrics as digits_metrics
 from curriculum_quality import TEACHERS
-from machine import add_device_argument, describe
+from machine import add_device_argument, describe, reset_peak, resident
 from tqdm.auto import tqdm
 
 from contmix import GMM, MFA, Curriculum, HierarchicalCPMM
@@ -209,24 +208,6 @@ def outliers(x: torch.Tensor) -> torch.Tensor:
     out = dequantize_logit(images.flatten(1), 256, ALPHA, generator, torch.float64)
 
     return out.to(x)
-
-
-def peak_gib() -> float:
-    r"""The peak resident memory of this process since :func:`reset_peak`, in GiB."""
-
-    try:
-        status = Path("/proc/self/status").read_text().splitlines()
-    except OSError:
-        return float("nan")
-
-    return next((int(ln.split()[1]) / 2**20 for ln in status if ln.startswith("VmHWM")), math.nan)
-
-
-def reset_peak() -> None:
-    r"""Resets the peak resident memory of this process (Linux ``clear_refs``)."""
-
-    if os.path.exists("/proc/self/clear_refs"):
-        Path("/proc/self/clear_refs").write_text("5")
 
 
 def data_log_prob(log_prob: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -576,7 +557,7 @@ def run(args) -> dict:
             model, predict = fit(x_fit, settings, classes, *extra)
             row = {"task": task, "model": name, "seed": seed}
             row["seconds"] = time.perf_counter() - start
-            row["peak_gib"] = peak_gib()
+            row["peak_gib"] = resident()
 
             with torch.no_grad():
                 log_prob = None if model is None else model().log_prob(x_test)

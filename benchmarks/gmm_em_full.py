@@ -41,12 +41,10 @@ import statistics
 import time
 import warnings
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
-from machine import blas_info, describe
+from machine import blas_info, describe, reset_peak, resident
 from sklearn.mixture import GaussianMixture
 
 import contmix.em.gmm
@@ -54,22 +52,6 @@ import contmix.em.gmm
 from contmix.datasets import fashion_mnist
 from contmix.em import fit_gmm, gmm_log_likelihood, gmm_m_step
 from contmix.em.base import iterate
-
-
-def reset_peak() -> None:
-    r"""Resets the peak resident memory of this process (Linux ``clear_refs``)."""
-
-    Path("/proc/self/clear_refs").write_text("5")
-
-
-def resident(field: str) -> float:
-    r"""A memory field of this process (``VmRSS``, ``VmHWM``), in MiB."""
-
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 2**10
-
-    return float("nan")
 
 
 def measured(fit) -> tuple[float, float, object]:
@@ -81,7 +63,7 @@ def measured(fit) -> tuple[float, float, object]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = fit()
-    return time.perf_counter() - start, resident("VmHWM") - before, result
+    return time.perf_counter() - start, (resident("VmHWM") - before) * 2**10, result
 
 
 def median_iteration(times: list[float]) -> float:

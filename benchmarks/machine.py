@@ -14,6 +14,7 @@ import statistics
 import time
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -163,3 +164,24 @@ def peak_memory(
         return cuda_peak_memory(f, device)
 
     return cpu(f)
+
+
+def reset_peak() -> None:
+    r"""Resets the peak resident memory of this process (Linux ``clear_refs``; nothing
+    elsewhere)."""
+
+    if os.path.exists("/proc/self/clear_refs"):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def resident(field: str = "VmHWM") -> float:
+    r"""A memory field of this process in GiB: ``VmHWM``, the peak resident memory since
+    :func:`reset_peak`, or ``VmRSS``, the resident memory now (NaN without /proc)."""
+
+    try:
+        status = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return float("nan")
+
+    lines = (line for line in status if line.startswith(field + ":"))
+    return next((int(line.split()[1]) / 2**20 for line in lines), float("nan"))

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from machine import describe
+from machine import describe, reset_peak, resident
 from sklearn.mixture import GaussianMixture
 
 import contmix.em.mfa as em_mfa
@@ -46,22 +46,6 @@ from contmix.datasets import fashion_mnist
 from contmix.transforms import logit_bits_per_dim
 
 K, RANK = 250, 4
-
-
-def reset_peak() -> None:
-    r"""Resets the peak resident memory of this process (Linux ``clear_refs``)."""
-
-    Path("/proc/self/clear_refs").write_text("5")
-
-
-def peak() -> float:
-    r"""The peak resident memory of this process since :func:`reset_peak`, in GiB."""
-
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 2**20
-
-    return float("nan")
 
 
 def lapack(moments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,7 +123,7 @@ def main():
         reset_peak()
         start = time.perf_counter()
         report = model.initialize(x, strategy="em")
-        seconds, memory = time.perf_counter() - start, peak()
+        seconds, memory = time.perf_counter() - start, resident()
         with torch.no_grad():
             bpd = logit_bits_per_dim(model().log_prob(x_test), x_test).mean().item()
         print(
