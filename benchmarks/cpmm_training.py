@@ -150,10 +150,9 @@ def train(name: str, seed: int, args: argparse.Namespace) -> dict:
                 point["accuracy"] = clustering_accuracy(y_test, d.predict(x_test))
         return point
 
-    if args.diag_penalty or args.swap:
+    if args.swap:
         with torch.no_grad():
             first = model()
-            log_diag = diagonal(first).log()  # the start's
 
     curve = [{"step": 0} | evaluate()]
     print(name, seed, curve[-1], flush=True)
@@ -167,8 +166,7 @@ def train(name: str, seed: int, args: argparse.Namespace) -> dict:
         if entropy:  # the paper's regularizer across trajectories, for clustering
             loss = loss - entropy * model.entropy(batch, d=d)
         if args.diag_penalty:  # keeps the diagonals near the start's (they shrink as it overfits)
-            shift = diagonal(d).log() - log_diag
-            loss = loss + args.diag_penalty * shift.square().sum(-1).mean()
+            loss = loss + args.diag_penalty * model.penalty(d)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -15,8 +15,8 @@ from torch.distributions import LowRankMultivariateNormal
 
 from contmix import CPMM, HierarchicalCPMM, HierarchicalMFA, Solver, SolverError
 from contmix.datasets import two_circles
-from contmix.mixtures.continuous import pseudotimes
 from contmix.mixtures.paths import path_components, path_groups
+from contmix.mixtures.solver import pseudotimes
 
 # float32 log-densities of the same states solved twice in two dtypes agree to rounding
 LOG_PROB = dict(rtol=1e-5, atol=1e-5)

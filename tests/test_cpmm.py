@@ -366,6 +366,60 @@ def test_no_nan_long_run(steps, data):
     assert nfe.max() <= 200, nfe.max()
 
 
+# the penalty towards the start's diagonals
+
+
+@pytest.mark.parametrize(
+    "cls, strategy", [(CPMM, "em"), (HierarchicalCPMM, "em"), (CPMM, "kmeans")]
+)
+def test_penalty_is_the_shift_from_the_start(cls, strategy):
+    torch.manual_seed(0)
+    x = torch.randn(200, 2) * torch.tensor([0.1, 3.0])
+    model = ode(cls, trajectories=2, components=4) if cls is HierarchicalCPMM else ode(cls)
+    model.initialize(x, strategy, steps=20)
+    start = model.extract().phi[-1].double().exp() + model.epsilon  # the start's diagonals
+    assert model.penalty(model()) < 1e-10
+
+    train(model, lambda: -model().log_prob(x).mean(), steps=20, lr=1e-2)
+    d = model()
+    diag = (d.base.base if cls is HierarchicalCPMM else d.base).cov_diag.double()
+    by_hand = (diag.log() - start.log().view(diag.shape)).square().sum(-1).mean()
+    assert by_hand > 1e-4  # training moved them
+    torch.testing.assert_close(model.penalty(d).double(), by_hand, rtol=1e-4, atol=1e-7)
+
+
+def test_penalty_keeps_the_diagonals_of_few_samples():
+    # 40 samples for 4 components in 16-D: maximum likelihood shrinks the diagonals
+    torch.manual_seed(0)
+    x = torch.randn(40, 16)
+    shrunk = {}
+    for weight in (0.0, 1.0):
+        model = CPMM(16, components=4, rank=1, hidden_features=(32,))
+        model.initialize(x, steps=50, generator=torch.Generator().manual_seed(0))
+
+        def loss(model=model, weight=weight):
+            d = model()
+            return -d.log_prob(x).mean() + weight * model.penalty(d)
+
+        train(model, loss, steps=150, lr=1e-2)
+        with torch.no_grad():
+            log_diag = model().base.cov_diag.log()
+        shrunk[weight] = (model.start_log_diag - log_diag).mean().item()
+
+    assert shrunk[0.0] > 0.15, shrunk  # without it the noise shrinks
+    assert abs(shrunk[1.0]) < shrunk[0.0] / 4, shrunk
+
+
+def test_penalty_needs_the_models_distribution():
+    model = ode(CPMM)
+    with pytest.raises(TypeError, match="model\\(c\\)"):
+        model.penalty(torch.distributions.Normal(0.0, 1.0))
+
+    model = ode(CPMM, random_times=3)  # training mode: 3 random pseudotimes, not the grid
+    with pytest.raises(ValueError, match=r"model\.eval"):
+        model.penalty(model())
+
+
 def test_double_precision():
     torch.manual_seed(0)
     x = torch.randn(30, 2, dtype=torch.float64)

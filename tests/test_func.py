@@ -65,8 +65,8 @@ def test_known():
 
 
 CACHE_REASON = (
-    "contmix/mixtures/cpmm.py _Resolve, which makes the cached states of an unconditional CPMM in "
-    "evaluation mode differentiable, is an autograd.Function without setup_context, "
+    "contmix/mixtures/solver.py _Resolve, which makes the cached states of an unconditional "
+    "CPMM in evaluation mode differentiable, is an autograd.Function without setup_context, "
     "which vmap refuses"
 )
 

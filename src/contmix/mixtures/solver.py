@@ -15,15 +15,18 @@ __all__ = [
     "METHODS",
     "Solver",
     "SolverError",
+    "pseudotimes",
 ]
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 import torchdiffeq
 
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 ADAPTIVE = ("dopri8", "dopri5", "bosh3", "fehlberg2", "adaptive_heun")
 FIXED = (
@@ -134,3 +137,45 @@ class Solver:
             "the ODE became stiff. Lower the learning rate, clip the gradients, use a "
             "fixed-step solver (Solver('rk4')) or, if the model is fine, raise max_steps."
         )
+
+
+def pseudotimes(n: int, like: Tensor) -> Tensor:
+    r"""Returns :math:`n` sorted pseudotimes drawn uniformly in :math:`(0, 1)`: the
+    normalized cumulative sums of :math:`n + 1` exponential spacings, whose law is that
+    of the order statistics of :math:`n` uniforms, kept strictly increasing.
+
+    Example:
+        >>> t = pseudotimes(5, torch.zeros(()))
+        >>> bool((t[1:] > t[:-1]).all() and t[0] > 0 and t[-1] < 1)
+        True
+    """
+
+    spacings = torch.empty(n + 1, dtype=like.dtype, device=like.device).exponential_()
+    spacings = spacings.clamp(min=1e-3)
+    times = spacings.cumsum(dim=0) / spacings.sum()
+
+    return times[:-1]
+
+
+class _Resolve(torch.autograd.Function):
+    r"""Cached states made differentiable: the forward pass returns the cached states
+    :math:`h(\theta)` and the backward pass solves again, with autograd, for
+    :math:`\partial h / \partial \theta` (as gradient checkpointing does)."""
+
+    @staticmethod
+    def forward(ctx, solve, h: Tensor, *parameters: Tensor) -> Tensor:
+        ctx.solve, ctx.parameters = solve, parameters
+        ctx.save_for_backward(*parameters)  # autograd checks that they stay unchanged
+        return h.clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        ctx.saved_tensors  # noqa: B018 (raises if a parameter changed in place)
+        needed = ctx.needs_input_grad[2:]
+        inputs = [p for p, n in zip(ctx.parameters, needed, strict=True) if n]
+
+        with torch.enable_grad():
+            grads = iter(torch.autograd.grad(ctx.solve(), inputs, grad, allow_unused=True))
+
+        return None, None, *(next(grads) if n else None for n in needed)
