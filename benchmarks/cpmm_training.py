@@ -19,9 +19,10 @@ rank=1); ``spiral(4000)`` with HierarchicalCPMM(2, trajectories=5, components=10
 8x8 digits (``contmix.datasets.digits()``, logit space, 1437 train, 360 test) with
 HierarchicalCPMM(64, trajectories=10, components=25, rank=4), its figures in bits/dim of
 the 17-level pixels (``--components`` per trajectory, 25 by default). The 2-D test sets
-are drawn with another seed. ``--diag-penalty w`` adds to the loss w times the squared
-shift of the components' log-diagonals from the start's, summed over features (a measured
-lead: on the digits the diagonals shrink as the model overfits); ``--swap`` evaluates the
+are drawn with another seed. ``--diag-penalty w`` adds to the loss w times
+``model.penalty(d)``, the squared shift of the components' log-variances from the start's
+(the recipe where components have few samples: on the digits the diagonals shrink as the
+model overfits, with ``--components 10 --diag-penalty 1``); ``--swap`` evaluates the
 trained model with the start's diagonals, and the start with the trained ones.
 """
 
