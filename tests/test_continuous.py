@@ -15,6 +15,7 @@ from torch.distributions import LowRankMultivariateNormal
 
 from contmix import CPMM, HierarchicalCPMM, HierarchicalMFA, Solver, SolverError
 from contmix.datasets import two_circles
+from contmix.mixtures.groups import best_statistics, statistics_log_likelihood
 from contmix.mixtures.paths import path_components, path_groups
 from contmix.mixtures.solver import pseudotimes
 
@@ -471,12 +472,13 @@ def test_n_init_keeps_the_best_clusters():
     # likelihood are kept
     torch.manual_seed(0)
     x = plane(150)[0]
-    model = ode(HierarchicalCPMM, trajectories=3, components=4)
-    best = model._statistics(x, "random", None, 5, torch.Generator().manual_seed(0))
+    best = best_statistics(
+        x, 3, 4, "random", None, 5, 1e-6, 1e-6, torch.Generator().manual_seed(0)
+    )
 
     generator = torch.Generator().manual_seed(0)
-    draws = [model._statistics(x, "random", None, 1, generator) for _ in range(5)]
-    scores = torch.stack([model._log_likelihood(x, stats) for stats in draws])
+    draws = [best_statistics(x, 3, 4, "random", None, 1, 1e-6, 1e-6, generator) for _ in range(5)]
+    scores = torch.stack([statistics_log_likelihood(x, stats, 1e-6, 1e-6) for stats in draws])
     assert len(set(scores.tolist())) > 1  # the draws differ
     assert torch.equal(best.means, draws[scores.argmax()].means)
 

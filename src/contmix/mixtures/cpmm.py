@@ -150,7 +150,7 @@ class CPMM(_ContinuousMixture):
         x: Tensor,
         strategy: Literal["random", "kmeans", "em"] = "em",
         steps: int | None = None,
-        lr: float = 1e-2,
+        lr: float | None = None,
         *,
         n_init: int = 1,
         generator: torch.Generator | None = None,
@@ -195,7 +195,9 @@ class CPMM(_ContinuousMixture):
             steps: The number of regression steps (0 to skip): 1000 for ``"em"``, 100
                 for ``"kmeans"`` by default.
             lr: The initial learning rate of the regression (Adam, cosine decay to a
-                hundredth of it for ``"em"``, a tenth for ``"kmeans"``).
+                hundredth of it for ``"em"``, a tenth for ``"kmeans"``): by default
+                :math:`10^{-2}`, times :math:`2048 / n` when the first layer of the
+                dynamics has :math:`n > 2048` inputs (see :meth:`regression_lr`).
             n_init: The number of sets of clusters, of which the best is kept.
             generator: The random generator (torch's global generator if :py:`None`).
             progress: Whether to show progress bars (:py:`None`: only in a terminal, see
@@ -388,7 +390,7 @@ class HierarchicalCPMM(_ContinuousMixture):
         strategy: Literal["random", "kmeans", "em"] = "em",
         y: Tensor | None = None,
         steps: int | None = None,
-        lr: float = 1e-2,
+        lr: float | None = None,
         *,
         n_init: int = 1,
         generator: torch.Generator | None = None,
@@ -421,7 +423,9 @@ class HierarchicalCPMM(_ContinuousMixture):
             steps: The number of regression steps (0 to skip): 1000 for ``"em"``, 100
                 for ``"kmeans"`` by default.
             lr: The initial learning rate of the regression (Adam, cosine decay to a
-                hundredth of it for ``"em"``, a tenth for ``"kmeans"``).
+                hundredth of it for ``"em"``, a tenth for ``"kmeans"``): by default
+                :math:`10^{-2}`, times :math:`2048 / n` when the first layer of the
+                dynamics has :math:`n > 2048` inputs (see :meth:`regression_lr`).
             n_init: The number of sets of clusters, of which the best is kept.
             generator: The random generator (torch's global generator if :py:`None`).
             progress: Whether to show progress bars (:py:`None`: only in a terminal).

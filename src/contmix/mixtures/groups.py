@@ -13,6 +13,7 @@ from torch import Tensor
 
 from ..cluster import assign, kmeans, kmeans_plusplus, random_centers
 from ..cluster.distances import _distances
+from ..distributions import GaussianMixture, LowRankNormal
 
 
 class GroupStatistics(NamedTuple):
@@ -341,3 +342,63 @@ def ward_groups(
     counts = torch.bincount(labels, minlength=k)
 
     return ward(centers, counts, groups)[labels]
+
+
+def best_statistics(
+    x: Tensor,
+    groups: int,
+    components: int,
+    strategy: Literal["random", "kmeans", "kmeans++"],
+    y: Tensor | None,
+    n_init: int,
+    floor: float,
+    epsilon: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> GroupStatistics:
+    r"""Returns the groups' statistics (:func:`group_statistics`) of the best of
+    ``n_init`` draws, each from its own centres (:func:`group_labels`): the draw whose
+    mixture of the sub-clusters' diagonal Gaussians (:func:`statistics_log_likelihood`,
+    with ``floor`` and ``epsilon``) has the highest mean log-likelihood on :math:`x`.
+
+    Example:
+        >>> x = torch.randn(60, 2)
+        >>> best_statistics(x, 2, 3, "kmeans", None, n_init=3, floor=1e-6).means.shape
+        torch.Size([2, 3, 2])
+    """
+
+    best, score = None, None
+
+    for _ in range(n_init):
+        labels = group_labels(x, groups, strategy, y, generator)
+        stats = group_statistics(x, labels, groups, components, strategy, generator=generator)
+        if n_init == 1:
+            return stats
+
+        value = statistics_log_likelihood(x, stats, floor, epsilon)
+        if best is None or value > score:
+            best, score = stats, value
+
+    return best
+
+
+def statistics_log_likelihood(
+    x: Tensor, stats: GroupStatistics, floor: float, epsilon: float = 0.0
+) -> Tensor:
+    r"""Returns the mean log-likelihood of :math:`x` under the mixture of the
+    sub-clusters' diagonal Gaussians, their variances floored at ``floor`` and
+    ``epsilon`` added, computed around the data mean.
+
+    Example:
+        >>> x = torch.randn(60, 2)
+        >>> stats = best_statistics(x, 2, 3, "kmeans", None, n_init=1, floor=1e-6)
+        >>> statistics_log_likelihood(x, stats, floor=1e-6).shape
+        torch.Size([])
+    """
+
+    shift = x.mean(dim=0)
+    factor = torch.zeros_like(stats.means).unsqueeze(-1)
+    diag = stats.variances.clamp(min=floor) + epsilon
+    base = LowRankNormal(stats.means - shift, factor, diag)
+    inner = GaussianMixture(base, torch.zeros_like(stats.means[..., 0]))
+
+    return GaussianMixture(inner, stats.logits).log_prob(x - shift).mean()
