@@ -505,3 +505,17 @@ def test_initialize_reports_the_fit(cls):
 
     with unchanged(model), pytest.raises(TypeError, match="progress"):
         model.initialize(x, steps=1, progress="yes")
+
+
+def test_default_regression_lr_scales_with_the_inputs():
+    # 400 features of rank 1: 3601 inputs to the dynamics, above 2048
+    x = torch.randn(40, 400)
+    models = []
+    for lr in (None, 1e-2 * 2048 / 3601, 1e-2):
+        model = HierarchicalCPMM(400, trajectories=2, components=3, rank=1, hidden_features=(8,))
+        model.initialize(x, steps=3, lr=lr, generator=torch.Generator().manual_seed(0))
+        models.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+
+    assert math.isclose(model.regression_lr(), 1e-2 * 2048 / 3601)
+    assert torch.equal(models[0], models[1])  # the default is that rate
+    assert not torch.allclose(models[0], models[2])
