@@ -10,7 +10,9 @@ logit transform's Jacobian included) and the clustering accuracy of p(c | x) (Hu
 matching), with the same for k-means with 10 clusters (10 restarts) on the same training
 images. The run is written to ``--checkpoint`` after the start and every ``--every``
 steps; the same command resumes it. ``--figures DIR`` draws the trajectories' means (the
-paper's Figure 5), samples and the confusion matrix of the last checkpoint.
+paper's Figure 5), samples and the confusion matrix of the last checkpoint, and scores
+its out-of-distribution detection of the digits in MNIST's layout (Table 3: AUROC and
+AUPR of the log-likelihood, the outliers of ``evaluation.py``).
 
     python benchmarks/cpmm_fashion.py --limit 10000 --steps 2000 --checkpoint cpmm_fashion.pt
     python benchmarks/cpmm_fashion.py --checkpoint cpmm_fashion.pt --figures docs/_static
@@ -24,12 +26,13 @@ from pathlib import Path
 
 import torch
 
+from evaluation import data_log_prob, outliers
 from machine import describe, reset_peak, resident
 
 import contmix
 
 from contmix.cluster import kmeans
-from contmix.metrics import clustering_accuracy
+from contmix.metrics import aupr, auroc, clustering_accuracy
 from contmix.transforms import LogitTransform, logit_bits_per_dim
 
 
@@ -60,7 +63,8 @@ def start(args, x, x_test, y_test) -> dict:
     )
     reset_peak()
     clock = time.perf_counter()
-    model.initialize(x, generator=torch.Generator().manual_seed(args.seed), progress=True)
+    generator = torch.Generator().manual_seed(args.seed)
+    model.initialize(x, steps=args.init_steps, generator=generator, progress=True)
     run = {"args": vars(args), "device": describe("cpu"), "samples": len(x)}
     run["initialize_s"] = time.perf_counter() - clock
     run["initialize_peak_gib"] = resident()
@@ -118,6 +122,14 @@ def figures(args, state, x_test, y_test) -> None:
 
     with torch.no_grad():
         clusters = torch.cat([mixture.predict(b) for b in x_test.split(1000)])
+        d, x_digits = mixture(), outliers(x_test)  # Table 3: digits in MNIST's layout
+        inside, outside = (
+            data_log_prob(torch.cat([d.log_prob(b) for b in z.split(1000)]), z)
+            for z in (x_test, x_digits)
+        )
+    state["run"]["digits_auroc"] = auroc(inside, outside)
+    state["run"]["digits_aupr"] = aupr(inside, outside)
+    print({k: state["run"][k] for k in ("digits_auroc", "digits_aupr")}, flush=True)
     counts = torch.zeros(10, 10, dtype=torch.long)
     counts.index_put_((y_test, clusters), torch.ones_like(y_test), accumulate=True)
     _, order = linear_sum_assignment(counts.numpy(), maximize=True)  # trajectory of class
@@ -167,6 +179,7 @@ if __name__ == "__main__":
     parser.add_argument("--limit", type=int, default=None, help="training images (all)")
     parser.add_argument("--components", type=int, default=25, help="per trajectory")
     parser.add_argument("--hidden", type=int, nargs="+", default=[256])
+    parser.add_argument("--init-steps", type=int, default=None, help="regression (1000)")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--every", type=int, default=250)
     parser.add_argument("--lr", type=float, default=3e-4)
