@@ -410,6 +410,33 @@ def test_penalty_keeps_the_diagonals_of_few_samples():
     assert abs(shrunk[1.0]) < shrunk[0.0] / 4, shrunk
 
 
+def test_penalty_start_in_the_state_dict():
+    torch.manual_seed(0)
+    x = torch.randn(100, 2)
+    model = ode(HierarchicalCPMM, trajectories=2, components=4)
+    model.initialize(x, steps=10)
+    train(model, lambda: -model().log_prob(x).mean(), steps=10, lr=1e-2)
+    penalty = model.penalty(model()).detach()
+    assert penalty > 0
+
+    # saved with the start: the same penalty after a strict load
+    fresh = ode(HierarchicalCPMM, trajectories=2, components=4)
+    fresh.load_state_dict(model.state_dict())
+    torch.testing.assert_close(fresh.penalty(fresh()), penalty)
+
+    # saved without it (before contmix had it) or for another grid: the start is the
+    # loaded model itself, and the load is still strict
+    old = {k: v for k, v in model.state_dict().items() if k != "start_log_diag"}
+    for state, components in ((old, 4), (model.state_dict(), 6)):
+        fresh = ode(HierarchicalCPMM, trajectories=2, components=components)
+        fresh.load_state_dict(state)
+        assert fresh.penalty(fresh()) < 1e-10
+        diag = fresh().base.base.cov_diag
+        torch.testing.assert_close(fresh.start_log_diag, diag.log())
+    with pytest.raises(RuntimeError, match="Unexpected"):
+        fresh.load_state_dict(old | {"other": torch.zeros(1)})
+
+
 def test_penalty_needs_the_models_distribution():
     model = ode(CPMM)
     with pytest.raises(TypeError, match="model\\(c\\)"):

@@ -23,6 +23,7 @@ from .clustering import Clustering
 from .conditional import restore_on_error
 from .groups import best_statistics
 from .paths import PathComponents, path_components, path_groups
+from .penalty import diagonal_shift, keep_loaded_start
 from .regression import fit_components, fit_path
 from .solver import Solver, _Resolve, pseudotimes
 from .start import check_strategy
@@ -82,6 +83,7 @@ class _ContinuousMixture(Clustering, LazyDistribution):
 
         start = torch.full((trajectories, components, self.features), math.log1p(epsilon))
         self.register_buffer("start_log_diag", start)  # set by initialize
+        keep_loaded_start(self)
         self._cache = None
         self.fit_report: FitReport | None = None
 
@@ -278,19 +280,7 @@ class _ContinuousMixture(Clustering, LazyDistribution):
             >>> loss.backward()
         """
 
-        while isinstance(d, GaussianMixture):
-            d = d.base
-        if not isinstance(d, LowRankNormal):
-            raise TypeError(f"d must be the distribution model(c), got {type(d).__name__}.")
-        if d.cov_diag.shape[-2:] != self.start_log_diag.shape[-2:]:
-            raise ValueError(
-                f"d must be model(c) at the grid of {self.components} components, got "
-                f"{d.cov_diag.shape[-2]} (random_times in training mode: call model.eval())."
-            )
-
-        shift = d.cov_diag.log() - self.start_log_diag
-
-        return shift.square().sum(dim=-1).mean()
+        return diagonal_shift(d, self.start_log_diag)
 
     def _reference(self) -> Tensor:
         return next(self.dynamics.parameters())
@@ -459,11 +449,17 @@ class _ContinuousMixture(Clustering, LazyDistribution):
         of the fit."""
 
         if self.context == 0:
-            diag = self._inner(self._grid_states(None)).base.cov_diag
+            self._start_of_loaded()
         else:
             diag = soft_clip(self._log_diag(paths.diag), self.log_diag_min).exp() + self.epsilon
+            self.start_log_diag.copy_(diag.log())
 
-        self.start_log_diag.copy_(diag.log())
+    @torch.no_grad()
+    def _start_of_loaded(self) -> None:
+        r"""Makes the model's own grid its start (for an unconditional model)."""
+
+        if self.context == 0:
+            self.start_log_diag.copy_(self._inner(self._grid_states(None)).base.cov_diag.log())
 
     def _path_start(self, paths: PathComponents) -> Tensor:
         r"""The initial states of the paths' first components: their means, loadings,
