@@ -31,7 +31,7 @@ from machine import describe, reset_peak, resident
 
 import contmix
 
-from contmix.cluster import kmeans
+from contmix.cluster import assign, kmeans
 from contmix.metrics import aupr, auroc, clustering_accuracy
 from contmix.transforms import LogitTransform, logit_bits_per_dim
 
@@ -53,14 +53,18 @@ def evaluate(model, x_test, y_test, x_train) -> dict:
 def kmeans_accuracy(x, x_test, y_test, seed: int) -> float:
     generator = torch.Generator().manual_seed(seed)
     centers, _ = kmeans(x, 10, n_init=10, generator=generator)
-    return clustering_accuracy(y_test, torch.cdist(x_test, centers).argmin(dim=-1))
+    return clustering_accuracy(y_test, assign(x_test, centers))
+
+
+def model_of(args) -> contmix.HierarchicalCPMM:
+    return contmix.HierarchicalCPMM(
+        784, trajectories=10, components=args.components, rank=4, hidden_features=args.hidden
+    )
 
 
 def start(args, x, x_test, y_test) -> dict:
     torch.manual_seed(args.seed)
-    model = contmix.HierarchicalCPMM(
-        784, trajectories=10, components=args.components, rank=4, hidden_features=args.hidden
-    )
+    model = model_of(args)
     reset_peak()
     clock = time.perf_counter()
     generator = torch.Generator().manual_seed(args.seed)
@@ -75,9 +79,7 @@ def start(args, x, x_test, y_test) -> dict:
 
 
 def train(args, state, x, x_test, y_test) -> None:
-    model = contmix.HierarchicalCPMM(
-        784, trajectories=10, components=args.components, rank=4, hidden_features=args.hidden
-    )
+    model = model_of(args)
     model.load_state_dict(state["model"])
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     optimizer.load_state_dict(state["optimizer"])
@@ -111,9 +113,7 @@ def figures(args, state, x_test, y_test) -> None:
 
     from scipy.optimize import linear_sum_assignment
 
-    model = contmix.HierarchicalCPMM(
-        784, trajectories=10, components=args.components, rank=4, hidden_features=args.hidden
-    )
+    model = model_of(args)
     model.load_state_dict(state["model"])
     model.eval()
     mixture = model.extract()

@@ -388,6 +388,26 @@ def test_penalty_is_the_shift_from_the_start(cls, strategy):
     torch.testing.assert_close(model.penalty(d).double(), by_hand, rtol=1e-4, atol=1e-7)
 
 
+def test_penalty_in_float32_at_the_floor():
+    # diagonals at the floor (e^-10 + 1e-6) and large (1e4), a start far from both:
+    # the float32 penalty is the float64 one to rounding
+    from contmix.distributions import GaussianMixture, LowRankNormal
+    from contmix.mixtures.penalty import diagonal_shift
+
+    g = torch.Generator().manual_seed(0)
+    diag = torch.cat((torch.full((3, 40), math.exp(-10) + 1e-6), torch.full((3, 40), 1e4)), -1)
+    diag = diag * (1 + 1e-3 * torch.rand(3, 80, generator=g, dtype=torch.float64))
+    start = 5 * torch.randn(3, 80, generator=g, dtype=torch.float64)
+    values = []
+    for dtype in (torch.float32, torch.float64):
+        zeros = torch.zeros(3, 80, dtype=dtype)
+        base = LowRankNormal(zeros, zeros.unsqueeze(-1), diag.to(dtype))
+        d = GaussianMixture(base, torch.zeros(3, dtype=dtype))
+        values.append(diagonal_shift(d, start.to(dtype)).double())
+
+    torch.testing.assert_close(values[0], values[1], rtol=1e-6, atol=0)
+
+
 def test_penalty_keeps_the_diagonals_of_few_samples():
     # 40 samples for 4 components in 16-D: maximum likelihood shrinks the diagonals
     torch.manual_seed(0)

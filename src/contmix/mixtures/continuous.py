@@ -359,9 +359,8 @@ class _ContinuousMixture(Clustering, LazyDistribution):
                 x, labels, self.trajectories, self.components, self.rank, n_init, generator
             )
         else:
-            sizes = (self.trajectories, self.components)
-            floor = (math.exp(self.log_diag_min), self.epsilon)
-            stats = best_statistics(x, *sizes, strategy, y, n_init, *floor, generator)
+            sizes, floor = (self.trajectories, self.components), math.exp(self.log_diag_min)
+            stats = best_statistics(x, *sizes, strategy, y, n_init, floor, self.epsilon, generator)
             factor = self.layout.unpack(self._default_start(x, generator)).factor
             factor = factor * stats.variances.mean(dim=(-1, -2)).sqrt()[:, None, None]
             paths = PathComponents(
@@ -449,14 +448,15 @@ class _ContinuousMixture(Clustering, LazyDistribution):
         of the fit."""
 
         if self.context == 0:
-            self._start_of_loaded()
+            self._keep_grid_start()
         else:
             diag = soft_clip(self._log_diag(paths.diag), self.log_diag_min).exp() + self.epsilon
             self.start_log_diag.copy_(diag.log())
 
     @torch.no_grad()
-    def _start_of_loaded(self) -> None:
-        r"""Makes the model's own grid its start (for an unconditional model)."""
+    def _keep_grid_start(self) -> None:
+        r"""Makes the diagonals of the model's own grid its start, for an unconditional
+        model (a conditional one keeps the start it has)."""
 
         if self.context == 0:
             self.start_log_diag.copy_(self._inner(self._grid_states(None)).base.cov_diag.log())

@@ -54,7 +54,8 @@ def diagonal_shift(d: Distribution, start: Tensor) -> Tensor:
 def keep_loaded_start(module: nn.Module) -> None:
     r"""Registers the load hooks of ``module``'s ``start_log_diag``: a state dict that
     lacks it, or holds it for another grid, loads strictly all the same, and the start
-    becomes the loaded model's own diagonals (``module._start_of_loaded()``)."""
+    becomes the loaded model's own diagonals (``module._keep_grid_start()``; a
+    conditional model keeps the start it had)."""
 
     def before(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
         key = prefix + KEY
@@ -68,7 +69,7 @@ def keep_loaded_start(module: nn.Module) -> None:
         for key in missing:
             incompatible.missing_keys.remove(key)
         if not module._loading_start:
-            module._start_of_loaded()
+            module._keep_grid_start()
 
     module.register_load_state_dict_pre_hook(before)
     module.register_load_state_dict_post_hook(after)
