@@ -260,7 +260,11 @@ class _ContinuousMixture(Clustering, LazyDistribution):
         alone. Added to the loss, it keeps the noise of the components where the data
         are too few to fix it, as on the 8x8 digits (about 14 samples per component in
         64 dimensions), where training without it halves the diagonals as the model
-        overfits (see the benchmarks of CPMM training).
+        overfits (see the benchmarks of CPMM training). Its weight does not shrink as
+        the data grow, and it can cost more than it saves: on 10,000 Fashion-MNIST
+        images (40 per component in 784 dimensions), 1000 steps with it end at 5.05
+        bits/dim on the test set, 4.86 without it, with the training set 0.04 below
+        the test set; choose it on held-out data.
 
         References:
             | Explicit Inductive Bias for Transfer Learning with Convolutional Networks
