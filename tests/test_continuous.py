@@ -524,11 +524,12 @@ def test_default_regression_lr_scales_with_the_inputs():
 
 
 def longest_stall(losses: list[float]) -> tuple[int, float]:
-    r"""The longest run of losses above the best so far, and the best."""
+    r"""The longest run of losses above the best so far, and the best (a loss within
+    float32 rounding of the best, as at the best parameters restored, ends a run)."""
 
     best, since, longest = math.inf, 0, 0
     for value in losses:
-        since = 0 if value <= best else since + 1
+        since = 0 if value <= best * (1 + 1e-6) else since + 1
         best, longest = min(best, value), max(longest, since)
 
     return longest, best
