@@ -8,7 +8,8 @@ channel, the state augmented four-fold, log-diagonals soft-clipped at -6);
 ``initialize(x)`` (the "em" start: Ward's groups of k-means clusters, an MFA fitted by EM
 per group, the trajectories regressed on them; ``--strategy kmeans``: the trajectories
 regressed on ordered k-means centres, the paper's Table 2 start), then Adam at 3e-4 on
-batches of 256, the loss plus ``--penalty`` times :meth:`~contmix.CPMM.penalty`. Every
+batches of 256 (``--schedule cosine``: the rate falls to 0 along a half cosine over
+``--steps``), the loss plus ``--penalty`` times :meth:`~contmix.CPMM.penalty`. Every
 ``--every`` steps: test bits/dim of the 256-level pixels (all 10,000 test images, the
 logit transform's Jacobian included) and the clustering accuracy of p(c | x) (Hungarian
 matching), with the same for k-means with 10 clusters (10 restarts) on the same training
@@ -24,6 +25,7 @@ AUPR of the log-likelihood, the outliers of ``evaluation.py``).
 
 import argparse
 import json
+import math
 import time
 
 from pathlib import Path
@@ -92,13 +94,17 @@ def start(args, x, x_test, y_test) -> dict:
     return {"run": run, "model": model.state_dict(), "optimizer": optimizer.state_dict()}
 
 
+def rate(args, step: int) -> float:
+    if args.schedule == "cosine":  # from --lr at the first step to 0 at --steps
+        return args.lr * (1 + math.cos(math.pi * step / args.steps)) / 2
+    return args.lr
+
+
 def train(args, state, x, x_test, y_test) -> None:
     model = model_of(args)
     model.load_state_dict(state["model"])
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     optimizer.load_state_dict(state["optimizer"])
-    for group in optimizer.param_groups:  # --lr, not the saved rate: one start, several rates
-        group["lr"] = args.lr
     run = state["run"]
     step = run["curve"][-1]["step"]
     generator = torch.Generator().manual_seed(args.seed)
@@ -108,13 +114,15 @@ def train(args, state, x, x_test, y_test) -> None:
     while step < args.steps:
         clock = time.perf_counter()
         for _ in range(args.every):
+            for group in optimizer.param_groups:  # --lr, not the saved rate
+                group["lr"] = rate(args, step)
+            step += 1
             batch = x[torch.randint(len(x), (256,), generator=generator)]
             d = model()
             loss = -d.log_prob(batch).mean() + args.penalty * model.penalty(d)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        step += args.every
         seconds = run["curve"][-1]["seconds"] + time.perf_counter() - clock
         point = {"step": step, "seconds": seconds} | evaluate(model, x_test, y_test, x)
         run["curve"].append(point)
@@ -201,6 +209,7 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--every", type=int, default=250)
     parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--schedule", choices=("constant", "cosine"), default="constant")
     parser.add_argument("--penalty", type=float, default=0.0, help="weight of model.penalty")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
