@@ -2,7 +2,8 @@ r"""A HierarchicalCPMM trained directly on Fashion-MNIST (784-D), with the recip
 docs/benchmarks/cpmm_training.md, within a budget of these CPUs; checkpointed.
 
 ``HierarchicalCPMM(784, trajectories=10, components=25, rank=4)`` with MLP dynamics
-(``--hidden``), or with ``--dynamics cnn`` the paper's configuration (the state in image
+(``--hidden``; with ``--spherical``, the paper's constant diagonal, :math:`D = d I`), or
+with ``--dynamics cnn`` the paper's configuration (the state in image
 shape, three 3x3 convolutions of 64 channels with sines, the pseudotime as an extra
 channel, the state augmented four-fold, log-diagonals soft-clipped at -6);
 ``initialize(x)`` (the "em" start: Ward's groups of k-means clusters, an MFA fitted by EM
@@ -74,7 +75,12 @@ def model_of(args) -> contmix.HierarchicalCPMM:
             log_diag_min=-6.0,
         )
     return contmix.HierarchicalCPMM(
-        784, trajectories=10, components=args.components, rank=4, hidden_features=args.hidden
+        784,
+        trajectories=10,
+        components=args.components,
+        rank=4,
+        hidden_features=args.hidden,
+        spherical=args.spherical,
     )
 
 
@@ -204,6 +210,7 @@ if __name__ == "__main__":
     parser.add_argument("--components", type=int, default=25, help="per trajectory")
     parser.add_argument("--dynamics", choices=("mlp", "cnn"), default="mlp")
     parser.add_argument("--hidden", type=int, nargs="+", default=[256], help="of the MLP")
+    parser.add_argument("--spherical", action="store_true", help="D = d I (MLP dynamics)")
     parser.add_argument("--strategy", choices=("em", "kmeans"), default="em", help="start")
     parser.add_argument("--init-steps", type=int, default=None, help="regression (1000)")
     parser.add_argument("--steps", type=int, default=2000)

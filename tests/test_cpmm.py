@@ -486,6 +486,83 @@ def test_cpmm_predict_proba_is_bayes():
     assert torch.equal(model.predict(x), model.predict_proba(x).argmax(dim=-1))
 
 
+# spherical diagonals: D = d I (the paper's "constant diagonal")
+
+
+@pytest.mark.parametrize("cls", [CPMM, HierarchicalCPMM])
+@pytest.mark.parametrize("strategy", ["em", "kmeans", "random"])
+def test_spherical_diagonals(cls, strategy):
+    torch.manual_seed(0)
+    x = torch.randn(300, 3) * torch.tensor([0.1, 1.0, 3.0])
+    sizes = dict(trajectories=2) if cls is HierarchicalCPMM else {}
+    model = cls(3, components=4, rank=1, spherical=True, hidden_features=(16,), **sizes)
+    full = cls(3, components=4, rank=1, hidden_features=(16,), **sizes)
+    assert model.layout.size == full.layout.size - (1 + 2) * (3 - 1)  # augmented twice over
+    model.initialize(x, strategy, steps=10, generator=torch.Generator().manual_seed(0))
+
+    d = model()
+    inner = d.base if cls is HierarchicalCPMM else d
+    diag = inner.base.cov_diag
+    assert torch.equal(diag, diag[..., :1].expand_as(diag))  # one variance per component
+    assert torch.allclose(model.start_log_diag.view_as(diag), diag.log().detach())
+
+    # the density is that of torch's low-rank normals with those parameters
+    logits, loc, factor, log_diag = model.parameters_of(model.states().squeeze(-3))
+    spread = torch.ones_like(loc) * (log_diag[..., :1].exp() + model.epsilon)
+    components = LowRankMultivariateNormal(loc, factor, spread).log_prob(x[:, None, None])
+    inner_log_prob = (components + logits.log_softmax(dim=-1)).logsumexp(dim=-1)
+    if cls is HierarchicalCPMM:
+        expected = (inner_log_prob + d.logits.log_softmax(dim=-1)).logsumexp(dim=-1)
+    else:
+        expected = inner_log_prob.squeeze(-1)
+    assert torch.allclose(d.log_prob(x), expected, **LOG_PROB)
+
+    with torch.no_grad():
+        assert torch.allclose(model.eval().extract()().log_prob(x), d.log_prob(x), **LOG_PROB)
+
+    # the one log-variance of each trajectory's state trains
+    d.log_prob(x).mean().backward()
+    assert model.start.grad[..., model.layout.slices["log_diag"]].abs().min() > 0
+
+
+def test_spherical_conditional():
+    torch.manual_seed(0)
+    x, c = torch.randn(200, 3) * torch.tensor([0.1, 1.0, 3.0]), torch.randn(50, 2)
+    model = HierarchicalCPMM(
+        3, context=2, trajectories=2, components=3, spherical=True, hidden_features=(8,)
+    )
+    model.initialize(x, generator=torch.Generator().manual_seed(0))
+    diag = model(c).base.base.cov_diag
+    assert diag.shape == (50, 2, 3, 3)
+    assert torch.equal(diag, diag[..., :1].expand_as(diag))
+    start = model.start_log_diag  # the fit's, for a conditional model: spherical too
+    assert torch.equal(start, start[..., :1].expand_as(start))
+
+
+def test_spherical_cpmm_reaches_the_closed_form_of_probabilistic_pca():
+    # with one component of rank R, a spherical CPMM is probabilistic PCA, whose maximum
+    # likelihood has a closed form (Tipping and Bishop, 1999): the top R eigenvectors of
+    # the covariance, d the mean of the other eigenvalues
+    torch.manual_seed(0)
+    x = torch.randn(4000, 1) @ (2 * torch.randn(1, 8)) + 0.5 * torch.randn(4000, 8) + 3.0
+    values, vectors = torch.linalg.eigh(torch.cov(x.double().T, correction=0))
+    d = values[:-1].mean()
+    factor = vectors[:, -1:] * (values[-1:] - d).sqrt()
+    best = LowRankMultivariateNormal(x.double().mean(0), factor, d.expand(8))
+    optimum = best.log_prob(x.double()).mean()
+
+    model = CPMM(8, components=1, rank=1, spherical=True, hidden_features=(32,))
+    model.initialize(x, steps=100, generator=torch.Generator().manual_seed(0))
+    train(model, lambda: -model().log_prob(x).mean(), steps=300, lr=1e-2)
+
+    with torch.no_grad():  # the float32 parameters, evaluated in float64
+        fit = model.double()()
+        log_prob = fit.log_prob(x.double()).mean()
+    assert log_prob < optimum + 1e-5  # no spherical model does better (a diagonal: 5e-4)
+    assert log_prob > optimum - 1e-4
+    assert torch.allclose(fit.base.cov_diag, d, rtol=1e-4)
+
+
 # images: the state in image shape, CNN dynamics
 
 SHAPE = (2, 5, 6)  # (C, H, W)
@@ -546,5 +623,7 @@ def test_image_shape_errors():
         CPMM((8, 8), components=3)
     with pytest.raises(ValueError, match="weights"):
         CPMM(SHAPE, components=3, learn_weights=True)
+    with pytest.raises(ValueError, match="spherical=False or flat"):
+        CPMM(SHAPE, components=3, spherical=True)
     with pytest.raises(ValueError, match="60"):  # images must be flattened
         CPMM(SHAPE, components=3, hidden_features=(4,)).initialize(torch.randn(20, *SHAPE))

@@ -37,6 +37,23 @@ def test_layout_round_trip(weights):
     assert (covered == 1).all()
 
 
+@pytest.mark.parametrize("weights", [False, True])
+def test_layout_spherical(weights):
+    layout = StateLayout(features=3, rank=2, augmented=5, weights=weights, spherical=True)
+    assert layout.size == 3 + 6 + 1 + weights + 5
+    h = torch.randn(4, 7, layout.size)
+    assert torch.equal(layout.pack(layout.unpack(h)), h)
+    state = layout.unpack(h)
+    assert state.log_diag.shape == (4, 7, 1)
+    assert torch.equal(state.log_diag[..., 0], h[..., 9])
+    assert torch.equal(state.alpha, h[..., -5:])
+
+    augmented = StateLayout.of(3, rank=2, augment=2.0, weights=weights, spherical=True)
+    assert augmented.augmented == 2 * (3 + 6 + 1 + weights)
+    with pytest.raises(ValueError, match="spherical"):
+        StateLayout.of((1, 2, 2), rank=1, augment=1.0, spherical=True)
+
+
 def test_soft_clip():
     x = torch.linspace(-20, 10, 301, dtype=torch.float64)
     y = soft_clip(x, -6.0)

@@ -54,6 +54,7 @@ class _ContinuousMixture(Clustering, LazyDistribution):
         *,
         augment: float = 2.0,
         learn_weights: bool = False,
+        spherical: bool = False,
         log_diag_min: float = -10.0,
         epsilon: float = 1e-6,
         random_times: int = 0,
@@ -67,7 +68,7 @@ class _ContinuousMixture(Clustering, LazyDistribution):
         check_sizes(**shape, trajectories=trajectories, components=components, rank=rank)
         check_sizes(0, context=context, random_times=random_times)
 
-        self.layout = StateLayout.of(features, rank, augment, learn_weights)
+        self.layout = StateLayout.of(features, rank, augment, learn_weights, spherical)
         self.shape, self.features = self.layout.shape, self.layout.features
         self.context = context
         self.trajectories, self.components, self.rank = trajectories, components, rank
@@ -123,7 +124,7 @@ class _ContinuousMixture(Clustering, LazyDistribution):
         state = State(
             loc=loc,
             factor=1e-2 * noise.to(x.device),
-            log_diag=torch.zeros_like(loc),
+            log_diag=torch.zeros_like(loc[..., : self.layout.shapes["log_diag"][0]]),
             log_weight=torch.zeros_like(loc[..., :1]),
             alpha=torch.zeros(C, self.layout.augmented, dtype=x.dtype, device=x.device),
         )
@@ -292,7 +293,8 @@ class _ContinuousMixture(Clustering, LazyDistribution):
     def parameters_of(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         r"""Returns the mixture parameters of states :math:`h`, with shape
         :math:`(*, S)`: the log-weights, means, loadings and the log-diagonals
-        :math:`\log d`, soft-clipped from below, in :class:`~contmix.MFA`'s layout."""
+        :math:`\log d`, soft-clipped from below (one value spread over the features
+        when they are spherical), in :class:`~contmix.MFA`'s layout."""
 
         state = self.layout.unpack(h)
 
@@ -301,7 +303,9 @@ class _ContinuousMixture(Clustering, LazyDistribution):
         else:
             logits = state.log_weight.squeeze(-1)
 
-        return logits, state.loc, state.factor, soft_clip(state.log_diag, self.log_diag_min)
+        log_diag = soft_clip(state.log_diag, self.log_diag_min).expand_as(state.loc)
+
+        return logits, state.loc, state.factor, log_diag
 
     def _inner(self, h: Tensor) -> GaussianMixture:
         logits, loc, factor, log_diag = self.parameters_of(h)
@@ -387,7 +391,7 @@ class _ContinuousMixture(Clustering, LazyDistribution):
                     self.start.copy_(h0)
 
             if strategy == "kmeans" and self.context == 0 and steps > 0:
-                log_var = self._log_diag(paths.diag)
+                log_var = self._log_diag(self._diag(paths.diag))
                 fit_path(self, paths.loc, log_var, x.var(dim=0).mean(), steps, lr)
             elif strategy == "em" and self.context == 0 and steps > 0:
                 fit_components(self, paths, steps, lr, progress)
@@ -439,6 +443,12 @@ class _ContinuousMixture(Clustering, LazyDistribution):
 
         return self.fit_report
 
+    def _diag(self, diag: Tensor) -> Tensor:
+        r"""The diagonals of the state's kind nearest ``diag``: their mean over the
+        features, with shape :math:`(*, 1)`, when they are spherical."""
+
+        return diag.mean(dim=-1, keepdim=True) if self.layout.spherical else diag
+
     def _log_diag(self, diag: Tensor) -> Tensor:
         r"""The state's :math:`\log d` of diagonals ``diag``, above the soft floor."""
 
@@ -454,8 +464,8 @@ class _ContinuousMixture(Clustering, LazyDistribution):
         if self.context == 0:
             self._keep_grid_start()
         else:
-            diag = soft_clip(self._log_diag(paths.diag), self.log_diag_min).exp() + self.epsilon
-            self.start_log_diag.copy_(diag.log())
+            log_diag = soft_clip(self._log_diag(self._diag(paths.diag)), self.log_diag_min)
+            self.start_log_diag.copy_((log_diag.exp() + self.epsilon).log())
 
     @torch.no_grad()
     def _keep_grid_start(self) -> None:
@@ -473,7 +483,7 @@ class _ContinuousMixture(Clustering, LazyDistribution):
         state = State(
             loc=loc,
             factor=paths.factor[:, 0],
-            log_diag=self._log_diag(paths.diag[:, 0]),
+            log_diag=self._log_diag(self._diag(paths.diag[:, 0])),
             log_weight=paths.log_weights[:, :1],
             alpha=loc.new_zeros(loc.shape[0], self.layout.augmented),
         )

@@ -104,6 +104,10 @@ class CPMM(_ContinuousMixture):
             CNN, :py:`(64, 64)` by default, for images.
         activation: The activation of the dynamics, ``"sin"`` or ``"tanh"``.
         learn_weights: Whether :math:`\log \pi` is in the state (learned weights).
+        spherical: Whether the diagonals are spherical, :math:`D = d I` with one
+            :math:`\log d` per component in the state (the paper's "constant diagonal",
+            its Table 2), for flat features. The start takes the mean of the start's
+            diagonals over the features.
         log_diag_min: The soft lower bound :math:`m` of :math:`\log d`, in the units of
             :math:`x^2`: -10 by default, a standard deviation of 0.007; the paper uses -6
             (0.05) on images in logit space, which floors the narrow components of

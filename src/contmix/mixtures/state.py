@@ -24,7 +24,8 @@ from torch import Tensor
 
 class State(NamedTuple):
     r"""The parts of a CPMM state, each with shape :math:`(*, \dots)`: means
-    :math:`(*, M)`, loadings :math:`(*, M, R)`, log-diagonals :math:`(*, M)`, log-weights
+    :math:`(*, M)`, loadings :math:`(*, M, R)`, log-diagonals :math:`(*, M)` (or
+    :math:`(*, 1)` when they are spherical), log-weights
     :math:`(*, 1)` (or :py:`None` when the weights are constant) and the augmented part
     :math:`(*, L)`."""
 
@@ -44,7 +45,8 @@ class StateLayout:
     where the loadings are stored column after column (each column :math:`A_{:, r}` is
     one contiguous block of :math:`M` values), :math:`\log \pi` is present only when the
     weights are learned and :math:`\alpha \in \mathbb{R}^L` is the augmented part, never
-    read by the mixture.
+    read by the mixture. With spherical diagonals, :math:`D = d I`, :math:`\log d` is one
+    value and :math:`J = (R + 1) M + 1 \, (+ 1)`.
 
     For image-shaped features :math:`M = C \times H \times W` (``shape``), the same
     flat state is a stack of :math:`(R + 2) C + L / (H W)` image channels: :math:`C`
@@ -57,6 +59,7 @@ class StateLayout:
         augmented: The size :math:`L` of the augmented part.
         weights: Whether :math:`\log \pi` is in the state.
         shape: The image shape :math:`(C, H, W)` of the features, if any.
+        spherical: Whether :math:`\log d` is one value, :math:`D = d I`.
 
     Example:
         >>> layout = StateLayout(features=2, rank=1, augmented=3)
@@ -65,6 +68,8 @@ class StateLayout:
         >>> h = torch.randn(5, layout.size)
         >>> torch.equal(layout.pack(layout.unpack(h)), h)
         True
+        >>> StateLayout(features=2, rank=1, augmented=3, spherical=True).slices["log_diag"]
+        slice(4, 5, None)
         >>> layout = StateLayout(features=16, rank=2, augmented=32, shape=(1, 4, 4))
         >>> layout.image(torch.randn(5, layout.size)).shape
         torch.Size([5, 6, 4, 4])
@@ -77,15 +82,16 @@ class StateLayout:
         augmented: int,
         weights: bool = False,
         shape: Sequence[int] | None = None,
+        spherical: bool = False,
     ):
         self.features, self.rank, self.augmented = features, rank, augmented
-        self.weights = weights
+        self.weights, self.spherical = weights, spherical
         self.shape = None if shape is None else tuple(shape)
 
         shapes = {
             "loc": (features,),
             "factor": (rank, features),
-            "log_diag": (features,),
+            "log_diag": (1,) if spherical else (features,),
             "log_weight": (1,) if weights else (0,),
             "alpha": (augmented,),
         }
@@ -107,16 +113,22 @@ class StateLayout:
                     f"augmented size a multiple of H * W, got shape={self.shape} and "
                     f"augmented={augmented}."
                 )
-            if weights:
-                raise ValueError(
-                    "Learned weights are not available with image-shaped features: use "
-                    "learn_weights=False or flat features."
-                )
+            for name, value in (("learn_weights", weights), ("spherical", spherical)):
+                if value:
+                    raise ValueError(
+                        f"{name}=True is not available with image-shaped features: use "
+                        f"{name}=False or flat features."
+                    )
             self.channels = self.size // pixels
 
     @classmethod
     def of(
-        cls, features: int | Sequence[int], rank: int, augment: float, weights: bool = False
+        cls,
+        features: int | Sequence[int],
+        rank: int,
+        augment: float,
+        weights: bool = False,
+        spherical: bool = False,
     ) -> "StateLayout":
         r"""Returns the layout of a continuous mixture whose augmented part is ``augment``
         times the mixture part, :math:`L = \lceil a J \rceil`, or for image-shaped
@@ -130,8 +142,8 @@ class StateLayout:
         """
 
         if isinstance(features, int):
-            mixture = (rank + 2) * features + weights
-            return cls(features, rank, math.ceil(augment * mixture), weights)
+            mixture = (rank + 1) * features + (1 if spherical else features) + weights
+            return cls(features, rank, math.ceil(augment * mixture), weights, None, spherical)
 
         shape = tuple(features)
         if len(shape) != 3 or min(shape) < 1:
@@ -142,7 +154,7 @@ class StateLayout:
         channels, pixels = shape[0], math.prod(shape[1:])
         augmented = math.ceil(augment * (rank + 2) * channels) * pixels
 
-        return cls(math.prod(shape), rank, augmented, weights, shape=shape)
+        return cls(math.prod(shape), rank, augmented, weights, shape, spherical)
 
     def __repr__(self) -> str:
         return f"StateLayout({', '.join(f'{k}={v}' for k, v in self.shapes.items())})"
