@@ -8,7 +8,9 @@ shape, three 3x3 convolutions of 64 channels with sines, the pseudotime as an ex
 channel, the state augmented four-fold, log-diagonals soft-clipped at -6);
 ``initialize(x)`` (the "em" start: Ward's groups of k-means clusters, an MFA fitted by EM
 per group, the trajectories regressed on them; ``--strategy kmeans``: the trajectories
-regressed on ordered k-means centres, the paper's Table 2 start), then Adam at 3e-4 on
+regressed on ordered k-means centres, the paper's Table 2 start; ``--groups CHECKPOINT``:
+the groups of the start are the clusters of the training images by the model of another
+run, e.g. a ``--spherical`` one), then Adam at 3e-4 on
 batches of 256 (``--schedule cosine``: the rate falls to 0 along a half cosine over
 ``--steps``), the loss plus ``--penalty`` times :meth:`~contmix.CPMM.penalty`. Every
 ``--every`` steps: test bits/dim of the 256-level pixels (all 10,000 test images, the
@@ -80,8 +82,18 @@ def model_of(args) -> contmix.HierarchicalCPMM:
         components=args.components,
         rank=4,
         hidden_features=args.hidden,
-        spherical=args.spherical,
+        spherical=getattr(args, "spherical", False),  # absent from older checkpoints
     )
+
+
+def clusters_of(checkpoint: str, x: torch.Tensor) -> torch.Tensor:
+    r"""The clusters that the model of another run's checkpoint gives the samples."""
+
+    state = torch.load(checkpoint, weights_only=False)
+    model = model_of(argparse.Namespace(**state["run"]["args"]))
+    model.load_state_dict(state["model"])
+    with torch.no_grad():
+        return torch.cat([model.predict(b) for b in x.split(1000)])
 
 
 def start(args, x, x_test, y_test) -> dict:
@@ -90,7 +102,10 @@ def start(args, x, x_test, y_test) -> dict:
     reset_peak()
     clock = time.perf_counter()
     generator = torch.Generator().manual_seed(args.seed)
-    model.initialize(x, args.strategy, steps=args.init_steps, generator=generator, progress=True)
+    y = None if args.groups is None else clusters_of(args.groups, x)
+    model.initialize(
+        x, args.strategy, y, steps=args.init_steps, generator=generator, progress=True
+    )
     run = {"args": vars(args), "device": describe("cpu"), "samples": len(x)}
     run["initialize_s"] = time.perf_counter() - clock
     run["initialize_peak_gib"] = resident()
@@ -212,6 +227,7 @@ if __name__ == "__main__":
     parser.add_argument("--hidden", type=int, nargs="+", default=[256], help="of the MLP")
     parser.add_argument("--spherical", action="store_true", help="D = d I (MLP dynamics)")
     parser.add_argument("--strategy", choices=("em", "kmeans"), default="em", help="start")
+    parser.add_argument("--groups", type=str, default=None, help="a checkpoint's clusters")
     parser.add_argument("--init-steps", type=int, default=None, help="regression (1000)")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--every", type=int, default=250)

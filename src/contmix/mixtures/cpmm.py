@@ -79,7 +79,10 @@ class CPMM(_ContinuousMixture):
     checkpoints 100 steps apart). :math:`10^{-3}` oscillates on the 2-D sets. Where
     each component has few samples per feature (the 8x8 digits: about 14 samples per
     component in 64 dimensions), add :meth:`penalty` to the loss: maximum likelihood
-    otherwise halves the diagonals as the model overfits.
+    otherwise halves the diagonals as the model overfits. To cluster images,
+    ``spherical`` trades likelihood for clusters (on 10,000 Fashion-MNIST images,
+    :class:`HierarchicalCPMM` from the ``"kmeans"`` start: 58.0% accuracy against
+    50.6% for k-means, 6.18 bits/dim against 5.08 with diagonals).
 
     References:
         | Continuously Parameterized Mixture Models (Bender et al., 2023)
