@@ -101,6 +101,13 @@ MODELS = {
         dict(trajectories=2, components=3, rank=1, **H),
         contextual=True,
     ),
+    "hcpmm-spherical": Model(
+        HierarchicalCPMM,
+        "hcpmm",
+        ODE_STRATEGIES,
+        2,
+        dict(trajectories=2, components=3, rank=1, spherical=True, **H),
+    ),
     "cpmm-image": Model(
         CPMM,
         "cpmm",
