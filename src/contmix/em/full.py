@@ -25,12 +25,12 @@ import torch
 from torch import Tensor
 
 from .base import degenerate, dtype_of, iterate
+from .sums import kept as _kept
 from ..distributed import Data, accumulate, batches, mean, samples
 from ..distributions import LOG_2PI
 from ..utils import cholesky
 
 ROWS = 2**21  # elements of a block of samples (B, D)
-NEGLIGIBLE = 1e-13  # the mass of a sample's responsibilities that the sums may leave out
 REG = "reg (the variance added to the covariances, e.g. reg=1e-3)"
 
 
@@ -100,28 +100,6 @@ def log_joint(x: Tensor, logits: Tensor, means: Tensor, tril: Tensor) -> Tensor:
     return constant - 0.5 * out
 
 
-def _kept(resp: Tensor) -> Tensor | None:
-    r"""Which responsibilities the sums of :func:`scatter` keep, with shape :math:`(B, K)`,
-    or :py:`None` for all of them (on a GPU, where the selection would wait for the
-    device, and for negative weights).
-
-    A responsibility is left out when it is below :data:`NEGLIGIBLE` / :math:`K` of its
-    sample's total (a sample loses at most :data:`NEGLIGIBLE` of its mass, less than the
-    rounding of the float64 sums over :math:`N` samples, the argument of
-    :func:`~contmix.em.sums.weighted_sums`) and below :data:`NEGLIGIBLE` of the largest
-    responsibility of its component in the block (a component that nearly no sample
-    belongs to keeps those that it has)."""
-
-    if resp.device.type != "cpu" or bool(resp.min() < 0):
-        return None
-
-    K = resp.shape[-1]
-    by_sample = NEGLIGIBLE / K * resp.sum(dim=-1, keepdim=True)
-    by_component = NEGLIGIBLE * resp.amax(dim=0, keepdim=True)
-
-    return (resp > by_sample) | (resp > by_component)
-
-
 def scatter(x: Tensor, resp: Tensor, centers: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     r"""Returns the weighted sums around the centres :math:`c_k` of the M-step,
 
@@ -130,8 +108,9 @@ def scatter(x: Tensor, resp: Tensor, centers: Tensor) -> tuple[Tensor, Tensor, T
 
     with shapes :math:`(K,)`, :math:`(K, D)` and :math:`(K, D, D)`: one
     :math:`(D, N_k) \times (N_k, D)` product per component, over the samples whose
-    responsibility is not negligible (:func:`_kept`; with nearly hard responsibilities in
-    high dimension, about :math:`N` samples in all instead of :math:`N K`).
+    responsibility is not negligible (:func:`~contmix.em.sums.kept`; with nearly hard
+    responsibilities in high dimension, about :math:`N` samples in all instead of
+    :math:`N K`).
 
     Example:
         >>> x = torch.randn(100, 3, dtype=torch.float64)

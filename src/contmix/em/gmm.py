@@ -10,9 +10,10 @@ from torch import Tensor
 
 from . import full
 from .base import BLOCK, CACHE, check_em, check_reg, degenerate, dtype_of, iterate
+from .bounds import Bounded
 from .full import REG
 from .full import factor as _factor
-from .sums import weighted_sums
+from .sums import SPARSE, weighted_sums
 from ..distributed import Data, accumulate, all_reduce, batches, check_batches, mean, samples
 from ..distributions import LOG_2PI, DiagNormal, FullNormal, GaussianMixture
 from ..report import check_progress
@@ -397,13 +398,18 @@ def fit_gmm(
         params, history, converged = full.fit(x, params, tied, tol, max_iter, reg, progress)
         return GMMFit(*(t.to(dtype) for t in params), history.to(dtype), converged)
 
-    shift, N, blocks = _sources(x, covariance_type)
+    if _bounded(x, logits, covariance_type):
+        shift = mean(x.double())
+        N, expectation = samples(x), Bounded(x.double() - shift, samples(x))
+    else:
+        shift, N, blocks = _sources(x, covariance_type)
+        expectation = lambda logits, means, covariances, theta: _expectation(blocks(), theta)
 
     def step() -> float:
         nonlocal params
         logits, means, covariances = params
         theta = _natural(logits, means - shift, covariances, covariance_type).T
-        stats, log_lik = _expectation(blocks(), theta)
+        stats, log_lik = expectation(logits, means - shift, covariances, theta)
         params = _maximization(stats, shift, covariance_type, tied, reg)
         return float(log_lik / N)  # the one host transfer of the iteration
 
@@ -411,6 +417,22 @@ def fit_gmm(
     history = torch.tensor(history, dtype=torch.float64, device=shift.device)
 
     return GMMFit(*(t.to(dtype) for t in params), history.to(dtype), converged)
+
+
+def _bounded(x: Data, logits: Tensor, covariance_type: CovarianceType) -> bool:
+    r"""Whether the E-step of :func:`fit_gmm` is that of :class:`~contmix.em.bounds.Bounded`:
+    for diagonal and spherical covariances, more than :math:`2 \times`
+    :data:`~contmix.em.sums.SPARSE` components, and samples in a tensor on the CPU (on a
+    GPU, the selection of the pairs would wait for the device) whose :math:`N K` distances
+    fit in :data:`CACHE` elements."""
+
+    return (
+        covariance_type != "full"
+        and isinstance(x, Tensor)
+        and x.device.type == "cpu"
+        and logits.shape[-1] > 2 * SPARSE
+        and len(x) * logits.shape[-1] <= CACHE
+    )
 
 
 def _expectation(blocks: Iterable[Tensor], theta: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,7 +1,6 @@
 r"""The sparse sums of the M-step: in high dimension the responsibilities are nearly hard,
-so the weighted sums :math:`\sum_n r_{nk} \phi_{nk}` of EM are a scatter of the few
-largest responsibilities of each sample, plus a product for the few samples whose other
-responsibilities still count."""
+so the weighted sums :math:`\sum_n r_{nk} \phi_{nk}` of EM are a sparse product over the
+responsibilities that are not negligible, about one per sample."""
 
 from typing import NamedTuple
 
@@ -9,9 +8,9 @@ import torch
 
 from torch import Tensor
 
-from .full import NEGLIGIBLE
-
+NEGLIGIBLE = 1e-13  # the mass of a sample's responsibilities that the sums may leave out
 SPARSE = 4  # the responsibilities of each sample that the sparse M-step sums keep
+DENSE = 8  # sums and products over more than 1 / DENSE of the pairs are dense ones
 
 
 class Support(NamedTuple):
@@ -56,18 +55,66 @@ def support(resp: Tensor) -> Support | None:
     return Support(top, index, soft)
 
 
+def kept(resp: Tensor) -> Tensor | None:
+    r"""Which responsibilities the sums of the M-step keep, with shape :math:`(B, K)`,
+    or :py:`None` for all of them (on a GPU, where the selection would wait for the
+    device, and for negative weights).
+
+    A responsibility is left out when it is below :data:`NEGLIGIBLE` / :math:`K` of its
+    sample's total (a sample loses at most :data:`NEGLIGIBLE` of its mass, less than the
+    rounding of the float64 sums over :math:`N` samples) and below :data:`NEGLIGIBLE` of
+    the largest responsibility of its component in the block (a component that nearly no
+    sample belongs to keeps those that it has).
+
+    Example:
+        >>> kept(torch.tensor([[1.0, 1e-20], [0.5, 0.5]], dtype=torch.float64))
+        tensor([[ True, False],
+                [ True,  True]])
+        >>> kept(torch.tensor([[1.0, 1e-20], [1.0, 1e-40]], dtype=torch.float64))
+        tensor([[ True,  True],
+                [ True, False]])
+    """
+
+    if resp.device.type != "cpu" or bool(resp.min() < 0):
+        return None
+
+    K = resp.shape[-1]
+    by_sample = NEGLIGIBLE / K * resp.sum(dim=-1, keepdim=True)
+    by_component = NEGLIGIBLE * resp.amax(dim=0, keepdim=True)
+
+    return (resp > by_sample) | (resp > by_component)
+
+
+def sparse_sums(rows: Tensor, cols: Tensor, values: Tensor, phi: Tensor, K: int) -> Tensor:
+    r"""Returns the sums :math:`\sum_n r_{nk} \phi(x_n)`, with shape :math:`(K, P)`, of
+    the responsibilities :math:`r_{nk}` given as pairs: ``values[i]`` is that of sample
+    ``rows[i]`` for component ``cols[i]``, the others zero. One sparse product.
+
+    Example:
+        >>> phi = torch.randn(3, 2, dtype=torch.float64)
+        >>> rows, cols = torch.tensor([0, 1, 2]), torch.tensor([1, 1, 0])
+        >>> sums = sparse_sums(rows, cols, torch.ones(3, dtype=torch.float64), phi, K=2)
+        >>> torch.allclose(sums, torch.stack((phi[2], phi[0] + phi[1])))
+        True
+    """
+
+    resp = torch.sparse_coo_tensor(
+        torch.stack((cols, rows)), values, (K, len(phi)), check_invariants=False
+    )
+
+    return torch.sparse.mm(resp, phi)
+
+
 def weighted_sums(resp: Tensor, phi: Tensor) -> Tensor:
     r"""Returns the sums :math:`\sum_n r_{nk} \phi(x_n)` of the M-step, with shape
     :math:`(K, P)`, for non-negative responsibilities with shape :math:`(N, K)`.
 
     In high dimension the responsibilities are nearly hard (on Fashion-MNIST with 250
     components, the largest holds all but :math:`e^{-30}` of the mass for 97% of the
-    samples). The sums are taken over the :data:`SPARSE` largest responsibilities of each
-    sample (a scatter of :math:`N \times` :data:`SPARSE` rows instead of a product with
-    all :math:`K` columns), plus, for the samples whose other responsibilities hold more
-    than :data:`NEGLIGIBLE` of their mass (less than the rounding of float64 sums over
-    :math:`N` samples), a product with those others. Where :func:`support` says so, the
-    sums are one matrix product.
+    samples). The sums are then one sparse product (:func:`sparse_sums`) over the
+    responsibilities that are not negligible (:func:`kept`: about one per sample instead
+    of :math:`K`), and one dense product where more than :math:`1 /` :data:`DENSE` of
+    them are kept, with few components, and on a GPU.
 
     Example:
         >>> resp = torch.eye(16, dtype=torch.float64)[torch.randint(16, (100,))]
@@ -76,15 +123,12 @@ def weighted_sums(resp: Tensor, phi: Tensor) -> Tensor:
         True
     """
 
-    s = support(resp)
-    if s is None:
+    keep = kept(resp) if resp.shape[-1] > 2 * SPARSE else None
+    if keep is None:
         return resp.T @ phi
 
-    sums = phi.new_zeros(resp.shape[-1], phi.shape[-1])
-    for j in range(SPARSE):
-        sums.index_add_(0, s.index[:, j], s.top[:, j, None] * phi)
+    rows, cols = keep.nonzero().T
+    if DENSE * len(rows) > keep.numel():
+        return resp.T @ phi
 
-    if len(s.soft) > 0:  # the other responsibilities of the samples that have some
-        sums += s.rest(resp).T @ phi[s.soft]
-
-    return sums
+    return sparse_sums(rows, cols, resp[keep], phi, resp.shape[-1])
