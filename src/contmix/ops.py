@@ -302,7 +302,7 @@ def tied_mahalanobis(x: Tensor, loc: Tensor, weight: Tensor) -> Tensor:
     local = (loc - means + g.local) @ weight.mT  # W (mu_k - c_h(k))
     anchor_local = g.local.index_select(0, index) @ weight.mT  # W (a_n - c_g(n))
     row = (y * (y + 2 * anchor_local)).sum(dim=-1, keepdim=True)
-    maha = row - 2 * y @ local.mT
+    maha = row - y @ (2 * local).mT  # scaling the K rows, not the N, and exactly
 
     if not g.single:  # between groups far apart, around the global centre
         shift = g.shift @ weight.mT

@@ -64,8 +64,8 @@ def _expanded(x: Tensor, squares: Tensor, centers: Tensor) -> Tensor:
     :math:`x'`, whose squared norms are ``squares``, and centred centres :math:`c'`, as
     one matrix product: :math:`\|x'\|^2 - 2 x'^T c' + \|c'\|^2`."""
 
-    d = squares.unsqueeze(-1) - 2 * x @ centers.T + centers.square().sum(dim=-1)
-    return d.clamp(min=0)
+    d = torch.addmm(centers.square().sum(dim=-1), x, centers.T, alpha=-2)  # one pass
+    return d.add_(squares.unsqueeze(-1)).clamp_(min=0)
 
 
 def _distances(x: Tensor, centers: Tensor, shift: Tensor | None = None) -> Tensor:
