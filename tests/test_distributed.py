@@ -48,6 +48,8 @@ def data() -> dict[str, torch.Tensor]:
         "vars": torch.ones(K, D, dtype=torch.float64),
         "factor": torch.randn(K, D, R, generator=g, dtype=torch.float64),
         "empty": torch.cat((x[:2], torch.full((1, D), 100.0, dtype=torch.float64))),
+        "many": 3 * torch.randn(12, D, generator=g, dtype=torch.float64).repeat(25, 1)
+        + 0.3 * torch.randn(300, D, generator=g, dtype=torch.float64),  # 12 blobs
     }
 
 
@@ -67,6 +69,10 @@ def fits(p: dict[str, torch.Tensor], sizes: tuple[int, ...], rank: int) -> dict[
         start = (p["logits"], p["means"], covs[:1] if tied else covs)
         out[f"m_step {cov} {tied}"] = gmm_m_step(x, resp, cov, tied)
         out[f"fit_gmm {cov} {tied}"] = fit_gmm(x, *start, cov, tied, tol=1e-8)
+
+    many = shard(p["many"], sizes, rank)  # 12 components: the bounded E-step
+    start = (torch.zeros(12).double(), p["many"][:12] + 0.1, torch.ones(12, D).double())
+    out["fit_gmm bounded"] = fit_gmm(many, *start, "diagonal", tol=1e-10)
 
     start = (p["logits"], p["means"], p["factor"], p["vars"])
     out["fit_mfa"] = fit_mfa(x, *start, tol=1e-6)

@@ -29,6 +29,7 @@ References:
 """
 
 import math
+import warnings
 
 from typing import NamedTuple
 
@@ -79,7 +80,12 @@ class Drift(NamedTuple):
 
 def constants(logits: Tensor, precisions: Tensor) -> Tensor:
     r"""Returns :math:`c_k = \log \pi_k - \frac{1}{2} \log |2 \pi \Sigma_k|`, with shape
-    :math:`(K,)`, of diagonal precisions with shape :math:`(K, D)`."""
+    :math:`(K,)`, of diagonal precisions with shape :math:`(K, D)`.
+    Example:
+        >>> c = constants(torch.zeros(1), torch.ones(1, 2))
+        >>> bool(torch.isclose(c, torch.tensor([-math.log(2 * math.pi)])))
+        True
+    """
 
     D = precisions.shape[-1]
     log_det = precisions.log().sum(dim=-1)
@@ -94,7 +100,17 @@ def reference(
     squared norm at most ``norm``: rounding moves :math:`s_{nk}^2` by at most
     :math:`4 (P + 5) u (\lambda^{max}_k \cdot norm + \mu_k^T \Lambda_k \mu_k + |c_k| + 1)`
     (the sum of the absolute terms of the :math:`P = 2 D + 1` products, times the bound
-    :math:`\gamma_P` of a sum in any order), so :math:`s_{nk}` by its square root."""
+    :math:`\gamma_P` of a sum in any order), so :math:`s_{nk}` by its square root.
+
+    Example:
+        >>> x, means = torch.randn(5, 3).double(), torch.zeros(2, 3).double()
+        >>> precisions = torch.ones(2, 3).double()
+        >>> c = constants(torch.zeros(2).double(), precisions)
+        >>> joint = c - 0.5 * x.square().sum(-1, keepdim=True)
+        >>> ref = reference(means, precisions, c, 100.0, [joint])
+        >>> torch.allclose(ref.distances[0][:, 0], x.norm(dim=-1))
+        True
+    """
 
     P = 2 * means.shape[-1] + 1
     u = torch.finfo(torch.float64).eps / 2
@@ -106,7 +122,15 @@ def reference(
 
 
 def drift(ref: Reference, means: Tensor, precisions: Tensor, constant: Tensor) -> Drift:
-    r"""Returns the :class:`Drift` of the parameters from the reference."""
+    r"""Returns the :class:`Drift` of the parameters from the reference.
+
+    Example:
+        >>> means, precisions = torch.zeros(1, 2).double(), torch.ones(1, 2).double()
+        >>> ref = reference(means, precisions, torch.zeros(1).double(), 1.0, [])
+        >>> moved = drift(ref, means + 3, 4 * precisions, torch.zeros(1).double())
+        >>> round(float(moved.shift - ref.slack), 6), float(moved.low), float(moved.high)
+        (4.242641, 4.0, 4.0)
+    """
 
     ratio = precisions / ref.precisions
     shift = ((means - ref.means).square() * ref.precisions).sum(dim=-1).sqrt()
@@ -127,6 +151,16 @@ class Bounded:
     Arguments:
         x: The centered samples, with shape :math:`(N, D)`, in float64.
         N: The number of samples of all shards.
+
+    Example:
+        >>> from contmix.em.gmm import _natural
+        >>> x = torch.cat((torch.randn(50, 2) - 9, torch.randn(50, 2) + 9)).double()
+        >>> logits, means, variances = torch.zeros(10).double(), x[::10], torch.ones(10, 2)
+        >>> theta = _natural(logits, means, variances.double(), "diagonal").T
+        >>> e_step = Bounded(x, len(x))
+        >>> stats, log_lik = e_step(logits, means, variances.double(), theta)
+        >>> stats.shape, float(stats[:, -1].sum())  # the sums of (x * x, x, 1) per component
+        (torch.Size([10, 5]), 100.0)
     """
 
     def __init__(self, x: Tensor, N: int):
@@ -251,7 +285,9 @@ def _sampled(
     (B, D), K = x.shape, theta.shape[-1]
     crow = torch.zeros(B + 1, dtype=rows.dtype, device=rows.device)
     crow[1:] = torch.bincount(rows, minlength=B).cumsum(0)
-    mask = torch.sparse_csr_tensor(crow, cols, theta[-1, cols], (B, K))
+    with warnings.catch_warnings():  # torch's sparse CSR layout warns that it is in beta
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
+        mask = torch.sparse_csr_tensor(crow, cols, theta[-1, cols], (B, K), check_invariants=False)
     joint = torch.sparse.sampled_addmm(mask, square, theta[:D])
     joint = torch.sparse.sampled_addmm(joint, x, theta[D:-1]).values()
 
