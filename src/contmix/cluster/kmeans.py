@@ -5,10 +5,13 @@ import torch
 from torch import Tensor
 
 from .distances import _expanded, _own, reference
+from .elkan import Elkan
 from .seeding import _seeds, _seeds_batches, check_generator
 from ..distributed import Data, all_reduce, batches, check_batches, gather, is_sharded, rank
 from ..report import check_progress, progress_bar, warn_convergence
 from ..utils import check_sizes
+
+BOUNDS = 2**25  # the most lower bounds (float64) that Lloyd's algorithm keeps
 
 
 def _reseed(x: Tensor, centers: Tensor, labels: Tensor, empty: Tensor) -> Tensor:
@@ -41,6 +44,15 @@ def _unchanged(new: Tensor, labels: Tensor) -> bool:
     return torch.equal(new, labels)
 
 
+def _bounded(x: Tensor, k: int) -> bool:
+    r"""Whether Lloyd's algorithm assigns the samples through Elkan's bounds
+    (:class:`~contmix.cluster.elkan.Elkan`): for more than 8 centres, on the CPU (on a GPU
+    the selection of the samples in doubt would wait for the device), where the
+    :math:`N k` lower bounds hold in :data:`BOUNDS` elements."""
+
+    return k > 8 and x.device.type == "cpu" and len(x) * k <= BOUNDS
+
+
 def _lloyd(
     x: Tensor, squares: Tensor, centers: Tensor, iterations: int, progress: bool | None = None
 ) -> tuple[Tensor, Tensor, Tensor, bool]:
@@ -49,10 +61,14 @@ def _lloyd(
     stopped changing within ``iterations``."""
 
     k, labels, converged, empty = len(centers), None, False, []
+    bounds = Elkan(x, squares) if _bounded(x, k) else None
 
     with progress_bar(iterations, "k-means", progress) as bar:
         for _ in range(iterations):
-            new = _expanded(x, squares, centers).argmin(dim=-1)
+            if bounds is None:
+                new = _expanded(x, squares, centers).argmin(dim=-1)
+            else:
+                new = bounds.labels(centers).clone()
             counts = all_reduce(torch.bincount(new, minlength=k))
             empty = (counts == 0).nonzero().squeeze(-1)
             if len(empty) > 0:
