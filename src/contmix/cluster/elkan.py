@@ -12,7 +12,8 @@ A sample whose upper bound lies below all its lower bounds keeps its centre; the
 have the distance to their centre computed exactly, and those still in doubt all their
 distances, as the dense assignment computes them (:func:`_expanded`). The bounds hold a
 margin for the rounding of those float32 distances, so that a sample keeps its centre
-only where the dense assignment would keep it too.
+only where the dense assignment would keep it too. The margin of a sample grows with the
+norm of the farthest centre: a centre at a far outlier makes every assignment dense.
 
 References:
     | Using the Triangle Inequality to Accelerate k-Means (Elkan, 2003)
