@@ -159,7 +159,7 @@ class Bounded:
         >>> theta = _natural(logits, means, variances.double(), "diagonal").T
         >>> e_step = Bounded(x, len(x))
         >>> stats, log_lik = e_step(logits, means, variances.double(), theta)
-        >>> stats.shape, round(float(stats[:, -1].sum()), 9)  # the sums of (x * x, x, 1) per component
+        >>> stats.shape, round(float(stats[:, -1].sum()), 9)  # sums of (x * x, x, 1)
         (torch.Size([10, 5]), 100.0)
     """
 
