@@ -41,6 +41,7 @@ from .sums import DENSE, NEGLIGIBLE, kept, sparse_sums
 from ..distributed import all_reduce
 
 ROWS = 2**22  # elements of a block of samples (B, D)
+REFRESH = 16  # a new reference once the bounds keep more than 1 / REFRESH of the pairs
 TAIL = 50.0  # nats below a sample's largest log-joint from which a component is left out
 
 
@@ -204,7 +205,7 @@ class Bounded:
 
         if moved is None:
             self.ref = reference(means, precisions, constant, self.norm, joints)
-        elif DENSE * count > sum(map(len, self.x)) * len(constant):
+        elif REFRESH * count > sum(map(len, self.x)) * len(constant):
             self.ref = None  # the next iteration is dense and sets a new reference
 
         stats, log_lik = all_reduce(stats, log_lik)
