@@ -200,7 +200,7 @@ def test_bounded_refreshes_after_a_jump():
         g = torch.Generator().manual_seed(int(jump))
         logits = torch.zeros(K, dtype=torch.float64)
         means = x[:K] - shift + jump * torch.randn(K, D, generator=g).double()
-        variances = torch.ones(K, D, dtype=torch.float64)  # about the blobs' own
+        variances = torch.full((K, D), 0.3, dtype=torch.float64)  # about the blobs
         theta = gmm._natural(logits, means, variances, "diagonal").T
         had = e_step.ref is not None
         stats, log_lik = e_step(logits, means, variances, theta)
