@@ -13,6 +13,13 @@ from contmix.em import fit_gmm
 from contmix.em.bounds import TAIL, Bounded, constants, drift, reference
 
 
+@pytest.fixture(autouse=True)
+def bounded(monkeypatch):
+    r"""The bounded E-step from one feature on (by default, from gmm.BOUNDED)."""
+
+    monkeypatch.setattr(gmm, "BOUNDED", 1)
+
+
 def exact(x: torch.Tensor, logits, means, variances) -> torch.Tensor:
     r"""The log-joints of diagonal Gaussians by the sum of squared differences."""
 
@@ -62,10 +69,11 @@ def test_bounds_keep_every_pair_within_the_tail(seed):
 
     new_precisions = moved_variances.reciprocal()
     moved = drift(ref, moved_means, new_precisions, constants(moved_logits, new_precisions))
-    keep = moved.bounds(ref.distances[0], joint.argmax(-1))
+    keep, reach = moved.bounds(ref.distances[0], joint.argmax(-1))
 
     within = new >= new.amax(-1, keepdim=True) - TAIL
     assert keep[within].all()
+    assert (reach >= (new - new.amax(-1, keepdim=True)).amax(0) - 1e-9 * new.abs().amax()).all()
     upper = moved.constant - 0.5 * moved.low * (ref.distances[0] - moved.shift).clamp(min=0) ** 2
     lower = moved.constant - 0.5 * moved.high * (ref.distances[0] + moved.shift) ** 2
     assert (upper >= new - 1e-9 * new.abs()).all() and (lower <= new + 1e-9 * new.abs()).all()
@@ -88,9 +96,9 @@ class Spy:
         bounds_of = bounds.Drift.bounds
 
         def kept(self, distances, top):
-            keep = bounds_of(self, distances, top)
+            keep, reach = bounds_of(self, distances, top)
             spy.kept, spy.pairs = spy.kept + int(keep.sum()), spy.pairs + keep.numel()
-            return keep
+            return keep, reach
 
         monkeypatch.setattr(Bounded, "__call__", counted)
         monkeypatch.setattr(bounds.Drift, "bounds", kept)
@@ -214,7 +222,9 @@ def test_bounded_refreshes_after_a_jump():
             assert e_step.ref is not None
 
 
-def test_bounded_is_taken_where_it_applies():
+def test_bounded_is_taken_where_it_applies(monkeypatch):
+    monkeypatch.setattr(gmm, "BOUNDED", 3)
+    assert not gmm._bounded(torch.randn(100, 2), torch.zeros(9), "diagonal")  # few features
     x = torch.randn(100, 3, dtype=torch.float64)
     assert gmm._bounded(x, torch.zeros(9), "diagonal")
     assert gmm._bounded(x, torch.zeros(9), "spherical")
@@ -223,3 +233,30 @@ def test_bounded_is_taken_where_it_applies():
     assert not gmm._bounded(x.split(10), torch.zeros(9), "diagonal")  # batches: one pass each
     assert not gmm._bounded(torch.randn(2**25 // 9 + 1, 1), torch.zeros(9), "diagonal")
     assert math.isclose(TAIL, 50.0)
+
+
+@pytest.mark.filterwarnings("ignore::contmix.report.ConvergenceWarning")
+def test_components_of_zero_responsibilities_cost_no_pass(monkeypatch):
+    r"""Components whose responsibilities are zero in float64 (more than UNDERFLOW nats
+    below) keep their zero sums without a pass over all samples, as the dense E-step."""
+
+    x = blobs()
+    K, D = 24, x.shape[-1]
+    means = x[:K].clone()
+    means[-2:] = x.mean(0) + 50 * x.std(0)  # thousands of nats below every sample
+    start = (torch.zeros(K, dtype=torch.float64), means, x.var(0).expand(K, D).clone())
+    gap = (exact(x, *start)[:, -2:] - exact(x, *start).logsumexp(-1, keepdim=True)).amax()
+    assert gap < -bounds.UNDERFLOW
+
+    passes = []
+    columns = Bounded._columns
+    monkeypatch.setattr(
+        Bounded, "_columns", lambda self, *a: passes.append(1) or columns(self, *a)
+    )
+    spy = Spy(monkeypatch)
+    fit = fit_gmm(x, *start, "diagonal", tol=0.0, max_iter=6)
+    expected = dense_fit(monkeypatch, x, *start, "diagonal", tol=0.0, max_iter=6)
+
+    assert spy.pruned > 0 and not passes
+    torch.testing.assert_close(fit.means, expected.means, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(fit.logits, expected.logits, rtol=1e-9, atol=1e-9)

@@ -13,6 +13,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import zuko
 
+import contmix.em.gmm as gmm
+
 from contmix import CPMM, GMM, Curriculum, distributed
 from contmix.cluster import kmeans, kmeans_plusplus
 from contmix.curriculum import Settings
@@ -72,7 +74,9 @@ def fits(p: dict[str, torch.Tensor], sizes: tuple[int, ...], rank: int) -> dict[
 
     many = shard(p["many"], sizes, rank)  # 12 components: the bounded E-step
     start = (torch.zeros(12).double(), p["many"][:12] + 0.1, torch.ones(12, D).double())
+    bounded, gmm.BOUNDED = gmm.BOUNDED, 1  # (from 128 features by default)
     out["fit_gmm bounded"] = fit_gmm(many, *start, "diagonal", tol=1e-10)
+    gmm.BOUNDED = bounded
 
     start = (p["logits"], p["means"], p["factor"], p["vars"])
     out["fit_mfa"] = fit_mfa(x, *start, tol=1e-6)

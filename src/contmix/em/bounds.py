@@ -20,13 +20,18 @@ computed exactly, as the dense E-step computes them (one sampled product,
 :func:`torch.sparse.sampled_addmm`). The log-likelihood is that of all components to
 :math:`K e^{-50}` of itself. A component whose kept responsibilities sum to so little that
 those left out could count (below :data:`NEGLIGIBLE` of it) has its sums taken over all
-samples. The distances are recomputed, with the dense E-step, when the bounds keep more
-than :math:`1 /` :data:`REFRESH` of the pairs, and a block of samples whose bounds keep
-more than :math:`1 /` :data:`~contmix.em.sums.DENSE` of its pairs is computed densely.
+samples, unless the bounds show that all of its responsibilities are zero in float64
+(more than :data:`UNDERFLOW` nats below), as the dense E-step computes them.
 
-The bounds are loose where the variances move: :math:`\rho^-_k` is the smallest ratio
-over all features, and on Fashion-MNIST, in the first EM iterations from a k-means start,
-a few pixels near the variance floor put its median at 0.4-0.7, and the bounds keep 10-50%
+The distances are recomputed, with the dense E-step, when the bounds keep more than
+:math:`1 /` :data:`REFRESH` of the pairs, and a block of samples whose bounds keep more
+than :math:`1 /` :data:`~contmix.em.sums.DENSE` of its pairs is computed densely. A
+reference that fails at once is retried after 1, 2, 4, ... up to :data:`WAIT` dense
+iterations (soft responsibilities never give sparse ones).
+
+The bounds are loose where the variances move: :math:`\rho^-_k` is the smallest ratio over
+all features, and on Fashion-MNIST, in the first EM iterations from a k-means start, a
+few pixels near the variance floor put its median at 0.4-0.7, and the bounds keep 10-50%
 of the pairs (0.6% if the precisions had not moved): those iterations cost as much as
 dense ones.
 
@@ -49,6 +54,8 @@ from ..distributed import all_reduce
 
 ROWS = 2**22  # elements of a block of samples (B, D)
 REFRESH = 16  # a new reference once the bounds keep more than 1 / REFRESH of the pairs
+WAIT = 16  # the most dense iterations between two references that keep too many pairs
+UNDERFLOW = 746.0  # nats below the largest from which a float64 responsibility is zero
 TAIL = 50.0  # nats below a sample's largest log-joint from which a component is left out
 
 
@@ -74,16 +81,19 @@ class Drift(NamedTuple):
     high: Tensor
     constant: Tensor
 
-    def bounds(self, distances: Tensor, top: Tensor) -> Tensor:
+    def bounds(self, distances: Tensor, top: Tensor) -> tuple[Tensor, Tensor]:
         r"""Returns which pairs the E-step keeps, with shape :math:`(B, K)`: those whose
         upper bound is within :data:`TAIL` nats of the lower bound of the component
-        ``top`` of each sample (its largest log-joint at the previous iteration)."""
+        ``top`` of each sample (its largest log-joint at the previous iteration); and a
+        bound on the largest log-ratio :math:`\ell_{nk} - \max_j \ell_{nj}` of each
+        component, with shape :math:`(K,)`."""
 
         own = distances.gather(-1, top.unsqueeze(-1)).squeeze(-1)
         lower = self.constant[top] - 0.5 * self.high[top] * (own + self.shift[top]).square()
         upper = (distances - self.shift).clamp_(min=0).square_().mul_(-0.5 * self.low)
+        upper = upper.add_(self.constant)
 
-        return upper.add_(self.constant) >= (lower - TAIL).unsqueeze(-1)
+        return upper >= (lower - TAIL).unsqueeze(-1), upper.amax(dim=0) - lower.amin()
 
 
 def constants(logits: Tensor, precisions: Tensor) -> Tensor:
@@ -177,6 +187,8 @@ class Bounded:
         self.N = N
         self.ref = None
         self.top = [None] * len(self.x)
+        self.age = 0  # the iterations bounded by the reference so far
+        self.wait = self.backoff = 0  # dense iterations to go, and after the next failure
 
     def __call__(
         self, logits: Tensor, means: Tensor, covariances: Tensor, theta: Tensor
@@ -189,39 +201,60 @@ class Bounded:
         precisions = covariances.reciprocal().expand_as(means)
         constant = constants(logits, precisions)
         moved = None if self.ref is None else drift(self.ref, means, precisions, constant)
+        keeping = moved is None and self.wait == 0  # whether to keep a new reference
         stats, log_lik, count, joints, totals = 0, 0, 0, [], []
+        alive = torch.zeros_like(constant, dtype=torch.bool)  # in a block left sparse
 
         for i, x in enumerate(self.x):
             square = x.square()
-            keep = None if moved is None else moved.bounds(self.ref.distances[i], self.top[i])
+            keep = None
+            if moved is not None:
+                keep, reach = moved.bounds(self.ref.distances[i], self.top[i])
             size = len(x) * len(constant) if keep is None else int(keep.sum())
 
             if DENSE * size > len(x) * len(constant):
                 joint = _joint(square, x, theta)
                 self.top[i], total, resp = _softmax(joint)
                 sums = _dense_sums(resp, square, x)
-                joints.append(joint)
+                if keeping:
+                    joints.append(joint)
             else:
                 rows, cols = keep.nonzero().T
                 self.top[i], total, values = _sampled(square, x, theta, rows, cols)
                 sums = _pair_sums(rows, cols, values, square, x, len(constant))
+                alive = alive | (reach > -UNDERFLOW)
 
             stats, count = stats + sums, count + size
             log_lik = log_lik + total.sum()
             totals.append(total)
 
-        if moved is None:
-            self.ref = reference(means, precisions, constant, self.norm, joints)
+        if keeping:
+            self.ref, self.age = reference(means, precisions, constant, self.norm, joints), 0
+        elif moved is None:
+            self.wait -= 1
         elif REFRESH * count > sum(map(len, self.x)) * len(constant):
-            self.ref = None  # the next iteration is dense and sets a new reference
+            self._fail()
+        else:
+            self.age, self.backoff = self.age + 1, 0
 
-        stats, log_lik = all_reduce(stats, log_lik)
+        stats, log_lik, alive = all_reduce(stats, log_lik, alive.to(stats.dtype))
 
-        dead = stats[:, -1] < self.N * math.exp(-TAIL) / NEGLIGIBLE
+        dead = (stats[:, -1] < self.N * math.exp(-TAIL) / NEGLIGIBLE) & (alive > 0)
         if bool(dead.any()):
             stats[dead] = all_reduce(self._columns(theta, dead, totals))
 
         return stats, log_lik
+
+    def _fail(self) -> None:
+        r"""Drops a reference whose bounds kept too many pairs. The next iteration takes a
+        new one, unless it failed at once (the responsibilities are soft, or the parameters
+        still move much): then 1, 2, 4, ... up to :data:`WAIT` iterations are plain dense
+        ones first."""
+
+        if self.age == 0:
+            self.backoff = min(max(2 * self.backoff, 1), WAIT)
+            self.wait = self.backoff
+        self.ref = None
 
     def _columns(self, theta: Tensor, dead: Tensor, totals: list[Tensor]) -> Tensor:
         r"""Returns the sums of the components ``dead`` over all samples."""

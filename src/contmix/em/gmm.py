@@ -25,6 +25,11 @@ COVARIANCE_TYPES = ("full", "diagonal", "spherical")
 # iteration: 20-D 11 ms by the statistics vs 23 ms; 24-D 38 vs 28 ms; 128-D 1.66 vs 0.27 s)
 COVARIANCE_FORM = 24
 
+# the dimension from which the diagonal E-step is bounded (K=32, N=50,000, 20 iterations,
+# separated / overlapping blobs, bounded against dense: 16-D 0.68x / 0.50x, 64-D 1.54x /
+# 0.79x, 256-D 1.23x / 1.06x; 784-D Fashion-MNIST, 250 components: 3x per iteration)
+BOUNDED = 128
+
 
 class GMMFit(NamedTuple):
     r"""The result of :func:`fit_gmm`."""
@@ -339,10 +344,10 @@ def fit_gmm(
     :math:`x` (the expanded quadratic form loses too much in float32); the fitted
     parameters come back in the dtype of :math:`x`.
 
-    With diagonal or spherical covariances, more than 8 components and the samples in a
-    tensor on the CPU, the E-step computes only the log-joints that bounds from an
-    earlier iteration do not rule out (:class:`~contmix.em.bounds.Bounded`, as Elkan's
-    bounds do for k-means): those more than 50 nats below a sample's largest, whose
+    With diagonal or spherical covariances, 128 features or more, more than 8 components
+    and the samples in a tensor on the CPU, the E-step computes only the log-joints that
+    bounds from an earlier iteration do not rule out (:class:`~contmix.em.bounds.Bounded`,
+    as Elkan's bounds do for k-means): those more than 50 nats below a sample's largest, whose
     responsibilities are below :math:`e^{-50}`, are left out, and the others are those
     of the dense E-step. The fit is the dense one's to the rounding of float64; in 784-D,
     with 250 components, an iteration computes about one log-joint per sample instead of
@@ -430,8 +435,9 @@ def fit_gmm(
 
 def _bounded(x: Data, logits: Tensor, covariance_type: CovarianceType) -> bool:
     r"""Whether the E-step of :func:`fit_gmm` is that of :class:`~contmix.em.bounds.Bounded`:
-    for diagonal and spherical covariances, more than :math:`2 \times`
-    :data:`~contmix.em.sums.SPARSE` components, and samples in a tensor on the CPU (on a
+    for diagonal and spherical covariances, from :data:`BOUNDED` features on, more than
+    :math:`2 \times` :data:`~contmix.em.sums.SPARSE` components, and samples in a tensor
+    on the CPU (on a
     GPU, the selection of the pairs would wait for the device) whose :math:`N K` distances
     fit in :data:`CACHE` elements."""
 
@@ -439,6 +445,7 @@ def _bounded(x: Data, logits: Tensor, covariance_type: CovarianceType) -> bool:
         covariance_type != "full"
         and isinstance(x, Tensor)
         and x.device.type == "cpu"
+        and x.shape[-1] >= BOUNDED
         and logits.shape[-1] > 2 * SPARSE
         and len(x) * logits.shape[-1] <= CACHE
     )
