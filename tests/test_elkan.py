@@ -13,6 +13,13 @@ from contmix.cluster.elkan import Elkan
 lloyd = sys.modules["contmix.cluster.kmeans"]
 
 
+@pytest.fixture(autouse=True)
+def bounded(monkeypatch):
+    r"""Elkan's bounds from one feature on (by default, from kmeans.FEATURES)."""
+
+    monkeypatch.setattr(lloyd, "FEATURES", 1)
+
+
 def blobs(K=20, D=64, n=30, seed=0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     centers = 3 * torch.randn(K, D, generator=g)
@@ -73,7 +80,9 @@ def test_kmeans_with_bounds_equals_dense(monkeypatch, name):
     torch.testing.assert_close(centers, dense_centers, rtol=1e-6, atol=1e-5)
 
 
-def test_bounds_are_taken_where_they_apply():
+def test_bounds_are_taken_where_they_apply(monkeypatch):
+    monkeypatch.setattr(lloyd, "FEATURES", 3)
+    assert not lloyd._bounded(torch.randn(100, 2), 9)  # few features: the dense assignment
     x = torch.randn(100, 3)
     assert lloyd._bounded(x, 9)
     assert not lloyd._bounded(x, 8)  # few centres: the dense assignment
