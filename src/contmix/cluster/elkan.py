@@ -52,10 +52,10 @@ class Elkan:
     """
 
     def __init__(self, x: Tensor, squares: Tensor):
-        gamma = 2 * (x.shape[-1] + 3) * torch.finfo(x.dtype).eps / 2
+        gamma = (x.shape[-1] + 3) * torch.finfo(x.dtype).eps  # twice (D + 3) u: a margin
         self.x, self.squares = x, squares
         self.norms = squares.double().sqrt()
-        self.gamma = gamma / (1 - gamma)  # twice the bound on a sum of D + 3 rounded terms
+        self.gamma = gamma / (1 - gamma)  # of two on the bound of a sum of D + 3 terms
         self.centers = None
         self.calls = 0
         self.computed = 0  # the samples whose distances the last call computed

@@ -51,9 +51,8 @@ def _unchanged(new: Tensor, labels: Tensor) -> bool:
 def _bounded(x: Tensor, k: int) -> bool:
     r"""Whether Lloyd's algorithm assigns the samples through Elkan's bounds
     (:class:`~contmix.cluster.elkan.Elkan`): from :data:`FEATURES` features on, for more
-    than 8 centres, on the CPU (on a GPU
-    the selection of the samples in doubt would wait for the device), where the
-    :math:`N k` lower bounds hold in :data:`BOUNDS` elements."""
+    than 8 centres, on the CPU (on a GPU the selection of the samples in doubt would wait
+    for the device), where the :math:`N k` lower bounds hold in :data:`BOUNDS` elements."""
 
     return x.shape[-1] >= FEATURES and k > 8 and x.device.type == "cpu" and len(x) * k <= BOUNDS
 

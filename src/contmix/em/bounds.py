@@ -49,7 +49,7 @@ import torch
 
 from torch import Tensor
 
-from .sums import DENSE, NEGLIGIBLE, kept, sparse_sums
+from .sums import DENSE, NEGLIGIBLE, pairs, sparse_sums
 from ..distributed import all_reduce
 
 ROWS = 2**22  # elements of a block of samples (B, D)
@@ -277,16 +277,14 @@ def _joint(square: Tensor, x: Tensor, theta: Tensor) -> Tensor:
 
 def _dense_sums(resp: Tensor, square: Tensor, x: Tensor) -> Tensor:
     r"""Returns :math:`\sum_n r_{nk} \phi(x_n)` of responsibilities with shape
-    :math:`(B, K)`: over the pairs that :func:`~contmix.em.sums.kept` keeps, or one
-    dense product where they are more than :math:`1 /` :data:`~contmix.em.sums.DENSE`."""
+    :math:`(B, K)`, as :func:`~contmix.em.sums.weighted_sums` does with :math:`\phi(x)`:
+    over the pairs of :func:`~contmix.em.sums.pairs`, or one dense product."""
 
-    keep = kept(resp)
-    rows, cols = keep.nonzero().T
-
-    if DENSE * len(rows) > keep.numel():
+    kept_pairs = pairs(resp)
+    if kept_pairs is None:
         return torch.cat((resp.T @ square, resp.T @ x, resp.sum(0)[:, None]), dim=-1)
 
-    return _pair_sums(rows, cols, resp[keep], square, x, resp.shape[-1])
+    return _pair_sums(*kept_pairs, square, x, resp.shape[-1])
 
 
 def _pair_sums(

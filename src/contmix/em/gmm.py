@@ -347,9 +347,9 @@ def fit_gmm(
     With diagonal or spherical covariances, 128 features or more, more than 8 components
     and the samples in a tensor on the CPU, the E-step computes only the log-joints that
     bounds from an earlier iteration do not rule out (:class:`~contmix.em.bounds.Bounded`,
-    as Elkan's bounds do for k-means): those more than 50 nats below a sample's largest, whose
-    responsibilities are below :math:`e^{-50}`, are left out, and the others are those
-    of the dense E-step. The fit is the dense one's to the rounding of float64; in 784-D,
+    as Elkan's bounds do for k-means): those more than 50 nats below a sample's largest,
+    whose responsibilities are below :math:`e^{-50}`, are left out, and the others are
+    those of the dense E-step. The fit is the dense one's to the rounding of float64; in 784-D,
     with 250 components, an iteration computes about one log-joint per sample instead of
     250.
 
@@ -413,8 +413,10 @@ def fit_gmm(
         return GMMFit(*(t.to(dtype) for t in params), history.to(dtype), converged)
 
     if _bounded(x, logits, covariance_type):
-        shift = mean(x.double())
-        N, expectation = samples(x), Bounded(x.double() - shift, samples(x))
+        x64, N = x.double(), samples(x)
+        shift = mean(x64)
+        expectation = Bounded(x64 - shift, N)
+        del x64
     else:
         shift, N, blocks = _sources(x, covariance_type)
         expectation = lambda logits, means, covariances, theta: _expectation(blocks(), theta)
@@ -437,9 +439,8 @@ def _bounded(x: Data, logits: Tensor, covariance_type: CovarianceType) -> bool:
     r"""Whether the E-step of :func:`fit_gmm` is that of :class:`~contmix.em.bounds.Bounded`:
     for diagonal and spherical covariances, from :data:`BOUNDED` features on, more than
     :math:`2 \times` :data:`~contmix.em.sums.SPARSE` components, and samples in a tensor
-    on the CPU (on a
-    GPU, the selection of the pairs would wait for the device) whose :math:`N K` distances
-    fit in :data:`CACHE` elements."""
+    on the CPU (on a GPU, the selection of the pairs would wait for the device) whose
+    :math:`N K` distances fit in :data:`CACHE` elements."""
 
     return (
         covariance_type != "full"

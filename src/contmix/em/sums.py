@@ -105,6 +105,29 @@ def sparse_sums(rows: Tensor, cols: Tensor, values: Tensor, phi: Tensor, K: int)
     return torch.sparse.mm(resp, phi)
 
 
+def pairs(resp: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+    r"""Returns the responsibilities that the sparse sums keep (:func:`kept`) as pairs:
+    their samples, their components and their values, each with shape :math:`(M,)`; or
+    :py:`None` where the sums are better one dense product: with few components, on a
+    GPU, and where more than :math:`1 /` :data:`DENSE` of them are kept.
+
+    Example:
+        >>> rows, cols, values = pairs(torch.eye(16, dtype=torch.float64)[[3, 5]])
+        >>> rows.tolist(), cols.tolist(), values.tolist()
+        ([0, 1], [3, 5], [1.0, 1.0])
+    """
+
+    keep = kept(resp) if resp.shape[-1] > 2 * SPARSE else None
+    if keep is None:
+        return None
+
+    rows, cols = keep.nonzero().T
+    if DENSE * len(rows) > keep.numel():
+        return None
+
+    return rows, cols, resp[keep]
+
+
 def weighted_sums(resp: Tensor, phi: Tensor) -> Tensor:
     r"""Returns the sums :math:`\sum_n r_{nk} \phi(x_n)` of the M-step, with shape
     :math:`(K, P)`, for non-negative responsibilities with shape :math:`(N, K)`.
@@ -123,12 +146,8 @@ def weighted_sums(resp: Tensor, phi: Tensor) -> Tensor:
         True
     """
 
-    keep = kept(resp) if resp.shape[-1] > 2 * SPARSE else None
-    if keep is None:
+    kept_pairs = pairs(resp)
+    if kept_pairs is None:
         return resp.T @ phi
 
-    rows, cols = keep.nonzero().T
-    if DENSE * len(rows) > keep.numel():
-        return resp.T @ phi
-
-    return sparse_sums(rows, cols, resp[keep], phi, resp.shape[-1])
+    return sparse_sums(*kept_pairs, phi, resp.shape[-1])
