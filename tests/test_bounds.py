@@ -1,6 +1,7 @@
 r"""Tests for contmix.em.bounds: the E-step over the components that the bounds do not rule
 out gives the dense E-step's fit, whatever moves between iterations."""
 
+import itertools
 import math
 
 import pytest
@@ -10,7 +11,7 @@ import contmix.em.bounds as bounds
 import contmix.em.gmm as gmm
 
 from contmix.em import fit_gmm
-from contmix.em.bounds import TAIL, Bounded, constants, drift, reference
+from contmix.em.bounds import TAIL, Bounded, constants, drift, rounding
 
 
 @pytest.fixture(autouse=True)
@@ -38,70 +39,156 @@ def blobs(K=20, D=64, n=30, seed=0, spread=4.0) -> torch.Tensor:
     ]
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_bounds_keep_every_pair_within_the_tail(seed):
-    r"""Wherever the parameters move (means far, variances up and down by orders of
-    magnitude, at the floor), a pair whose exact log-joint is within TAIL nats of its
-    sample's largest is kept, and the bounds bracket the exact log-joints."""
+def exact_bounds(x, logits, means, variances):
+    r"""The lower bounds on the distances, the largest component of each sample and an
+    upper bound on its distance, as :class:`Bounded` keeps them after a dense call."""
+
+    precisions = variances.reciprocal().expand_as(means)
+    c = constants(logits, precisions)
+    joint = exact(x, logits, means, variances)
+    distances = (2 * (c - joint)).clamp(min=0).sqrt()
+    slack = rounding(means, precisions, c, float(x.square().sum(-1).max()))
+    top = joint.argmax(-1)
+    upper = distances.gather(-1, top[:, None]).squeeze(-1) + slack[top]
+
+    return (distances - slack).clamp(min=0), top, upper
+
+
+def moves(x, K, seed, scale, steps=1):
+    r"""Random parameters and ``steps`` moves of them: means far, variances up and down
+    by orders of magnitude, some at the floor."""
 
     g = torch.Generator().manual_seed(seed)
-    x = blobs(seed=seed) + 1e4
-    x = x - x.mean(0)
-    K, D = 20, x.shape[-1]
+    D = x.shape[-1]
     logits = torch.randn(K, generator=g, dtype=torch.float64)
     means = (
         x[torch.randperm(len(x), generator=g)[:K]] + 0.1 * torch.randn(K, D, generator=g).double()
     )
     variances = torch.rand(K, D, generator=g, dtype=torch.float64) + 1e-6
     variances[0, :5] = 1e-6  # at the floor
+    params = [(logits, means, variances)]
+    for _ in range(steps):
+        logits, means, variances = params[-1]
+        params.append(
+            (
+                logits + scale * torch.randn(K, generator=g).double(),
+                means + scale * torch.randn(K, D, generator=g).double(),
+                variances * torch.exp(scale * torch.randn(K, D, generator=g).double()),
+            )
+        )
+    return params
 
-    joint = exact(x, logits, means, variances)
-    precisions = variances.reciprocal()
-    ref = reference(
-        means, precisions, constants(logits, precisions), float(x.square().sum(-1).max()), [joint]
-    )
 
+def step(lower, top, upper, old, new):
+    r"""The bounds of ``new`` parameters from those of ``old`` ones (``lower`` in place)."""
+
+    precisions = [v.reciprocal().expand_as(m) for _, m, v in (old, new)]
+    moved = drift((old[1], precisions[0]), new[1], precisions[1], constants(new[0], precisions[1]))
+    keep, reach = moved.bounds(lower, top, upper)
+    return moved, keep, reach
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_bounds_keep_every_pair_within_the_tail(seed):
+    r"""Wherever the parameters move, a pair whose exact log-joint is within TAIL nats of
+    its sample's largest is kept, and the moved bounds bracket the exact log-joints."""
+
+    x = blobs(seed=seed) + 1e4
+    x = x - x.mean(0)
     scale = [0.0, 1e-3, 0.1, 1.0, 3.0, 10.0][seed]
-    moved_means = means + scale * torch.randn(K, D, generator=g).double()
-    moved_variances = variances * torch.exp(scale * torch.randn(K, D, generator=g).double())
-    moved_logits = logits + scale * torch.randn(K, generator=g).double()
-    new = exact(x, moved_logits, moved_means, moved_variances)
+    old, new = moves(x, 20, seed, scale)
+    lower, top, upper = exact_bounds(x, *old)
+    moved, keep, reach = step(lower, top, upper, old, new)
 
-    new_precisions = moved_variances.reciprocal()
-    moved = drift(ref, moved_means, new_precisions, constants(moved_logits, new_precisions))
-    keep, reach = moved.bounds(ref.distances[0], joint.argmax(-1))
-
-    within = new >= new.amax(-1, keepdim=True) - TAIL
+    joint = exact(x, *new)
+    within = joint >= joint.amax(-1, keepdim=True) - TAIL
     assert keep[within].all()
-    assert (reach >= (new - new.amax(-1, keepdim=True)).amax(0) - 1e-9 * new.abs().amax()).all()
-    upper = moved.constant - 0.5 * moved.low * (ref.distances[0] - moved.shift).clamp(min=0) ** 2
-    lower = moved.constant - 0.5 * moved.high * (ref.distances[0] + moved.shift) ** 2
-    assert (upper >= new - 1e-9 * new.abs()).all() and (lower <= new + 1e-9 * new.abs()).all()
+    largest = (joint - joint.amax(-1, keepdim=True)).amax(0)
+    assert (reach >= largest - 1e-9 * joint.abs().amax()).all()
+    assert (moved.constant - 0.5 * lower.square() >= joint - 1e-9 * joint.abs()).all()
     if scale <= 1e-3:  # barely moved: nearly every pair of separated blobs is left out
         assert keep.float().mean() < 0.2
 
 
+@pytest.mark.parametrize("ratio", [0.25, 1.0, 4.0])
+def test_bounds_are_tight_where_the_triangle_is_flat(ratio):
+    r"""Samples on the line of a mean's move, beyond it, along the feature whose precision
+    changed least: the lower bounds equal the exact distances (to the rounding slack),
+    and hold."""
+
+    D, far = 3, torch.tensor([4.0, 8.0, 40.0], dtype=torch.float64)
+    x = torch.zeros(len(far), D, dtype=torch.float64)
+    x[:, 0] = far
+    old = (
+        torch.zeros(2, dtype=torch.float64),
+        torch.tensor([[0.0] * D, [-9.0] * D], dtype=torch.float64),
+        torch.ones(2, D, dtype=torch.float64),
+    )
+    variances = torch.ones(2, D, dtype=torch.float64)
+    variances[0, 0] = 1 / ratio  # the precision of feature 0 times ratio, the others more
+    variances[0, 1:] = 1 / (2 * ratio)
+    new = (old[0], old[1] + torch.tensor([[2.0, 0, 0], [0, 0, 0]]).double(), variances)
+
+    lower, top, upper = exact_bounds(x, *old)
+    step(lower, top, upper, old, new)
+    precisions = variances.reciprocal()
+    distances = ((x[:, None] - new[1]) ** 2 * precisions).sum(-1).sqrt()
+
+    assert (lower <= distances).all()
+    torch.testing.assert_close(lower[:, 0], distances[:, 0], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 0.1, 1.0])
+def test_bounds_hold_through_many_moves(scale):
+    r"""Bounds moved through several iterations, those of the kept pairs made exact again
+    at each (as :class:`Bounded` does), stay below the exact distances of every pair."""
+
+    x = blobs(seed=3) + 1e4
+    x = x - x.mean(0)
+    params = moves(x, 20, 3, scale, steps=8)
+    lower, top, upper = exact_bounds(x, *params[0])
+
+    for old, new in itertools.pairwise(params):
+        moved, keep, _ = step(lower, top, upper, old, new)
+        joint = exact(x, *new)
+        assert keep[joint >= joint.amax(-1, keepdim=True) - TAIL].all()
+        assert (moved.constant - 0.5 * lower.square() >= joint - 1e-9 * joint.abs()).all()
+
+        fresh, top, upper = exact_bounds(x, *new)
+        lower[keep] = fresh[keep]  # the pairs computed exactly
+        assert keep.gather(-1, top[:, None]).all()  # the largest component is among them
+
+
 class Spy:
-    r"""Counts the iterations of :class:`Bounded` that found a reference (pruned ones)
-    and the pairs they kept."""
+    r"""Counts the calls of :class:`Bounded` that had bounds (all but the first) and the
+    pairs that the bounds of each call kept."""
 
     def __init__(self, monkeypatch):
-        self.pruned, self.kept, self.pairs = 0, 0, 0
+        self.pruned, self.calls = 0, []
         call, spy = Bounded.__call__, self
 
         def counted(self, *args):
-            spy.pruned += self.ref is not None
+            spy.pruned += self.previous is not None
+            spy.calls.append([0, 0])
             return call(self, *args)
 
         bounds_of = bounds.Drift.bounds
 
-        def kept(self, distances, top):
-            keep, reach = bounds_of(self, distances, top)
-            spy.kept, spy.pairs = spy.kept + int(keep.sum()), spy.pairs + keep.numel()
+        def kept(self, *args):
+            keep, reach = bounds_of(self, *args)
+            spy.calls[-1][0] += int(keep.sum())
+            spy.calls[-1][1] += keep.numel()
             return keep, reach
 
         monkeypatch.setattr(Bounded, "__call__", counted)
         monkeypatch.setattr(bounds.Drift, "bounds", kept)
+
+    @property
+    def kept(self) -> float:
+        r"""The fraction of the pairs that the bounds of the last call kept."""
+
+        kept, pairs = self.calls[-1]
+        return kept / pairs
 
 
 def dense_fit(monkeypatch, *args, **kwargs):
@@ -141,7 +228,7 @@ def test_bounded_fit_equals_dense_fit(monkeypatch, case, cov, tied):
     fit = fit_gmm(x, *start, cov, tied, tol=0.0, max_iter=25)
     expected = dense_fit(monkeypatch, x, *start, cov, tied, tol=0.0, max_iter=25)
 
-    assert spy.pruned > 10 and spy.kept < spy.pairs / 4  # it left most pairs out
+    assert spy.pruned > 10 and spy.kept < 1 / 4  # it left most pairs out
     # the same products summed in another order: the outliers, 1e3 away, round the
     # log-joints of their rows to about 1e-8 nats, and the parameters to about 1e-9
     tol = 1e-7 if case == "outliers" else 1e-10
@@ -193,9 +280,9 @@ def test_dead_components_sum_over_all_samples(monkeypatch):
     torch.testing.assert_close(fit.covariances, expected.covariances, rtol=1e-8, atol=1e-15)
 
 
-def test_bounded_refreshes_after_a_jump():
+def test_bounded_after_a_jump(monkeypatch):
     r"""Parameters that jump between two calls keep too many pairs: the blocks are
-    computed densely and the next call takes a new reference; the sums and the
+    computed densely, and the next call leaves most pairs out again; the sums and the
     log-likelihood are those of the dense E-step throughout."""
 
     x = blobs()
@@ -203,23 +290,25 @@ def test_bounded_refreshes_after_a_jump():
     shift = x.mean(0)
     e_step = Bounded(x - shift, len(x))
     blocks = gmm._blocks(x - shift, "diagonal")
+    spy = Spy(monkeypatch)
 
-    for jump in (0.0, 0.0, 5.0, 0.0):
+    last = None
+    for jump in (0.0, 0.0, 5.0, 0.0, 0.0):
         g = torch.Generator().manual_seed(int(jump))
         logits = torch.zeros(K, dtype=torch.float64)
         means = x[:K] - shift + jump * torch.randn(K, D, generator=g).double()
         variances = torch.full((K, D), 0.3, dtype=torch.float64)  # about the blobs
         theta = gmm._natural(logits, means, variances, "diagonal").T
-        had = e_step.ref is not None
         stats, log_lik = e_step(logits, means, variances, theta)
         expected = gmm._expectation(blocks(), theta)
 
         torch.testing.assert_close(log_lik, expected[1], rtol=1e-13, atol=0)
         torch.testing.assert_close(stats, expected[0], rtol=1e-10, atol=1e-10)
-        if jump > 0:
-            assert had and e_step.ref is None
-        else:  # unmoved parameters (or a dense call): a reference for the next call
-            assert e_step.ref is not None
+        if jump != last and last is not None:  # a jump, there or back: dense
+            assert spy.kept > 1 / bounds.DENSE
+        elif last is not None:  # unmoved
+            assert spy.kept < 1 / 4
+        last = jump
 
 
 def test_bounded_is_taken_where_it_applies(monkeypatch):

@@ -85,6 +85,24 @@ def kept(resp: Tensor) -> Tensor | None:
     return (resp > by_sample) | (resp > by_component)
 
 
+def kept_pairs(rows: Tensor, cols: Tensor, values: Tensor, K: int) -> Tensor:
+    r"""Which responsibilities given as pairs the sums of the M-step keep, with shape
+    :math:`(M,)`, as :func:`kept` for those of a block whose other responsibilities are
+    zero: ``values[i]`` is that of sample ``rows[i]`` for component ``cols[i]``, and those
+    of each sample sum to one.
+
+    Example:
+        >>> rows, cols = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 0, 1])
+        >>> values = torch.tensor([1.0, 1e-20, 1.0, 1e-40], dtype=torch.float64)
+        >>> kept_pairs(rows, cols, values, K=2).tolist()
+        [True, True, True, False]
+    """
+
+    largest = values.new_zeros(K).scatter_reduce_(0, cols, values, "amax")
+
+    return (values > NEGLIGIBLE / K) | (values > NEGLIGIBLE * largest[cols])
+
+
 def sparse_sums(rows: Tensor, cols: Tensor, values: Tensor, phi: Tensor, K: int) -> Tensor:
     r"""Returns the sums :math:`\sum_n r_{nk} \phi(x_n)`, with shape :math:`(K, P)`, of
     the responsibilities :math:`r_{nk}` given as pairs: ``values[i]`` is that of sample
