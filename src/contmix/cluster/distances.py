@@ -68,6 +68,18 @@ def _expanded(x: Tensor, squares: Tensor, centers: Tensor) -> Tensor:
     return d.add_(squares.unsqueeze(-1)).clamp_(min=0)
 
 
+def _rounding(norms: Tensor, largest: Tensor, D: int, dtype: torch.dtype) -> Tensor:
+    r"""A bound on the rounding of the squared distances of :func:`_expanded` in
+    ``dtype`` between :math:`D`-dimensional samples of norms ``norms`` and centres of
+    norm at most ``largest``, with the shape of ``norms``: twice the bound
+    :math:`\gamma_{D + 3} (\|x'\| + \|c'\|)^2` of a sum of :math:`D + 3` terms of
+    absolute sum at most :math:`(\|x'\| + \|c'\|)^2`."""
+
+    gamma = (D + 3) * torch.finfo(dtype).eps  # twice (D + 3) u
+
+    return gamma / (1 - gamma) * (norms + largest).square()
+
+
 def _distances(x: Tensor, centers: Tensor, shift: Tensor | None = None) -> Tensor:
     r"""Squared Euclidean distances, with shape :math:`(N, K)`, expanded around
     ``shift`` (by default :func:`reference` of :math:`x`)."""

@@ -9,10 +9,12 @@ inequality keeps valid when the centres move by :math:`p_k`,
 .. math:: u_n \gets u_n + p_{a_n}, \quad l_{nk} \gets l_{nk} - p_k .
 
 A sample whose upper bound lies below all its lower bounds keeps its centre; the others
-have the distance to their centre computed exactly, and those still in doubt all their
-distances, as the dense assignment computes them (:func:`_expanded`). The bounds hold a
-margin for the rounding of those float32 distances, so that a sample keeps its centre
-only where the dense assignment would keep it too. The margin of a sample grows with the
+have all their distances computed, as the dense assignment computes them
+(:func:`_expanded`), which makes their bounds exact again. (Computing first the distance
+to the sample's own centre, as Elkan does, cost more than it saved in 784-D: 3.1 s of a
+10.4 s run on Fashion-MNIST with 250 centres.) The bounds hold a margin for the rounding
+of those float32 distances, so that a sample keeps its centre only where the dense
+assignment would keep it too. The margin of a sample grows with the
 norm of the farthest centre: a centre at a far outlier makes every assignment dense.
 
 References:
@@ -24,9 +26,10 @@ import torch
 
 from torch import Tensor
 
-from .distances import _expanded
+from .distances import _expanded, _rounding
 
-DENSE = 4  # where more than 1 / DENSE of the samples are in doubt, all are assigned densely
+DENSE = 2  # where more than 1 / DENSE of the samples are in doubt, all are assigned densely
+# (Fashion-MNIST, 250 centres: 6.9 s at 1 / 2, 7.4 s at 1 / 4, 9.6 s at 1 / 8, 7.2 s never)
 ROUND = 2**-20  # a relative margin for the float32 rounding of the lower bounds (16 ulps)
 
 
@@ -37,7 +40,8 @@ class Elkan:
     The :math:`N \times K` lower bounds are kept in float32, rounded down: each is lowered
     by :data:`ROUND` of itself where it is set, and the test that rules a centre out
     raises the upper bound by :data:`ROUND` of itself per iteration since, more than the
-    rounding of the updates.
+    rounding of the updates. The bound of a sample on its own centre is infinite, so that
+    the test is one minimum over each row.
 
     Arguments:
         x: The centred samples, with shape :math:`(N, D)`.
@@ -52,10 +56,8 @@ class Elkan:
     """
 
     def __init__(self, x: Tensor, squares: Tensor):
-        gamma = (x.shape[-1] + 3) * torch.finfo(x.dtype).eps  # twice (D + 3) u: a margin
         self.x, self.squares = x, squares
         self.norms = squares.double().sqrt()
-        self.gamma = gamma / (1 - gamma)  # of two on the bound of a sum of D + 3 terms
         self.centers = None
         self.calls = 0
         self.computed = 0  # the samples whose distances the last call computed
@@ -65,7 +67,7 @@ class Elkan:
         dense assignment, computed for the samples that the bounds leave in doubt."""
 
         largest = centers.double().norm(dim=-1).amax()
-        margin = self.gamma * (self.norms + largest).square()  # the rounding of a distance
+        margin = _rounding(self.norms, largest, self.x.shape[-1], self.x.dtype)
         self.calls += 1
 
         first = self.centers is None
@@ -73,18 +75,13 @@ class Elkan:
             moved = (centers.double() - self.centers).norm(dim=-1)
             self.upper += moved[self.label]
             self.lower.sub_(moved.to(self.lower.dtype) * (1 + ROUND))
-            doubt = self._doubt(self.lower, self.upper, self.label, margin).nonzero()[:, 0]
+            doubt = self._doubt(self.lower, self.upper, margin).nonzero()[:, 0]
 
         self.centers = centers.double()
         if first or DENSE * len(doubt) > len(self.x):
             self.computed = len(self.x)
             self.label, self.upper, self.lower = self._assign(self.x, self.squares, margin)
             return self.label
-
-        own = (self.x[doubt].double() - self.centers[self.label[doubt]]).norm(dim=-1)
-        self.upper[doubt] = own * (1 + 1e-12)
-        rows = (self.lower[doubt], self.upper[doubt], self.label[doubt], margin[doubt])
-        doubt = doubt[self._doubt(*rows)]
 
         self.computed = len(doubt)
         if len(doubt) > 0:
@@ -93,15 +90,13 @@ class Elkan:
 
         return self.label
 
-    def _doubt(self, lower: Tensor, upper: Tensor, label: Tensor, margin: Tensor) -> Tensor:
+    def _doubt(self, lower: Tensor, upper: Tensor, margin: Tensor) -> Tensor:
         r"""Returns whether the upper bound of each sample, with the rounding margin, fails
         to lie below the lower bounds of all the other centres, with shape :math:`(N,)`."""
 
         reach = (upper.square() + 2 * margin).sqrt() * (1 + ROUND * self.calls)
-        doubt = lower < reach.to(lower.dtype).unsqueeze(-1)
-        doubt[torch.arange(len(label), device=label.device), label] = False
 
-        return doubt.any(dim=-1)
+        return lower.amin(dim=-1) < reach.to(lower.dtype)  # lower is infinite at the label
 
     def _assign(self, x: Tensor, squares: Tensor, margin: Tensor) -> tuple[Tensor, ...]:
         r"""Returns the nearest centres of the samples ``x`` by their dense distances, and
@@ -113,5 +108,6 @@ class Elkan:
         upper = (own.double() + margin).sqrt()
         below = (margin * (1 + ROUND)).to(distances.dtype).unsqueeze(-1)
         lower = distances.sub_(below).clamp_(min=0).sqrt_().mul_(1 - ROUND)
+        lower.scatter_(-1, label.unsqueeze(-1), torch.inf)  # no bound on its own centre
 
         return label, upper, lower

@@ -12,10 +12,10 @@ from ..report import check_progress, progress_bar, warn_convergence
 from ..utils import check_sizes
 
 BOUNDS = 2**25  # the most lower bounds that Lloyd's algorithm keeps
-# the dimension from which Lloyd's algorithm is bounded (K=32, N=50,000, overlapping /
-# separated blobs, Elkan against dense: 16-D 0.58x / 0.64x, 64-D 0.87x / 0.84x, 256-D
-# 1.16x / 1.13x; 784-D Fashion-MNIST, 250 centres: 1.8x)
-FEATURES = 128
+# the dimension from which Lloyd's algorithm is bounded (K=32, N=50,000, 50 iterations,
+# separated / overlapping blobs, Elkan against dense: 16-D 1.26x / 0.76x, 64-D 1.30x /
+# 1.45x, 256-D 1.49x / 1.65x; 784-D Fashion-MNIST, 250 centres: 3.0x, 6.3 s against 19 s)
+FEATURES = 64
 
 
 def _reseed(x: Tensor, centers: Tensor, labels: Tensor, empty: Tensor) -> Tensor:

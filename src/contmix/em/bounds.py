@@ -148,10 +148,11 @@ class Bounded:
 
     It goes through the samples in blocks of :data:`ROWS` elements and keeps, between
     iterations, the :math:`B \times K` lower bounds on the distances of each block, and
-    for each sample its largest component and an upper bound on its distance. The sums of
-    a block are sparse products (:func:`~contmix.em.sums.sparse_sums`) with :math:`x \odot
-    x` and :math:`x`, over the responsibilities that are not negligible
-    (:func:`~contmix.em.sums.kept`).
+    for each sample its largest component and an upper bound on its distance. The
+    features :math:`(x \odot x, x)` of each block are kept side by side, so that a
+    block's log-joints are one product and its sums one sparse product
+    (:func:`~contmix.em.sums.sparse_sums`), over the responsibilities that are not
+    negligible (:func:`~contmix.em.sums.kept`).
 
     Arguments:
         x: The centered samples, with shape :math:`(N, D)`, in float64.
@@ -169,14 +170,14 @@ class Bounded:
     """
 
     def __init__(self, x: Tensor, N: int):
-        self.x = x.split(max(ROWS // x.shape[-1], 1))
-        self.squares = [chunk.square() for chunk in self.x]
-        self.norm = max(float(square.sum(dim=-1).max()) for square in self.squares)
+        blocks = x.split(max(ROWS // x.shape[-1], 1))
+        self.phi = [torch.cat((chunk.square(), chunk), dim=-1) for chunk in blocks]
+        self.norm = float(x.square().sum(dim=-1).max())
         self.N = N
         self.previous = None  # the means and precisions of the last call
-        self.lower = [None] * len(self.x)  # the lower bounds on the distances of each block
-        self.top = [None] * len(self.x)  # the largest component of each sample
-        self.upper = [None] * len(self.x)  # an upper bound on its distance
+        self.lower = [None] * len(blocks)  # the lower bounds on the distances of each block
+        self.top = [None] * len(blocks)  # the largest component of each sample
+        self.upper = [None] * len(blocks)  # an upper bound on its distance
 
     def __call__(
         self, logits: Tensor, means: Tensor, covariances: Tensor, theta: Tensor
@@ -194,23 +195,25 @@ class Bounded:
             moved = drift(previous, means, precisions, constant)
         stats, log_lik, totals, K = 0, 0, [], len(constant)
         alive = torch.zeros_like(constant, dtype=torch.bool)  # in a block left sparse
+        columns = theta[:-1].T.contiguous().T  # a faster layout for the sampled products
 
-        for i, (x, square) in enumerate(zip(self.x, self.squares, strict=True)):
+        for i, phi in enumerate(self.phi):
+            B = len(phi)
             keep = None
             if moved is not None:
                 keep, reach = moved.bounds(self.lower[i], self.top[i], self.upper[i])
 
-            if keep is None or DENSE * int(keep.sum()) > len(x) * K:
-                joint = _joint(square, x, theta)
+            if keep is None or DENSE * int(keep.sum()) > B * K:
+                joint = _joint(phi, theta)
                 top, largest, total, resp = _softmax(joint)
-                sums = _dense_sums(resp, square, x)
+                sums = _dense_sums(resp, phi)
                 self.lower[i] = _distances(joint, constant).sub_(slack).clamp_(min=0)
             else:
                 rows, cols = keep.nonzero().T
-                joint = _sampled(square, x, theta, rows, cols)
-                top, largest, total, values = _sparse_softmax(joint, rows, cols, len(x))
+                joint = _sampled(phi, theta[-1], columns, rows, cols)
+                top, largest, total, values = _sparse_softmax(joint, rows, cols, B)
                 held = kept_pairs(rows, cols, values, K)  # those not negligible
-                sums = _pair_sums(rows[held], cols[held], values[held], square, x, K)
+                sums = _pair_sums(rows[held], cols[held], values[held], phi, K)
                 exact = _distances(joint, constant[cols]).sub_(slack[cols]).clamp_(min=0)
                 self.lower[i][rows, cols] = exact
                 alive = alive | (reach > -UNDERFLOW)
@@ -234,9 +237,9 @@ class Bounded:
         r"""Returns the sums of the components ``dead`` over all samples."""
 
         sums = 0
-        for x, square, total in zip(self.x, self.squares, totals, strict=True):
-            resp = (_joint(square, x, theta[:, dead]) - total.unsqueeze(-1)).exp()
-            sums = sums + torch.cat((resp.T @ square, resp.T @ x, resp.sum(0)[:, None]), dim=-1)
+        for phi, total in zip(self.phi, totals, strict=True):
+            resp = (_joint(phi, theta[:, dead]) - total.unsqueeze(-1)).exp()
+            sums = sums + torch.cat((resp.T @ phi, resp.sum(0)[:, None]), dim=-1)
 
         return sums
 
@@ -248,39 +251,32 @@ def _distances(joint: Tensor, constant: Tensor) -> Tensor:
     return joint.neg_().add_(constant).mul_(2).clamp_(min=0).sqrt_()
 
 
-def _joint(square: Tensor, x: Tensor, theta: Tensor) -> Tensor:
-    r"""Returns the log-joints :math:`\theta_k^T \phi(x_n)`, with shape :math:`(B, K)`."""
+def _joint(phi: Tensor, theta: Tensor) -> Tensor:
+    r"""Returns the log-joints :math:`\theta_k^T \phi(x_n)`, with shape :math:`(B, K)`, of
+    the features :math:`(x \odot x, x)` of a block, with shape :math:`(B, 2 D)`."""
 
-    D = x.shape[-1]
-    return torch.addmm(theta[-1], square, theta[:D]).addmm_(x, theta[D:-1])
+    return torch.addmm(theta[-1], phi, theta[:-1])
 
 
-def _dense_sums(resp: Tensor, square: Tensor, x: Tensor) -> Tensor:
+def _dense_sums(resp: Tensor, phi: Tensor) -> Tensor:
     r"""Returns :math:`\sum_n r_{nk} \phi(x_n)` of responsibilities with shape
     :math:`(B, K)`, as :func:`~contmix.em.sums.weighted_sums` does with :math:`\phi(x)`:
     over the pairs of :func:`~contmix.em.sums.pairs`, or one dense product."""
 
     kept_pairs = pairs(resp)
     if kept_pairs is None:
-        return torch.cat((resp.T @ square, resp.T @ x, resp.sum(0)[:, None]), dim=-1)
+        return torch.cat((resp.T @ phi, resp.sum(0)[:, None]), dim=-1)
 
-    return _pair_sums(*kept_pairs, square, x, resp.shape[-1])
+    return _pair_sums(*kept_pairs, phi, resp.shape[-1])
 
 
-def _pair_sums(
-    rows: Tensor, cols: Tensor, values: Tensor, square: Tensor, x: Tensor, K: int
-) -> Tensor:
+def _pair_sums(rows: Tensor, cols: Tensor, values: Tensor, phi: Tensor, K: int) -> Tensor:
     r"""Returns :math:`\sum_n r_{nk} \phi(x_n)` of the responsibilities ``values`` of the
     pairs ``(rows, cols)``, with shape :math:`(K, 2 D + 1)`."""
 
-    return torch.cat(
-        (
-            sparse_sums(rows, cols, values, square, K),
-            sparse_sums(rows, cols, values, x, K),
-            values.new_zeros(K).index_add_(0, cols, values)[:, None],
-        ),
-        dim=-1,
-    )
+    counts = values.new_zeros(K).index_add_(0, cols, values)
+
+    return torch.cat((sparse_sums(rows, cols, values, phi, K), counts[:, None]), dim=-1)
 
 
 def _softmax(joint: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -295,19 +291,20 @@ def _softmax(joint: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return index, top, top + total.log(), weights / total.unsqueeze(-1)
 
 
-def _sampled(square: Tensor, x: Tensor, theta: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
-    r"""Returns the log-joints of the pairs ``(rows, cols)`` only, sorted by row, with shape
-    :math:`(M,)`: two sampled products (:func:`torch.sparse.sampled_addmm`)."""
+def _sampled(phi: Tensor, bias: Tensor, weight: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    r"""Returns the log-joints :math:`b_k + w_k^T \phi(x_n)` of the pairs ``(rows, cols)``
+    only, sorted by row, with shape :math:`(M,)`, of the features of a block, with shape
+    :math:`(B, 2 D)`, the biases with shape :math:`(K,)` and the weights with shape
+    :math:`(2 D, K)`: one sampled product (:func:`torch.sparse.sampled_addmm`)."""
 
-    (B, D), K = x.shape, theta.shape[-1]
+    B, K = len(phi), len(bias)
     crow = torch.zeros(B + 1, dtype=rows.dtype, device=rows.device)
     crow[1:] = torch.bincount(rows, minlength=B).cumsum(0)
     with warnings.catch_warnings():  # torch's sparse CSR layout warns that it is in beta
         warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
-        mask = torch.sparse_csr_tensor(crow, cols, theta[-1, cols], (B, K), check_invariants=False)
-    joint = torch.sparse.sampled_addmm(mask, square, theta[:D])
+        mask = torch.sparse_csr_tensor(crow, cols, bias[cols], (B, K), check_invariants=False)
 
-    return torch.sparse.sampled_addmm(joint, x, theta[D:-1]).values()
+    return torch.sparse.sampled_addmm(mask, phi, weight).values()
 
 
 def _sparse_softmax(

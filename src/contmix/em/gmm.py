@@ -26,8 +26,8 @@ COVARIANCE_TYPES = ("full", "diagonal", "spherical")
 COVARIANCE_FORM = 24
 
 # the dimension from which the diagonal E-step is bounded (K=32, N=50,000, 20 iterations,
-# separated / overlapping blobs, bounded against dense: 16-D 0.68x / 0.50x, 64-D 1.54x /
-# 0.79x, 256-D 1.23x / 1.06x; 784-D Fashion-MNIST, 250 components: 3x per iteration)
+# separated / overlapping blobs, bounded against dense: 16-D 0.89x / 0.49x, 64-D 1.66x /
+# 0.90x, 256-D 1.62x / 1.35x; 784-D Fashion-MNIST, 250 components: 7x per late iteration)
 BOUNDED = 128
 
 
