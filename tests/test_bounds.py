@@ -11,7 +11,7 @@ import contmix.em.bounds as bounds
 import contmix.em.gmm as gmm
 
 from contmix.em import fit_gmm
-from contmix.em.bounds import TAIL, Bounded, constants, drift, rounding
+from contmix.em.bounds import TAIL, Bounded, Held, constants, drift, rounding
 
 
 @pytest.fixture(autouse=True)
@@ -288,7 +288,7 @@ def test_bounded_after_a_jump(monkeypatch):
     x = blobs()
     K, D = 24, x.shape[-1]
     shift = x.mean(0)
-    e_step = Bounded(x - shift, len(x))
+    e_step = Bounded(x, shift, len(x))
     blocks = gmm._blocks(x - shift, "diagonal")
     spy = Spy(monkeypatch)
 
@@ -309,6 +309,40 @@ def test_bounded_after_a_jump(monkeypatch):
         elif last is not None:  # unmoved
             assert spy.kept < 1 / 4
         last = jump
+
+
+def test_held_sums_are_those_of_the_hard_samples():
+    r"""Whatever samples become hard, change component or stop being hard, the kept sums
+    are those of the hard samples summed afresh, to the rounding of float64, and exactly
+    zero for a component that loses them all (far from zero, between two recomputations)."""
+
+    g = torch.Generator().manual_seed(0)
+    K, D = 6, 5
+    phi = [torch.randn(n, 2 * D, generator=g, dtype=torch.float64) + 1e4 for n in (40, 25)]
+    hard = [torch.ones(len(b), dtype=torch.bool) for b in phi]
+    component = [torch.randint(K - 1, (len(b),), generator=g) for b in phi]  # none in the last
+    held, emptied = Held(len(phi)), 0
+
+    for step in range(40):
+        for i, block in enumerate(phi):
+            if step > 0:  # a few samples move, never to component 1, which empties
+                ones = (component[i] == 1).nonzero()[:1, 0]
+                moved = torch.cat((ones, torch.randint(len(block), (1,), generator=g)))
+                component[i][moved] = torch.tensor([0, 2, 3, 4])[torch.randint(4, moved.shape)]
+                hard[i][moved[0]] = bool(torch.rand(1, generator=g) < 0.7)
+            held.move(i, block, hard[i].clone(), component[i].clone(), K)
+        sums = held.total(phi)
+
+        expected = torch.zeros(K, 2 * D + 1, dtype=torch.float64)
+        for block, h, c in zip(phi, hard, component, strict=True):
+            ones = torch.cat((block, torch.ones(len(block), 1).double()), dim=-1)
+            expected.index_add_(0, c[h], ones[h])
+        torch.testing.assert_close(sums, expected, rtol=1e-13, atol=0)
+        assert (sums[expected[:, -1] == 0] == 0).all()
+        assert held.updates <= sums[:, -1].sum()  # recomputed once outnumbered
+        emptied += expected[1, -1] == 0 and held.updates > 0
+
+    assert emptied > 0  # component 1 emptied between two recomputations
 
 
 def test_bounded_is_taken_where_it_applies(monkeypatch):

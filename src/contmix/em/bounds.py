@@ -142,6 +142,67 @@ def drift(
     return Drift(shift, ratio.amin(dim=-1).sqrt(), ratio.amax(dim=-1).sqrt(), constant)
 
 
+class Held:
+    r"""The sums :math:`\sum_n \phi(x_n)` of the hard samples of each component, kept
+    between iterations.
+
+    A sample is hard when a single one of its responsibilities is not negligible
+    (:func:`~contmix.em.sums.kept_pairs`): that one is above :math:`1 -`
+    :data:`~contmix.em.sums.NEGLIGIBLE`, and the sample's sums are those of its component
+    alone, to :data:`~contmix.em.sums.NEGLIGIBLE` of its mass, as the sums leave out
+    elsewhere. Near convergence most samples stay hard from one iteration to the next:
+    only those that become hard, or stop being so, are added or subtracted. The sums are
+    recomputed once the samples added and subtracted outnumber the hard ones, so that
+    their rounding stays that of one sum, and those of a component without hard samples
+    are zero.
+
+    Arguments:
+        blocks: The number of blocks of samples.
+    """
+
+    def __init__(self, blocks: int):
+        self.hard = [None] * blocks  # whether each sample of a block is hard
+        self.component = [None] * blocks  # the component of each hard sample
+        self.sums = None
+        self.updates = 0  # the samples added or subtracted since the sums were computed
+
+    def move(self, i: int, phi: Tensor, hard: Tensor, component: Tensor, K: int) -> None:
+        r"""Takes the hard samples of block ``i``, with shape :math:`(B,)`, and their
+        components, with shape :math:`(B,)`, of the features ``phi`` of the block."""
+
+        was, before = self.hard[i], self.component[i]
+        if was is None:
+            was, before = torch.zeros_like(hard), component
+        if self.sums is None:
+            self.sums = phi.new_zeros(K, phi.shape[-1] + 1)
+
+        stay = hard & was & (component == before)
+        enter, leave = (hard & ~stay).nonzero()[:, 0], (was & ~stay).nonzero()[:, 0]
+        if len(enter) + len(leave) > 0:
+            rows, cols = torch.cat((enter, leave)), torch.cat((component[enter], before[leave]))
+            signs = torch.cat((phi.new_ones(len(enter)), -phi.new_ones(len(leave))))
+            self.sums += _pair_sums(rows, cols, signs, phi, K)
+            self.updates += len(rows)
+
+        self.hard[i], self.component[i] = hard, component
+
+    def total(self, phi: list[Tensor]) -> Tensor:
+        r"""Returns the sums of the hard samples, with shape :math:`(K, 2 D + 1)`, of the
+        blocks of features ``phi``."""
+
+        counts = self.sums[:, -1]  # integers, exact
+        if self.updates > counts.sum():
+            self.sums, self.updates = torch.zeros_like(self.sums), 0
+            for block, hard, component in zip(phi, self.hard, self.component, strict=True):
+                rows = hard.nonzero()[:, 0]
+                ones = block.new_ones(len(rows))
+                self.sums += _pair_sums(rows, component[rows], ones, block, len(counts))
+        else:
+            self.sums[counts == 0] = 0
+
+        return self.sums
+
+
 class Bounded:
     r"""The E-step of :func:`~contmix.em.fit_gmm` for diagonal and spherical covariances,
     over the components that the bounds do not rule out.
@@ -155,7 +216,9 @@ class Bounded:
     negligible (:func:`~contmix.em.sums.kept`).
 
     Arguments:
-        x: The centered samples, with shape :math:`(N, D)`, in float64.
+        x: The samples, with shape :math:`(N, D)`.
+        shift: The point :math:`r` that centers them, with shape :math:`(D,)`, in float64:
+            the features are those of :math:`x - r`, in float64.
         N: The number of samples of all shards.
 
     Example:
@@ -163,21 +226,22 @@ class Bounded:
         >>> x = torch.cat((torch.randn(50, 2) - 9, torch.randn(50, 2) + 9)).double()
         >>> logits, means, variances = torch.zeros(10).double(), x[::10], torch.ones(10, 2)
         >>> theta = _natural(logits, means, variances.double(), "diagonal").T
-        >>> e_step = Bounded(x, len(x))
+        >>> e_step = Bounded(x, torch.zeros(2).double(), len(x))
         >>> stats, log_lik = e_step(logits, means, variances.double(), theta)
         >>> stats.shape, round(float(stats[:, -1].sum()), 9)  # sums of (x * x, x, 1)
         (torch.Size([10, 5]), 100.0)
     """
 
-    def __init__(self, x: Tensor, N: int):
-        blocks = x.split(max(ROWS // x.shape[-1], 1))
-        self.phi = [torch.cat((chunk.square(), chunk), dim=-1) for chunk in blocks]
-        self.norm = float(x.square().sum(dim=-1).max())
+    def __init__(self, x: Tensor, shift: Tensor, N: int):
+        D = x.shape[-1]
+        self.phi = [_features(chunk.to(shift) - shift) for chunk in x.split(max(ROWS // D, 1))]
+        self.norm = max(float(phi[:, :D].sum(dim=-1).max()) for phi in self.phi)
         self.N = N
         self.previous = None  # the means and precisions of the last call
-        self.lower = [None] * len(blocks)  # the lower bounds on the distances of each block
-        self.top = [None] * len(blocks)  # the largest component of each sample
-        self.upper = [None] * len(blocks)  # an upper bound on its distance
+        self.lower = [None] * len(self.phi)  # the lower bounds on the distances of each block
+        self.top = [None] * len(self.phi)  # the largest component of each sample
+        self.upper = [None] * len(self.phi)  # an upper bound on its distance
+        self.held = Held(len(self.phi))  # the sums of the hard samples
 
     def __call__(
         self, logits: Tensor, means: Tensor, covariances: Tensor, theta: Tensor
@@ -208,12 +272,12 @@ class Bounded:
                 top, largest, total, resp = _softmax(joint)
                 sums = _dense_sums(resp, phi)
                 self.lower[i] = _distances(joint, constant).sub_(slack).clamp_(min=0)
+                self.held.move(i, phi, torch.zeros_like(top, dtype=torch.bool), top, K)
             else:
                 rows, cols = keep.nonzero().T
                 joint = _sampled(phi, theta[-1], columns, rows, cols)
                 top, largest, total, values = _sparse_softmax(joint, rows, cols, B)
-                held = kept_pairs(rows, cols, values, K)  # those not negligible
-                sums = _pair_sums(rows[held], cols[held], values[held], phi, K)
+                sums = self._soft_sums(i, phi, rows, cols, values, K)
                 exact = _distances(joint, constant[cols]).sub_(slack[cols]).clamp_(min=0)
                 self.lower[i][rows, cols] = exact
                 alive = alive | (reach > -UNDERFLOW)
@@ -225,6 +289,7 @@ class Bounded:
             totals.append(total)
 
         self.previous = (means, precisions)
+        stats = stats + self.held.total(self.phi)
         stats, log_lik, alive = all_reduce(stats, log_lik, alive.to(stats.dtype))
 
         dead = (stats[:, -1] < self.N * math.exp(-TAIL) / NEGLIGIBLE) & (alive > 0)
@@ -232,6 +297,21 @@ class Bounded:
             stats[dead] = all_reduce(self._columns(theta, dead, totals))
 
         return stats, log_lik
+
+    def _soft_sums(
+        self, i: int, phi: Tensor, rows: Tensor, cols: Tensor, values: Tensor, K: int
+    ) -> Tensor:
+        r"""Returns the sums of the responsibilities ``values`` of the pairs ``(rows,
+        cols)`` of block ``i`` that are not negligible (:func:`~contmix.em.sums.kept_pairs`),
+        but those of the hard samples, which :class:`Held` keeps."""
+
+        held = kept_pairs(rows, cols, values, K)
+        rows, cols, values = rows[held], cols[held], values[held]
+        hard = torch.bincount(rows, minlength=len(phi)) == 1
+        self.held.move(i, phi, hard, cols.new_zeros(len(phi)).index_put_((rows,), cols), K)
+        soft = ~hard[rows]
+
+        return _pair_sums(rows[soft], cols[soft], values[soft], phi, K)
 
     def _columns(self, theta: Tensor, dead: Tensor, totals: list[Tensor]) -> Tensor:
         r"""Returns the sums of the components ``dead`` over all samples."""
@@ -249,6 +329,12 @@ def _distances(joint: Tensor, constant: Tensor) -> Tensor:
     (in place)."""
 
     return joint.neg_().add_(constant).mul_(2).clamp_(min=0).sqrt_()
+
+
+def _features(x: Tensor) -> Tensor:
+    r"""Returns the features :math:`(x \odot x, x)` of a block, with shape :math:`(B, 2 D)`."""
+
+    return torch.cat((x.square(), x), dim=-1)
 
 
 def _joint(phi: Tensor, theta: Tensor) -> Tensor:

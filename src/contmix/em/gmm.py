@@ -413,10 +413,8 @@ def fit_gmm(
         return GMMFit(*(t.to(dtype) for t in params), history.to(dtype), converged)
 
     if _bounded(x, logits, covariance_type):
-        x64, N = x.double(), samples(x)
-        shift = mean(x64)
-        expectation = Bounded(x64 - shift, N)
-        del x64
+        shift, N = mean(x.double()), samples(x)  # then the features of a block at a time
+        expectation = Bounded(x, shift, N)
     else:
         shift, N, blocks = _sources(x, covariance_type)
         expectation = lambda logits, means, covariances, theta: _expectation(blocks(), theta)
