@@ -28,7 +28,9 @@ sums taken over all samples, unless the bounds show that all of its responsibili
 zero in float64 (more than :data:`UNDERFLOW` nats below), as the dense E-step computes
 them. A block of samples whose bounds keep more than :math:`1 /`
 :data:`~contmix.em.sums.DENSE` of its pairs is computed densely, which makes all of its
-bounds exact.
+bounds exact. The sums of the samples with a single responsibility that is not negligible
+are kept from one iteration to the next (:class:`Held`): only those of the samples that
+change are computed.
 
 The bounds are loose where the variances move: :math:`\rho^-_k` is the smallest ratio over
 all features, and on Fashion-MNIST, in the first EM iterations from a k-means start, a
