@@ -313,6 +313,28 @@ def test_weighted_sums_sparse_equals_dense():
         assert torch.equal(weighted_sums(resp, phi), resp.T @ phi)  # the product itself
 
 
+def test_pairs_only_where_most_responsibilities_are_negligible():
+    r"""The pairs of the sparse sums are those of the responsibilities that are not
+    negligible where they are few; where many are not (all the rows, or the rows between
+    those that the subsample looks at), the sums are one dense product."""
+
+    from contmix.em.sums import SAMPLE, kept, pairs
+
+    generator = torch.Generator().manual_seed(0)
+    logits = 200 * torch.randn(640, 24, generator=generator, dtype=torch.float64)
+    hard, soft = logits.softmax(-1), (logits / 200).softmax(-1)
+
+    rows, cols, values = pairs(hard)
+    keep = kept(hard)
+    assert torch.equal(torch.stack((rows, cols)), keep.nonzero().T)
+    assert torch.equal(values, hard[keep])
+    assert pairs(soft) is None
+
+    sampled = torch.arange(640)[:, None] % SAMPLE == 0
+    assert pairs(torch.where(sampled, soft, hard)) is None  # looks dense: dense
+    assert pairs(torch.where(sampled, hard, soft)) is None  # is dense: dense
+
+
 @pytest.fixture(params=["statistics", "covariance"])
 def form(request, monkeypatch):
     r"""Both forms of full-covariance EM at any dimension: the sufficient statistics and
