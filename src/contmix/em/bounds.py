@@ -52,7 +52,7 @@ import torch
 
 from torch import Tensor
 
-from .sums import DENSE, NEGLIGIBLE, kept_pairs, pairs, sparse_sums
+from .sums import DENSE, NEGLIGIBLE, kept_pairs, sparse_sums, weighted_sums
 from ..distributed import all_reduce
 
 ROWS = 2**22  # elements of a block of samples (B, D)
@@ -160,6 +160,16 @@ class Held:
 
     Arguments:
         blocks: The number of blocks of samples.
+
+    Example:
+        >>> phi = [torch.arange(6.0, dtype=torch.float64).reshape(3, 2)]  # one block
+        >>> held = Held(1)
+        >>> held.move(0, phi[0], torch.tensor([True, True, False]), torch.tensor([1, 0, 0]), K=2)
+        >>> held.total(phi).tolist()  # the features of sample 1, of sample 0, and counts
+        [[2.0, 3.0, 1.0], [0.0, 1.0, 1.0]]
+        >>> held.move(0, phi[0], torch.tensor([True, False, False]), torch.tensor([1, 0, 0]), K=2)
+        >>> held.total(phi).tolist()  # sample 1 is no longer hard: component 0 has none
+        [[0.0, 0.0, 0.0], [0.0, 1.0, 1.0]]
     """
 
     def __init__(self, blocks: int):
@@ -321,7 +331,7 @@ class Bounded:
         sums = 0
         for phi, total in zip(self.phi, totals, strict=True):
             resp = (_joint(phi, theta[:, dead]) - total.unsqueeze(-1)).exp()
-            sums = sums + torch.cat((resp.T @ phi, resp.sum(0)[:, None]), dim=-1)
+            sums = sums + _dense_sums(resp, phi)
 
         return sums
 
@@ -348,14 +358,10 @@ def _joint(phi: Tensor, theta: Tensor) -> Tensor:
 
 def _dense_sums(resp: Tensor, phi: Tensor) -> Tensor:
     r"""Returns :math:`\sum_n r_{nk} \phi(x_n)` of responsibilities with shape
-    :math:`(B, K)`, as :func:`~contmix.em.sums.weighted_sums` does with :math:`\phi(x)`:
-    over the pairs of :func:`~contmix.em.sums.pairs`, or one dense product."""
+    :math:`(B, K)`, with shape :math:`(K, 2 D + 1)`: those of
+    :func:`~contmix.em.sums.weighted_sums`, and the sums of the responsibilities."""
 
-    kept_pairs = pairs(resp)
-    if kept_pairs is None:
-        return torch.cat((resp.T @ phi, resp.sum(0)[:, None]), dim=-1)
-
-    return _pair_sums(*kept_pairs, phi, resp.shape[-1])
+    return torch.cat((weighted_sums(resp, phi), resp.sum(dim=0)[:, None]), dim=-1)
 
 
 def _pair_sums(rows: Tensor, cols: Tensor, values: Tensor, phi: Tensor, K: int) -> Tensor:

@@ -139,7 +139,9 @@ def pairs(resp: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
     r"""Returns the responsibilities that the sparse sums keep (:func:`kept`) as pairs:
     their samples, their components and their values, each with shape :math:`(M,)`; or
     :py:`None` where the sums are better one dense product: with few components, on a
-    GPU, and where more than :math:`1 /` :data:`DENSE` of them are kept.
+    GPU, and where more than :math:`1 /` :data:`DENSE` of them are kept (one row in
+    :data:`SAMPLE` is looked at first: where more than twice that are kept there, the
+    others are not).
 
     Example:
         >>> rows, cols, values = pairs(torch.eye(16, dtype=torch.float64)[[3, 5]])
