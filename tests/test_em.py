@@ -478,7 +478,7 @@ def test_mfa_sparse_sums_vs_numpy(soft):
     dense sums of the soft samples, are the sums over all components (numpy, float64),
     for nearly hard responsibilities with and without soft samples."""
 
-    from contmix.em.mfa import _sums
+    from contmix.em.factors import batch_statistics
 
     g = torch.Generator().manual_seed(0)
     N, K, M, R = 60, 20, 6, 2
@@ -491,7 +491,9 @@ def test_mfa_sparse_sums_vs_numpy(soft):
 
     X, Rs = x.numpy(), resp.numpy()
     Z = np.einsum("krm,nkm->nkr", beta.numpy(), X[:, None] - loc.numpy()[None])
-    for ours, ref in zip(_sums(x, resp, loc, beta), np_mfa_statistics(X, Rs, Z), strict=True):
+    for ours, ref in zip(
+        batch_statistics(x, resp, loc, beta), np_mfa_statistics(X, Rs, Z), strict=True
+    ):
         assert np.allclose(ours.numpy(), ref, rtol=1e-10, atol=1e-10)
 
 
@@ -522,6 +524,7 @@ def test_fit_mfa_sparse_matches_dense(monkeypatch, dtype):
     tolerance, on clusters far apart in 100-D where the responsibilities are nearly hard
     (and a few samples between two clusters are soft)."""
 
+    import contmix.em.factors as factors
     import contmix.em.mfa as mfa
 
     g = torch.Generator().manual_seed(0)
@@ -545,7 +548,7 @@ def test_fit_mfa_sparse_matches_dense(monkeypatch, dtype):
             tril, info = torch.linalg.cholesky_ex(moments)
             return tril, info == 0
 
-        monkeypatch.setattr(mfa, "support", lambda resp: None)
+        monkeypatch.setattr(factors, "support", lambda resp: None)
         monkeypatch.setattr(mfa, "_cholesky", lapack)
         old = mfa.fit_mfa(x, *start, tol=1e-6, max_iter=30)
 

@@ -21,8 +21,11 @@ import torch
 
 from torch import Tensor
 
-from .base import BLOCK, check_em, check_reg, degenerate, dtype_of, iterate
-from .sums import support
+from .base import CACHE, check_em, check_reg, degenerate, dtype_of, iterate
+from .factors import batch_statistics
+from .gmm import BOUNDED
+from .lowrank import BoundedLowRank
+from .sums import SPARSE
 from ..cluster import reference
 from ..distributed import Data, accumulate, check_batches, samples
 from ..distributions import GaussianMixture, LowRankNormal
@@ -128,115 +131,6 @@ def _solve(moments: Tensor, cross: Tensor) -> Tensor:
     return torch.cholesky_solve(cross.double().mT, tril).mT
 
 
-def _statistics(x: Tensor, resp: Tensor, z: Tensor) -> tuple[Tensor, ...]:
-    r"""Returns the weighted sums of the M-step, :math:`N_k = \sum_n r_{nk}`,
-    :math:`\sum_n r_{nk} z_{nk}`, :math:`\sum_n r_{nk} z_{nk} z_{nk}^T`,
-    :math:`\sum_n r_{nk} x_n z_{nk}^T`, :math:`\sum_n r_{nk} x_n` and :math:`\sum_n
-    r_{nk} x_n^2`, of this batch, accumulated in float64 block by block whatever the
-    dtype of :math:`x`: the diagonal :math:`D_k` is their difference, which cancels in float32
-    where :math:`D_k` is small (a variance at its floor comes out 10 times too large)."""
-
-    K, R = z.shape[-2:]
-    step = max(1, BLOCK // (x.shape[-1] + K * R + K))  # the elements of a block
-    sums = None
-
-    for x_, r_, z_ in zip(x.split(step), resp.split(step), z.split(step), strict=True):
-        x_, r_, z_ = x_.double(), r_.double(), z_.double()
-        rz = r_.unsqueeze(-1) * z_
-        block = (
-            r_.sum(dim=0),
-            rz.sum(dim=0),
-            torch.einsum("nkr,nks->krs", rz, z_),
-            (x_.mT @ rz.flatten(1)).unflatten(-1, (K, R)).movedim(0, 1),
-            r_.mT @ x_,
-            r_.mT @ x_.square(),
-        )
-        sums = block if sums is None else tuple(a + b for a, b in zip(sums, block, strict=True))
-
-    return sums
-
-
-def _latent(x: Tensor, loc: Tensor, beta: Tensor) -> Tensor:
-    r"""The posterior means of the factors :math:`z_{nk} = \beta_k (x_n - \mu_k)`, with
-    shape :math:`(N, K, R)`, as one product."""
-
-    z = (x @ beta.flatten(0, 1).mT).unflatten(-1, beta.shape[:2])
-
-    return z - (beta @ loc.unsqueeze(-1)).squeeze(-1)
-
-
-def _pairs(x: Tensor, loc: Tensor, beta: Tensor, rows: Tensor, comps: Tensor, w: Tensor):
-    r"""Returns the sums of :func:`_statistics` of the pairs :math:`(n, k)` =
-    ``(rows, comps)``, sorted by sample, with responsibilities ``w``, in float64, with
-    :math:`z = \beta_k (x_n - \mu_k)` formed from the difference itself. The sums over
-    the samples, :math:`\sum_n r_{nk} (x_n, x_n^2)` and :math:`\sum_n r_{nk} z_{nkr} x_n`,
-    are products of sparse :math:`K \times N` matrices of the pairs' weights with the
-    samples (never an :math:`M \times R` outer product per pair), block by block of
-    samples."""
-
-    K, R, M = beta.shape
-    z = x.new_empty(len(rows), R)
-    for n, k, z_ in zip(
-        *(t.split(max(1, BLOCK // (R * M))) for t in (rows, comps, z)), strict=True
-    ):
-        diff = x.index_select(0, n) - loc.index_select(0, k)
-        z_.copy_((diff.unsqueeze(-2) @ beta.index_select(0, k).mT).squeeze(-2))
-
-    z, w = z.double(), w.double().unsqueeze(-1)
-    wz = w * z
-    nk = w.new_zeros(K).index_add_(0, comps, w.squeeze(-1))
-    sz = w.new_zeros(K, R).index_add_(0, comps, wz)
-    szz = w.new_zeros(K, R * R).index_add_(
-        0, comps, (wz.unsqueeze(-1) * z.unsqueeze(-2)).flatten(1)
-    )
-    weights = torch.cat((w, wz), dim=-1)  # (P, 1 + R): the weights of x of each pair
-    moments, sxz = w.new_zeros(K, 2 * M), w.new_zeros(R, K, M)
-
-    step = max(1, BLOCK // (2 * M))
-    bounds = torch.searchsorted(rows, torch.arange(0, len(x) + step, step, device=x.device))
-    for start, (lo, hi) in zip(
-        range(0, len(x), step), bounds.unfold(0, 2, 1).tolist(), strict=True
-    ):
-        block = x[start : start + step].double()
-        index = torch.stack((comps[lo:hi], rows[lo:hi] - start))
-        for r in range(1 + R):
-            sparse = torch.sparse_coo_tensor(
-                index, weights[lo:hi, r], (K, len(block)), check_invariants=False
-            )
-            if r == 0:
-                moments += torch.sparse.mm(sparse, torch.cat((block, block.square()), dim=-1))
-            else:
-                sxz[r - 1] += torch.sparse.mm(sparse, block)
-
-    sx, sxx = moments.split(M, dim=-1)
-    return nk, sz, szz.unflatten(-1, (R, R)), sxz.movedim(0, -1), sx, sxx
-
-
-def _sums(x: Tensor, resp: Tensor, loc: Tensor, beta: Tensor) -> tuple[Tensor, ...]:
-    r"""Returns the sums of :func:`_statistics` of a batch. Where the responsibilities
-    are nearly hard (:func:`~contmix.em.sums.support`), they are the sums of the pairs
-    of each sample with its :data:`~contmix.em.sums.SPARSE` largest responsibilities,
-    those that are not zero (:func:`_pairs`: in 784-D, about one pair per sample instead
-    of :math:`K`), plus the sums of the other responsibilities of the few samples that
-    have some; elsewhere, the sums over all components (:func:`_statistics`)."""
-
-    s = support(resp)
-    if s is None:
-        return _statistics(x, resp, _latent(x, loc, beta))
-
-    top, index = s.top.flatten(), s.index.flatten()
-    keep = (top > 0).nonzero().squeeze(-1)
-    rows = torch.arange(len(x), device=x.device).repeat_interleave(s.top.shape[-1])
-    sums = _pairs(x, loc, beta, rows[keep], index[keep], top[keep])
-
-    if len(s.soft) > 0:
-        soft = x[s.soft]
-        rest = _statistics(soft, s.rest(resp), _latent(soft, loc, beta))
-        sums = tuple(a + b for a, b in zip(sums, rest, strict=True))
-
-    return sums
-
-
 def _m_step(
     sums: tuple[Tensor, ...],
     posterior: Tensor,
@@ -247,7 +141,7 @@ def _m_step(
     N: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     r"""One M-step of EM for MFA on centered samples, from the sums of
-    :func:`_statistics` over all batches and shards.
+    :func:`~contmix.em.factors.statistics` over all batches and shards.
 
     The factors have the Gaussian posterior :math:`z \mid x, k \sim \mathcal{N}(\beta_k
     (x - \mu_k), G_k)` with :math:`G_k = (I + A_k^T D_k^{-1} A_k)^{-1}` and
@@ -255,16 +149,17 @@ def _m_step(
     loadings and means solve one :math:`(R + 1) \times (R + 1)` system per component,
     and the diagonal needs only the diagonal of the second moments: no :math:`M \times
     M` matrix is formed. Made safe in float32 where the diagonals are at their floor:
-    :math:`G_k` and :math:`\beta_k` come from a QR decomposition (:func:`_posterior`),
-    the sums are accumulated in float64 (:func:`_statistics`) and the systems are solved
-    by Cholesky decompositions in float64 with a guard (:func:`_solve`). The posterior
-    means :math:`z_{nk} = \beta_k (x_n - \mu_k)` are one float32 product (around the
-    reference point of the samples, :func:`_latent`; of the pairs of the sparse sums, from
-    the differences themselves, :func:`_pairs`); their rounding does not bias the
-    diagonals, which are the residuals of the regression of :math:`x` on these very
-    :math:`\tilde{z}`, exact in float64 (formed from float32 sums, the diagonals at the
-    floor came out 10 times too large). Components without samples keep their
-    parameters. :math:`N` is the number of samples of all batches and shards.
+    :math:`G_k` and :math:`\beta_k` come from a QR decomposition (:func:`_posterior`), the
+    sums are accumulated in float64 (:func:`~contmix.em.factors.statistics`) and the
+    systems are solved by Cholesky decompositions in float64 with a guard (:func:`_solve`).
+    The posterior means :math:`z_{nk} = \beta_k (x_n - \mu_k)` are one float32 product
+    (around the reference point of the samples, :func:`~contmix.em.factors.latent`; of the
+    pairs of the sparse sums, from the differences themselves,
+    :func:`~contmix.em.factors.projections`); their rounding does not bias the diagonals,
+    which are the residuals of the regression of :math:`x` on these very :math:`\tilde{z}`,
+    exact in float64 (formed from float32 sums, the diagonals at the floor came out 10
+    times too large). Components without samples keep their parameters. :math:`N` is the
+    number of samples of all batches and shards.
     """
 
     R, dtype = factor.shape[-1], factor.dtype
@@ -335,8 +230,13 @@ def fit_mfa(
         \tilde{A}_k \sum_n r_{nk} \mathbb{E}[\tilde{z}] x_n^T \Big)
 
     at a cost of :math:`O(N K M R)` per iteration, never forming an :math:`M \times M`
-    matrix. The diagonal is floored at ``reg``, an absolute variance as the ``reg`` of
-    :class:`~contmix.GMM` (which adds it to the covariances), so that degenerate
+    matrix. For samples in a tensor on the CPU, from :data:`~contmix.em.gmm.BOUNDED`
+    features on, the E-step computes only the log-densities that bounds carried from the
+    previous iteration do not rule out, exactly
+    (:class:`~contmix.em.lowrank.BoundedLowRank`: the others hold less than :math:`e^{-50}`
+    of their sample's mass; in 784-D about 1.4 components per sample instead of :math:`K`
+    near convergence). The diagonal is floored at ``reg``, an absolute variance as the
+    ``reg`` of :class:`~contmix.GMM` (which adds it to the covariances), so that degenerate
     clusters (duplicated samples, constant features) stay finite; the floor depends on
     no sample, so that an outlier does not move it. Components without samples keep
     their parameters. The posterior of the factors and the systems of the M-step are
@@ -411,6 +311,7 @@ def fit_mfa(
     fixed = resp if resp is None or callable(resp) else lambda batch: resp
     floor = _floor(shift, reg)
     params = (logits, loc - shift, factor, diag)
+    expectation = BoundedLowRank(x, shift) if _bounded(x, logits, resp) else None
 
     def step() -> float:
         nonlocal params
@@ -427,9 +328,12 @@ def fit_mfa(
             else:
                 r = fixed(batch)
                 bound = (r * joint).sum(dtype=torch.float64)
-            return (*_sums(centered, r, loc, beta), bound)
+            return (*batch_statistics(centered, r, loc, beta), bound)
 
-        *sums, bound = accumulate(block, x)
+        if expectation is None:
+            *sums, bound = accumulate(block, x)
+        else:
+            *sums, bound = expectation(logits, loc, factor, diag)
         params = _m_step(sums, posterior, loc, factor, diag, floor, N)
         _check_diagonals(params[-1])
         return float(bound / N)  # the one host transfer of the iteration
@@ -440,6 +344,24 @@ def fit_mfa(
     history = torch.tensor(history, dtype=dtype_of(x), device=shift.device)
 
     return MFAFit(logits, loc + shift, factor, diag, history, converged)
+
+
+def _bounded(x: Data, logits: Tensor, resp: Tensor | Callable | None) -> bool:
+    r"""Whether the E-step of :func:`fit_mfa` is that of
+    :class:`~contmix.em.lowrank.BoundedLowRank`: without fixed responsibilities, from
+    :data:`~contmix.em.gmm.BOUNDED` features on, more than :math:`2 \times`
+    :data:`~contmix.em.sums.SPARSE` components, and samples in a tensor on the CPU (on a
+    GPU, the selection of the pairs would wait for the device) whose :math:`N K`
+    distances fit in :data:`~contmix.em.base.CACHE` elements."""
+
+    return (
+        resp is None
+        and isinstance(x, Tensor)
+        and x.device.type == "cpu"
+        and x.shape[-1] >= BOUNDED
+        and logits.shape[-1] > 2 * SPARSE
+        and len(x) * logits.shape[-1] <= CACHE
+    )
 
 
 @torch.no_grad()
