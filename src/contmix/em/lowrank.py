@@ -27,7 +27,7 @@ The pairs that the bounds keep get their distances exactly, from the differences
 :class:`~contmix.distributions.LowRankNormal`). The projections :math:`W (x - \mu)` of
 these pairs also give the posterior means of the factors of the M-step, :math:`\beta
 (x - \mu) = L_C^{-T} W (x - \mu)`. A block of samples whose bounds keep more than
-:math:`1 /` :data:`~contmix.em.sums.DENSE` of its pairs, and the first E-step, are
+:math:`1 /` :data:`EXACT` of its pairs, and the first E-step, are
 computed densely by :class:`~contmix.distributions.LowRankNormal` in float64.
 
 References:
@@ -45,11 +45,16 @@ from torch import Tensor
 
 from .bounds import ROWS, TAIL, Drift, _distances, _softmax, _sparse_softmax
 from .factors import batch_statistics, pair_statistics
-from .sums import DENSE, kept_pairs
+from .sums import kept_pairs
 from ..distributed import all_reduce
 from ..distributions import LowRankNormal
 from ..distributions.normal import capacitance_tril
 
+# a block whose bounds keep more than 1 / EXACT of its pairs is computed densely: a pair
+# computed from its difference costs about 1/20 of a sample's dense log-densities (10,000
+# Fashion-MNIST images, 250 components, 11 iterations from the "fa" start: 1/8 6.7 s,
+# 1/16 5.3 s, 1/32 6.6 s, 1/64 8.6 s; dense 13 s)
+EXACT = 16
 MARGIN = 64 * torch.finfo(torch.float64).eps  # the rounding of the pencils, per condition
 
 
@@ -275,7 +280,7 @@ class BoundedLowRank:
     ) -> tuple[Tensor, ...] | None:
         r"""Returns the pairs of block ``i`` that the bounds keep, sorted by sample, with
         their squared distances and projections (:func:`_exact`), or :py:`None` where
-        they keep more than :math:`1 /` :data:`~contmix.em.sums.DENSE` of the pairs.
+        they keep more than :math:`1 /` :data:`EXACT` of the pairs.
 
         The distance of each sample's largest component at the last iteration is
         computed first, exactly (up to ``slack``, :func:`rounding`): a component whose
@@ -290,7 +295,7 @@ class BoundedLowRank:
         lower = lower.sub_(moved.shift).clamp_(min=0).mul_(moved.low)
         keep = lower.square().mul_(-0.5).add_(m.constant) >= (least - TAIL).unsqueeze(-1)
         keep[first, top] = False
-        if DENSE * (int(keep.sum()) + len(x)) > keep.numel():
+        if EXACT * (int(keep.sum()) + len(x)) > keep.numel():
             return None
 
         rows, cols = keep.nonzero().T
