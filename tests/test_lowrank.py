@@ -234,3 +234,33 @@ def test_first_call_is_dense_and_exact():
     for a, b in zip(ours, reference, strict=True):
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-9 * b.abs().max())
     assert math.isfinite(float(ours[-1]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fixed_assignments_use_their_pairs_alone(monkeypatch, dtype):
+    r"""With the responsibilities held fixed (the ``"fa"`` start), the lower bound of
+    each iteration comes from the log-joints of the assigned pairs alone, and is the dense
+    one's."""
+
+    x = blobs(M=128, seed=4).to(dtype)
+    labels = torch.arange(len(x)) // 60  # the blobs, in order
+    resp = torch.eye(10, dtype=dtype)[labels]
+    params = start(x, 10, 2, seed=1)
+
+    calls = []
+    weighted = lowrank.weighted_joint
+    monkeypatch.setattr(mfa, "weighted_joint", lambda *a: calls.append(1) or weighted(*a))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours = fit_mfa(x, *params, tol=0.0, max_iter=6, resp=resp)
+        monkeypatch.setattr(mfa, "_bounded", lambda *a: False)
+        reference = fit_mfa(x, *params, tol=0.0, max_iter=6, resp=resp)
+
+    assert len(calls) == 6
+    single = dtype == torch.float32
+    scale = reference.history.abs().max()
+    assert torch.allclose(
+        ours.history, reference.history, rtol=0, atol=(1e-5 if single else 1e-10) * scale
+    )
+    for a, b in zip(ours[:4], reference[:4], strict=True):
+        assert torch.allclose(a, b, rtol=1e-4 if single else 1e-9, atol=1e-5 if single else 1e-10)

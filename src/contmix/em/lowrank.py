@@ -200,6 +200,31 @@ def _exact(x: Tensor, rows: Tensor, cols: Tensor, m: Metric) -> tuple[Tensor, Te
     return squares.clamp(min=0), projections
 
 
+def weighted_joint(x: Tensor, resp: Tensor, m: Metric) -> Tensor | None:
+    r"""Returns :math:`\sum_{n, k} r_{nk} \ell_{nk}` of fixed responsibilities with shape
+    :math:`(B, K)`, in float64, from the log-joints of the pairs whose responsibilities
+    are not zero alone (:func:`_exact`), or :py:`None` where more than :math:`1 /`
+    :data:`EXACT` of them are not zero. With the assignments of k-means held fixed, one
+    pair per sample instead of :math:`K`.
+
+    Example:
+        >>> x, resp = torch.randn(4, 2).double(), torch.eye(32).double()[[0, 1, 1, 0]]
+        >>> zeros = torch.zeros(32, 2)
+        >>> m = metric(torch.zeros(32), zeros, zeros.unsqueeze(-1), torch.ones(32, 2))
+        >>> reference = torch.distributions.Normal(0.0, 1.0).log_prob(x).sum() - 4 * math.log(32)
+        >>> bool(torch.isclose(weighted_joint(x, resp, m), reference.double()))
+        True
+    """
+
+    rows, cols = resp.nonzero().T
+    if EXACT * len(rows) > resp.numel():
+        return None
+
+    squares, _ = _exact(x.double(), rows, cols, m)
+
+    return (resp[rows, cols].double() * (m.constant[cols] - 0.5 * squares)).sum()
+
+
 class BoundedLowRank:
     r"""The E-step of :func:`~contmix.em.fit_mfa` over the components that the bounds do
     not rule out (see the module), with the sums of its M-step.

@@ -24,7 +24,7 @@ from torch import Tensor
 from .base import CACHE, check_em, check_reg, degenerate, dtype_of, iterate
 from .factors import batch_statistics
 from .gmm import BOUNDED
-from .lowrank import BoundedLowRank
+from .lowrank import BoundedLowRank, metric, weighted_joint
 from .sums import SPARSE
 from ..cluster import reference
 from ..distributed import Data, accumulate, check_batches, samples
@@ -312,22 +312,27 @@ def fit_mfa(
     floor = _floor(shift, reg)
     params = (logits, loc - shift, factor, diag)
     expectation = BoundedLowRank(x, shift) if _bounded(x, logits, resp) else None
+    sparse = resp is not None and _bounded(x, logits, None)
 
     def step() -> float:
         nonlocal params
         logits, loc, factor, diag = params
         mixture = GaussianMixture(LowRankNormal(loc, factor, diag), logits)
         posterior, beta = _posterior(factor, diag)  # (K, R, R), (K, R, M)
+        # with fixed responsibilities, the log-joints of their pairs alone
+        pairs = metric(logits, loc, factor, diag) if sparse else None
 
         def block(batch: Tensor) -> tuple[Tensor, ...]:
             centered = batch - shift
-            joint = mixture.joint(centered)
-            log_p = torch.logsumexp(joint, dim=-1, keepdim=True)
             if fixed is None:
+                joint = mixture.joint(centered)
+                log_p = torch.logsumexp(joint, dim=-1, keepdim=True)
                 r, bound = (joint - log_p).exp(), log_p.sum(dtype=torch.float64)
             else:
                 r = fixed(batch)
-                bound = (r * joint).sum(dtype=torch.float64)
+                bound = None if pairs is None else weighted_joint(centered, r, pairs)
+                if bound is None:
+                    bound = (r * mixture.joint(centered)).sum(dtype=torch.float64)
             return (*batch_statistics(centered, r, loc, beta), bound)
 
         if expectation is None:
