@@ -242,21 +242,27 @@ def test_fixed_assignments_use_their_pairs_alone(monkeypatch, dtype):
     each iteration comes from the log-joints of the assigned pairs alone, and is the dense
     one's."""
 
-    x = blobs(M=128, seed=4).to(dtype)
-    labels = torch.arange(len(x)) // 60  # the blobs, in order
-    resp = torch.eye(10, dtype=dtype)[labels]
-    params = start(x, 10, 2, seed=1)
+    x = blobs(K=20, M=128, n=30, seed=4).to(dtype)
+    labels = torch.arange(len(x)) // 30  # the blobs, in order
+    resp = torch.eye(20, dtype=dtype)[labels]
+    params = start(x, 20, 2, seed=1)
 
     calls = []
     weighted = lowrank.weighted_joint
-    monkeypatch.setattr(mfa, "weighted_joint", lambda *a: calls.append(1) or weighted(*a))
+
+    def counted(*args):
+        bound = weighted(*args)
+        calls.append(bound is not None)
+        return bound
+
+    monkeypatch.setattr(mfa, "weighted_joint", counted)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         ours = fit_mfa(x, *params, tol=0.0, max_iter=6, resp=resp)
         monkeypatch.setattr(mfa, "_bounded", lambda *a: False)
         reference = fit_mfa(x, *params, tol=0.0, max_iter=6, resp=resp)
 
-    assert len(calls) == 6
+    assert calls == [True] * 6  # the pairs alone, at every iteration
     single = dtype == torch.float32
     scale = reference.history.abs().max()
     assert torch.allclose(
