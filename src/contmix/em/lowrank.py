@@ -232,7 +232,7 @@ class BoundedLowRank:
     It goes through the samples in blocks of :data:`~contmix.em.bounds.ROWS` elements,
     kept in float64 around the reference point, and keeps, between iterations, the
     :math:`B \times K` lower bounds on the distances of each block, and for each sample
-    its largest component and an upper bound on its distance.
+    its largest component (whose distance is computed exactly at the next call).
 
     Arguments:
         x: The samples, with shape :math:`(N, M)`.
