@@ -56,12 +56,12 @@ K, RANK = 250, 4
 def dense():
     r"""The dense E-step of ``fit_mfa``: every component of every sample."""
 
-    bounded = em_mfa._bounded
-    em_mfa._bounded = lambda *args: False
+    bounded = em_mfa.bounded
+    em_mfa.bounded = lambda *args: False
     try:
         yield
     finally:
-        em_mfa._bounded = bounded
+        em_mfa.bounded = bounded
 
 
 def whole_fit(x, x_test) -> str:

@@ -193,7 +193,7 @@ def test_bounded_fit_equals_dense_fit(monkeypatch, case):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         ours = fit_mfa(x, *params, tol=0.0, max_iter=12)
-        monkeypatch.setattr(mfa, "_bounded", lambda *a: False)
+        monkeypatch.setattr(mfa, "bounded", lambda *a: False)
         reference = fit_mfa(x, *params, tol=0.0, max_iter=12)
 
     assert len(calls) == 1  # the bounded E-step ran
@@ -215,14 +215,15 @@ def _counted(init, calls):
 
 
 def test_bounded_is_taken_where_it_applies():
-    x = torch.randn(100, 128)
-    logits = torch.zeros(10)
+    from contmix.em.gmm import bounded
 
-    assert mfa._bounded(x, logits, None)
-    assert not mfa._bounded(x, logits, torch.ones(100, 10) / 10)  # fixed responsibilities
-    assert not mfa._bounded(x.split(50), logits, None)  # batches
-    assert not mfa._bounded(x[:, :64], logits, None)  # few features
-    assert not mfa._bounded(x, torch.zeros(8), None)  # few components
+    x = torch.randn(100, 128)
+
+    assert bounded(x, 10)
+    assert not bounded(x.split(50), 10)  # batches
+    assert not bounded(x[:, :64], 10)  # few features
+    assert not bounded(x, 8)  # few components
+    assert not bounded(torch.zeros(1, 128).expand(2**25 // 10 + 1, -1), 10)  # N K too large
 
 
 def test_first_call_is_dense_and_exact():
@@ -259,7 +260,7 @@ def test_fixed_assignments_use_their_pairs_alone(monkeypatch, dtype):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         ours = fit_mfa(x, *params, tol=0.0, max_iter=6, resp=resp)
-        monkeypatch.setattr(mfa, "_bounded", lambda *a: False)
+        monkeypatch.setattr(mfa, "bounded", lambda *a: False)
         reference = fit_mfa(x, *params, tol=0.0, max_iter=6, resp=resp)
 
     assert calls == [True] * 6  # the pairs alone, at every iteration

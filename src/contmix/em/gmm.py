@@ -435,18 +435,29 @@ def fit_gmm(
 
 def _bounded(x: Data, logits: Tensor, covariance_type: CovarianceType) -> bool:
     r"""Whether the E-step of :func:`fit_gmm` is that of :class:`~contmix.em.bounds.Bounded`:
-    for diagonal and spherical covariances, from :data:`BOUNDED` features on, more than
-    :math:`2 \times` :data:`~contmix.em.sums.SPARSE` components, and samples in a tensor
-    on the CPU (on a GPU, the selection of the pairs would wait for the device) whose
-    :math:`N K` distances fit in :data:`CACHE` elements."""
+    for diagonal and spherical covariances, where :func:`bounded`."""
+
+    return covariance_type != "full" and bounded(x, logits.shape[-1])
+
+
+def bounded(x: Data, K: int) -> bool:
+    r"""Whether EM's E-step over :math:`K` components goes over the pairs that bounds do not
+    rule out (:mod:`~contmix.em.bounds`, :mod:`~contmix.em.lowrank`): from :data:`BOUNDED`
+    features on, more than :math:`2 \times` :data:`~contmix.em.sums.SPARSE` components,
+    and samples in a tensor on the CPU (on a GPU, the selection of the pairs would wait for
+    the device) whose :math:`N K` distances fit in :data:`CACHE` elements.
+
+    Example:
+        >>> bounded(torch.randn(100, 784), 250), bounded(torch.randn(100, 16), 250)
+        (True, False)
+    """
 
     return (
-        covariance_type != "full"
-        and isinstance(x, Tensor)
+        isinstance(x, Tensor)
         and x.device.type == "cpu"
         and x.shape[-1] >= BOUNDED
-        and logits.shape[-1] > 2 * SPARSE
-        and len(x) * logits.shape[-1] <= CACHE
+        and K > 2 * SPARSE
+        and len(x) * K <= CACHE
     )
 
 

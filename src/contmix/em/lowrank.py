@@ -184,7 +184,9 @@ def rounding(m: Metric, norm: float) -> Tensor:
 def _exact(x: Tensor, rows: Tensor, cols: Tensor, m: Metric) -> tuple[Tensor, Tensor]:
     r"""Returns the squared distances :math:`s^2_{nk}` and the projections :math:`W_k
     (x_n - \mu_k)` of the pairs ``(rows, cols)`` of a block, with shapes :math:`(P,)`
-    and :math:`(P, R)`, from the differences themselves, a component at a time."""
+    and :math:`(P, R)`, from the differences themselves, a component at a time (gathered
+    per pair instead, the loadings :math:`W_k` would be read :math:`M R` numbers per pair:
+    four times the sample itself)."""
 
     K, R = m.weight.shape[:2]
     order = torch.argsort(cols, stable=True)

@@ -21,11 +21,10 @@ import torch
 
 from torch import Tensor
 
-from .base import CACHE, check_em, check_reg, degenerate, dtype_of, iterate
+from .base import check_em, check_reg, degenerate, dtype_of, iterate
 from .factors import batch_statistics
-from .gmm import BOUNDED
+from .gmm import bounded
 from .lowrank import BoundedLowRank, metric, weighted_joint
-from .sums import SPARSE
 from ..cluster import reference
 from ..distributed import Data, accumulate, check_batches, samples
 from ..distributions import GaussianMixture, LowRankNormal
@@ -230,26 +229,28 @@ def fit_mfa(
         \tilde{A}_k \sum_n r_{nk} \mathbb{E}[\tilde{z}] x_n^T \Big)
 
     at a cost of :math:`O(N K M R)` per iteration, never forming an :math:`M \times M`
-    matrix. For samples in a tensor on the CPU, from :data:`~contmix.em.gmm.BOUNDED`
-    features on, the E-step computes only the log-densities that bounds carried from the
-    previous iteration do not rule out, exactly
+    matrix. Where :func:`~contmix.em.gmm.bounded` (from 128 features on, samples in a
+    tensor on the CPU), the E-step computes only the log-densities that bounds carried from
+    the previous iteration do not rule out, exactly
     (:class:`~contmix.em.lowrank.BoundedLowRank`: the others hold less than :math:`e^{-50}`
     of their sample's mass; in 784-D about 1.4 components per sample instead of :math:`K`
-    near convergence). The diagonal is floored at ``reg``, an absolute variance as the
-    ``reg`` of :class:`~contmix.GMM` (which adds it to the covariances), so that degenerate
-    clusters (duplicated samples, constant features) stay finite; the floor depends on
-    no sample, so that an outlier does not move it. Components without samples keep
-    their parameters. The posterior of the factors and the systems of the M-step are
-    solved by QR and guarded Cholesky decompositions and the sums accumulated in float64
-    (see :func:`_m_step`), stable in float32 with diagonals at the floor; a fit that
-    cannot continue (a zero variance with ``reg=0``, an overflow) raises a
-    :class:`ValueError` that names the components. The samples are taken around their
-    median (:func:`~contmix.cluster.reference`), which an outlier does not move as it
-    moves their mean. It stops when the mean log-likelihood changes by less than
-    ``tol``, as :class:`sklearn.mixture.GaussianMixture` does. EM never lowers the
-    likelihood. A fit that stops at ``max_iter`` without converging warns with a
-    :class:`~contmix.report.ConvergenceWarning`; a progress bar counts the iterations,
-    the mean log-likelihood in its postfix (:func:`~contmix.report.progress_bar`).
+    near convergence), and with fixed responsibilities only those of the pairs whose
+    responsibilities are not zero (:func:`~contmix.em.lowrank.weighted_joint`). The
+    diagonal is floored at ``reg``, an absolute variance as the ``reg`` of
+    :class:`~contmix.GMM` (which adds it to the covariances), so that degenerate clusters
+    (duplicated samples, constant features) stay finite; the floor depends on no sample, so
+    that an outlier does not move it. Components without samples keep their parameters. The
+    posterior of the factors and the systems of the M-step are solved by QR and guarded
+    Cholesky decompositions and the sums accumulated in float64 (see :func:`_m_step`),
+    stable in float32 with diagonals at the floor; a fit that cannot continue (a zero
+    variance with ``reg=0``, an overflow) raises a :class:`ValueError` that names the
+    components. The samples are taken around their median
+    (:func:`~contmix.cluster.reference`), which an outlier does not move as it moves their
+    mean. It stops when the mean log-likelihood changes by less than ``tol``, as
+    :class:`sklearn.mixture.GaussianMixture` does. EM never lowers the likelihood. A fit
+    that stops at ``max_iter`` without converging warns with a
+    :class:`~contmix.report.ConvergenceWarning`; a progress bar counts the iterations, the
+    mean log-likelihood in its postfix (:func:`~contmix.report.progress_bar`).
 
     Within :func:`~contmix.distributed.sharded`, :math:`x` (and ``resp``) is this
     process's shard: the reference point, the sums of the M-step and the log-likelihood
@@ -311,8 +312,8 @@ def fit_mfa(
     fixed = resp if resp is None or callable(resp) else lambda batch: resp
     floor = _floor(shift, reg)
     params = (logits, loc - shift, factor, diag)
-    expectation = BoundedLowRank(x, shift) if _bounded(x, logits, resp) else None
-    sparse = resp is not None and _bounded(x, logits, None)
+    pairs = bounded(x, logits.shape[-1])  # the E-step over the pairs that matter
+    expectation = BoundedLowRank(x, shift) if pairs and resp is None else None
 
     def step() -> float:
         nonlocal params
@@ -320,7 +321,7 @@ def fit_mfa(
         mixture = GaussianMixture(LowRankNormal(loc, factor, diag), logits)
         posterior, beta = _posterior(factor, diag)  # (K, R, R), (K, R, M)
         # with fixed responsibilities, the log-joints of their pairs alone
-        pairs = metric(logits, loc, factor, diag) if sparse else None
+        assigned = metric(logits, loc, factor, diag) if pairs and fixed is not None else None
 
         def block(batch: Tensor) -> tuple[Tensor, ...]:
             centered = batch - shift
@@ -330,7 +331,7 @@ def fit_mfa(
                 r, bound = (joint - log_p).exp(), log_p.sum(dtype=torch.float64)
             else:
                 r = fixed(batch)
-                bound = None if pairs is None else weighted_joint(centered, r, pairs)
+                bound = None if assigned is None else weighted_joint(centered, r, assigned)
                 if bound is None:
                     bound = (r * mixture.joint(centered)).sum(dtype=torch.float64)
             return (*batch_statistics(centered, r, loc, beta), bound)
@@ -349,24 +350,6 @@ def fit_mfa(
     history = torch.tensor(history, dtype=dtype_of(x), device=shift.device)
 
     return MFAFit(logits, loc + shift, factor, diag, history, converged)
-
-
-def _bounded(x: Data, logits: Tensor, resp: Tensor | Callable | None) -> bool:
-    r"""Whether the E-step of :func:`fit_mfa` is that of
-    :class:`~contmix.em.lowrank.BoundedLowRank`: without fixed responsibilities, from
-    :data:`~contmix.em.gmm.BOUNDED` features on, more than :math:`2 \times`
-    :data:`~contmix.em.sums.SPARSE` components, and samples in a tensor on the CPU (on a
-    GPU, the selection of the pairs would wait for the device) whose :math:`N K`
-    distances fit in :data:`~contmix.em.base.CACHE` elements."""
-
-    return (
-        resp is None
-        and isinstance(x, Tensor)
-        and x.device.type == "cpu"
-        and x.shape[-1] >= BOUNDED
-        and logits.shape[-1] > 2 * SPARSE
-        and len(x) * logits.shape[-1] <= CACHE
-    )
 
 
 @torch.no_grad()
